@@ -1,0 +1,59 @@
+"""What an adapter hands to the loss: response tokens only, in one canonical order.
+
+The one contract everything leans on: for a batch of records, teacher and student each return
+``ResponseOutputs`` over the SAME response tokens in the SAME order (record, turn, token). Image
+tokens, prompt tokens, padding, templates and the one-position shift are resolved inside the
+adapter; the loss never sees them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class ResponseOutputs:
+    token_ids: torch.Tensor  # [n] long: the response tokens (targets), canonical order
+    record_index: torch.Tensor  # [n] long: which record of the batch each token belongs to
+    hidden: torch.Tensor | None = None  # [n, H]: final hidden state that PREDICTS each token
+    head_weight: torch.Tensor | None = None  # [V, H]: LM head (hidden @ head_weight.T = logits)
+    head_bias: torch.Tensor | None = None  # [V] or None
+    logits: torch.Tensor | None = None  # [n, V]: when the adapter returns logits instead
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.token_ids.numel())
+
+    @property
+    def vocab_size(self) -> int:
+        if self.logits is not None:
+            return int(self.logits.shape[-1])
+        assert self.head_weight is not None
+        return int(self.head_weight.shape[0])
+
+    def full_logits(self) -> torch.Tensor:
+        """Materialise [n, V] logits (the plain path; the chunked engine avoids this)."""
+        if self.logits is not None:
+            return self.logits
+        assert self.hidden is not None and self.head_weight is not None
+        out = self.hidden @ self.head_weight.t()
+        return out + self.head_bias if self.head_bias is not None else out
+
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "ResponseOutputs":
+        """Move float tensors (teacher outputs next to the student); ids only change device."""
+
+        def mv(t: torch.Tensor | None, is_float: bool) -> torch.Tensor | None:
+            if t is None:
+                return None
+            return t.to(device=device, dtype=dtype if is_float else None)
+
+        return ResponseOutputs(
+            token_ids=mv(self.token_ids, False),
+            record_index=mv(self.record_index, False),
+            hidden=mv(self.hidden, True),
+            head_weight=mv(self.head_weight, True),
+            head_bias=mv(self.head_bias, True),
+            logits=mv(self.logits, True),
+        )
