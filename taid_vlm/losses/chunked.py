@@ -1,0 +1,235 @@
+"""The chunked fused-linear engine: any divergence from hidden states + LM head, never [N, V].
+
+With 150k-260k vocabularies the full fp32 logits of a few thousand response tokens (and their
+softmaxes and gradients) are the memory wall. The engine walks over the tokens in chunks:
+for each chunk it computes the student's (and the teacher's) logits, the per-token divergence,
+and, right there in the forward pass, the gradient w.r.t. that chunk's logits; it then folds
+that gradient into the gradients of the hidden states and of the head weight and throws the
+chunk away. Backward only scales the stored gradients. Peak extra memory is a handful of
+``[chunk, V]`` fp32 tensors plus the head's gradient, whatever N is.
+
+The math on a chunk is exactly the plain path's (same divergence function, same dtype for the
+matmul, fp32 after it), so values and gradients agree with ``divergence()`` on full logits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .api import reduce_tokens, resolve_params, upcast
+from .vocab import shared_vocab_size
+
+Tensor = torch.Tensor
+
+# Elements of one [chunk, V] fp32 tensor the engine aims for (32 MiB); with V = 151,936 that
+# is ~55 tokens a chunk, which still keeps the chunk matmuls large enough to run at speed.
+TARGET_CHUNK_ELEMENTS = 1 << 23
+
+
+def auto_chunk_size(vocab_size: int) -> int:
+    return max(8, min(4096, TARGET_CHUNK_ELEMENTS // max(vocab_size, 1)))
+
+
+@dataclass
+class _TeacherSignal:
+    """The teacher for the selected tokens: logits, or hidden states + head (computed per chunk)."""
+
+    logits: Tensor | None
+    hidden: Tensor | None
+    weight: Tensor | None
+    bias: Tensor | None
+
+    def chunk(self, start: int, end: int, vocab: int) -> Tensor:
+        with torch.no_grad():
+            if self.logits is not None:
+                return upcast(self.logits[start:end, :vocab])
+            out = self.hidden[start:end] @ self.weight[:vocab].t()
+            if self.bias is not None:
+                out = out + self.bias[:vocab]
+            return upcast(out)
+
+
+@dataclass
+class _Spec:
+    name: str
+    fn: object
+    params: dict
+    needs_labels: bool
+    labels: Tensor | None
+    teacher: _TeacherSignal | None
+    vocab: int
+    chunk_size: int
+    num_tokens: float | Tensor | None
+
+
+def _student_chunk_logits(h: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    out = h @ weight.t()
+    if bias is not None:
+        out = out + bias
+    return out
+
+
+class _ChunkedDivergence(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, hidden: Tensor, weight: Tensor, bias: Tensor | None, temperature: Tensor | None, spec: _Spec):
+        vocab = spec.vocab
+        w = weight[:vocab]
+        b = bias[:vocab] if bias is not None else None
+        want_h, want_w, want_b, want_t = ctx.needs_input_grad[:4]
+        acc = torch.promote_types(hidden.dtype, torch.float32)  # accumulate in >= fp32
+        grad_h = torch.zeros_like(hidden) if want_h else None
+        grad_w = torch.zeros(w.shape, dtype=acc, device=w.device) if want_w else None
+        grad_b = torch.zeros(vocab, dtype=acc, device=w.device) if want_b else None
+        grad_t = torch.zeros((), dtype=acc, device=hidden.device) if want_t else None
+        total = torch.zeros((), dtype=acc, device=hidden.device)
+
+        n = hidden.shape[0]
+        for start in range(0, n, spec.chunk_size):
+            end = min(start + spec.chunk_size, n)
+            h_chunk = hidden[start:end]
+            with torch.no_grad():
+                z_chunk = upcast(_student_chunk_logits(h_chunk, w, b))
+            teacher_chunk = spec.teacher.chunk(start, end, vocab) if spec.teacher is not None else None
+            with torch.enable_grad():
+                z_leaf = z_chunk.requires_grad_(True)
+                kwargs = dict(spec.params)
+                if temperature is not None:
+                    t_leaf = temperature.detach().requires_grad_(want_t)
+                    kwargs["temperature"] = t_leaf
+                if spec.needs_labels:
+                    kwargs["labels"] = spec.labels[start:end]
+                chunk_loss = spec.fn(z_leaf, teacher_chunk, **kwargs).sum()
+                inputs = [z_leaf] + ([t_leaf] if want_t else [])
+                grads = torch.autograd.grad(chunk_loss, inputs) if (want_h or want_w or want_b or want_t) else ()
+            total += chunk_loss.detach()
+            if not grads:
+                continue
+            grad_logits = grads[0].to(h_chunk.dtype)
+            if want_h:
+                grad_h[start:end] = grad_logits @ w
+            if want_w:
+                grad_w += grad_logits.t() @ h_chunk
+            if want_b:
+                grad_b += grads[0].sum(0)
+            if want_t:
+                grad_t += grads[1]
+            del z_leaf, teacher_chunk, grads, grad_logits
+
+        loss = reduce_tokens(total, spec.num_tokens, n)
+        scale = reduce_tokens(torch.ones_like(total), spec.num_tokens, n)  # 1 / denominator
+        ctx.save_for_backward(
+            *(g * scale if g is not None else None for g in (grad_h, grad_w, grad_b, grad_t))
+        )
+        ctx.weight_shape, ctx.weight_dtype = weight.shape, weight.dtype
+        ctx.bias_dtype = bias.dtype if bias is not None else None
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_output: Tensor):
+        grad_h, grad_w, grad_b, grad_t = ctx.saved_tensors
+        out_h = out_w = out_b = out_t = None
+        if grad_h is not None:
+            out_h = grad_h * grad_output.to(grad_h.dtype)
+        if grad_w is not None:
+            out_w = _pad_rows(grad_w * grad_output, ctx.weight_shape[0]).to(ctx.weight_dtype)
+        if grad_b is not None:
+            out_b = _pad_rows(grad_b * grad_output, ctx.weight_shape[0]).to(ctx.bias_dtype)
+        if grad_t is not None:
+            out_t = grad_t * grad_output
+        return out_h, out_w, out_b, out_t, None
+
+
+def _pad_rows(grad: Tensor, rows: int) -> Tensor:
+    """Gradient for head rows beyond the shared vocabulary (padding rows) is zero."""
+    if grad.shape[0] == rows:
+        return grad
+    pad = torch.zeros((rows - grad.shape[0],) + tuple(grad.shape[1:]), dtype=grad.dtype, device=grad.device)
+    return torch.cat([grad, pad])
+
+
+def _require_2d(tensor: Tensor | None, what: str) -> None:
+    if tensor is not None and tensor.dim() != 2:
+        raise ValueError(
+            f"chunked engine: {what} must be 2-D [tokens, features], got shape {tuple(tensor.shape)}; "
+            f"flatten it first (x.reshape(-1, x.shape[-1]) and the mask with mask.reshape(-1)) — "
+            "a 3-D input would otherwise silently defeat chunking"
+        )
+
+
+def chunked_divergence(
+    name: str,
+    student_hidden: Tensor,
+    student_weight: Tensor,
+    *,
+    student_bias: Tensor | None = None,
+    teacher_hidden: Tensor | None = None,
+    teacher_weight: Tensor | None = None,
+    teacher_bias: Tensor | None = None,
+    teacher_logits: Tensor | None = None,
+    mask: Tensor | None = None,
+    labels: Tensor | None = None,
+    num_tokens: float | Tensor | None = None,
+    temperature: float | Tensor = 1.0,
+    chunk_size: int | None = None,
+    **params: float,
+) -> Tensor:
+    """Same value and gradients as ``divergence(name, h @ W.T + b, teacher_logits, mask)``.
+
+    The teacher comes either as ``teacher_logits [N, V_t]`` or as ``teacher_hidden [N, H_t]`` +
+    ``teacher_weight [V_t, H_t]`` (+ bias); it never receives gradients. ``temperature`` may be
+    a tensor that requires grad (CTKD's learned temperature): its gradient is returned too.
+    """
+    fn, needs_labels, resolved = resolve_params(name, params)
+    for tensor, what in ((student_hidden, "student_hidden"), (student_weight, "student_weight"),
+                         (teacher_hidden, "teacher_hidden"), (teacher_weight, "teacher_weight"),
+                         (teacher_logits, "teacher_logits")):
+        _require_2d(tensor, what)
+    n = student_hidden.shape[0]
+    if needs_labels and labels is None:
+        raise ValueError(f"loss {name!r} needs labels= (the target token ids, shape [{n}])")
+    uses_teacher = name != "sft"
+    if uses_teacher and teacher_logits is None and (teacher_hidden is None or teacher_weight is None):
+        raise ValueError(f"loss {name!r} needs the teacher: teacher_logits, or teacher_hidden + teacher_weight")
+    teacher_rows = teacher_logits if teacher_logits is not None else teacher_hidden
+    if uses_teacher and teacher_rows.shape[0] != n:
+        raise ValueError(f"teacher has {teacher_rows.shape[0]} tokens but the student has {n}: outputs are not aligned")
+    if mask is None:
+        mask = torch.ones(n, dtype=torch.bool, device=student_hidden.device)
+    if mask.shape != (n,):
+        raise ValueError(f"mask shape {tuple(mask.shape)} must be [{n}] (flatten it like the hidden states)")
+
+    selected = mask.bool()
+    all_selected = bool(selected.all())
+
+    def pick(t: Tensor | None) -> Tensor | None:
+        return t if t is None or all_selected else t[selected]
+
+    hidden = pick(student_hidden)
+    vocab = student_weight.shape[0]
+    teacher = None
+    if uses_teacher:
+        teacher_vocab = teacher_logits.shape[-1] if teacher_logits is not None else teacher_weight.shape[0]
+        vocab = shared_vocab_size(vocab, teacher_vocab)
+        teacher = _TeacherSignal(
+            logits=pick(teacher_logits.detach()) if teacher_logits is not None else None,
+            hidden=pick(teacher_hidden.detach()) if teacher_hidden is not None else None,
+            weight=teacher_weight.detach() if teacher_weight is not None else None,
+            bias=teacher_bias.detach() if teacher_bias is not None else None,
+        )
+    temperature_tensor = temperature if isinstance(temperature, Tensor) else None
+    if temperature_tensor is None:
+        resolved = dict(resolved, temperature=temperature)
+    spec = _Spec(
+        name=name,
+        fn=fn,
+        params=resolved,
+        needs_labels=needs_labels,
+        labels=pick(labels.to(student_hidden.device)) if needs_labels else None,
+        teacher=teacher,
+        vocab=vocab,
+        chunk_size=chunk_size or auto_chunk_size(vocab),
+        num_tokens=num_tokens,
+    )
+    return _ChunkedDivergence.apply(hidden, student_weight, student_bias, temperature_tensor, spec)
