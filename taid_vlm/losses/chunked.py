@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from .api import reduce_tokens, resolve_params, upcast
+from .divergences import FUSED
 from .vocab import shared_vocab_size
 
 Tensor = torch.Tensor
@@ -42,9 +43,11 @@ class _TeacherSignal:
     bias: Tensor | None
 
     def chunk(self, start: int, end: int, vocab: int) -> Tensor:
+        """A fresh fp32 (or wider) tensor: callers may modify it in place."""
         with torch.no_grad():
             if self.logits is not None:
-                return upcast(self.logits[start:end, :vocab])
+                rows = self.logits[start:end, :vocab]
+                return rows.to(torch.promote_types(rows.dtype, torch.float32), copy=True)
             out = self.hidden[start:end] @ self.weight[:vocab].t()
             if self.bias is not None:
                 out = out + self.bias[:vocab]
@@ -62,6 +65,7 @@ class _Spec:
     vocab: int
     chunk_size: int
     num_tokens: float | Tensor | None
+    fused: tuple | None = None
 
 
 def _student_chunk_logits(h: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
@@ -84,6 +88,9 @@ class _ChunkedDivergence(torch.autograd.Function):
         grad_b = torch.zeros(vocab, dtype=acc, device=w.device) if want_b else None
         grad_t = torch.zeros((), dtype=acc, device=hidden.device) if want_t else None
         total = torch.zeros((), dtype=acc, device=hidden.device)
+        # Low-precision heads: the chunk's [V, H] product lands in one reused buffer, then is
+        # added to the fp32 accumulator; never a fresh [V, H] temporary per chunk.
+        product_buffer = torch.empty_like(w) if want_w and w.dtype != acc else None
 
         n = hidden.shape[0]
         for start in range(0, n, spec.chunk_size):
@@ -92,6 +99,16 @@ class _ChunkedDivergence(torch.autograd.Function):
             with torch.no_grad():
                 z_chunk = upcast(_student_chunk_logits(h_chunk, w, b))
             teacher_chunk = spec.teacher.chunk(start, end, vocab) if spec.teacher is not None else None
+            if spec.fused is not None:
+                fused_fn, fixed = spec.fused
+                per_token, grad_logits = fused_fn(z_chunk, teacher_chunk, **{**spec.params, **fixed})
+                total += per_token.sum()
+                del z_chunk, teacher_chunk, per_token
+                _fold_chunk_gradient(grad_logits.to(h_chunk.dtype), h_chunk, w, start, end, grad_h, grad_w, product_buffer)
+                if want_b:
+                    grad_b += grad_logits.sum(0)
+                del grad_logits
+                continue
             with torch.enable_grad():
                 z_leaf = z_chunk.requires_grad_(True)
                 kwargs = dict(spec.params)
@@ -106,39 +123,58 @@ class _ChunkedDivergence(torch.autograd.Function):
             total += chunk_loss.detach()
             if not grads:
                 continue
-            grad_logits = grads[0].to(h_chunk.dtype)
-            if want_h:
-                grad_h[start:end] = grad_logits @ w
-            if want_w:
-                grad_w += grad_logits.t() @ h_chunk
+            _fold_chunk_gradient(grads[0].to(h_chunk.dtype), h_chunk, w, start, end, grad_h, grad_w, product_buffer)
             if want_b:
                 grad_b += grads[0].sum(0)
             if want_t:
                 grad_t += grads[1]
-            del z_leaf, teacher_chunk, grads, grad_logits
+            del z_leaf, teacher_chunk, grads
 
         loss = reduce_tokens(total, spec.num_tokens, n)
         scale = reduce_tokens(torch.ones_like(total), spec.num_tokens, n)  # 1 / denominator
-        ctx.save_for_backward(
-            *(g * scale if g is not None else None for g in (grad_h, grad_w, grad_b, grad_t))
-        )
-        ctx.weight_shape, ctx.weight_dtype = weight.shape, weight.dtype
+        # Kept as attributes, scaled in place: a [V, H] head gradient is the biggest tensor
+        # here, and neither a scaled copy nor a second reference may outlive backward.
+        ctx.grads = [g.mul_(scale) if g is not None else None for g in (grad_h, grad_w, grad_b, grad_t)]
+        ctx.weight_rows, ctx.weight_dtype = weight.shape[0], weight.dtype
         ctx.bias_dtype = bias.dtype if bias is not None else None
         return loss
 
     @staticmethod
     def backward(ctx, grad_output: Tensor):
-        grad_h, grad_w, grad_b, grad_t = ctx.saved_tensors
-        out_h = out_w = out_b = out_t = None
+        if ctx.grads is None:
+            raise RuntimeError(
+                "chunked engine: backward ran twice on one loss. Its gradients are computed in the "
+                "forward pass and handed over once (holding them for a second pass would double "
+                "the head-gradient memory); recompute the loss instead of retain_graph=True."
+            )
+        grad_h, grad_w, grad_b, grad_t = ctx.grads
+        ctx.grads = None
         if grad_h is not None:
-            out_h = grad_h * grad_output.to(grad_h.dtype)
+            grad_h = grad_h.mul_(grad_output.to(grad_h.dtype))
         if grad_w is not None:
-            out_w = _pad_rows(grad_w * grad_output, ctx.weight_shape[0]).to(ctx.weight_dtype)
+            grad_w = _pad_rows(grad_w.mul_(grad_output), ctx.weight_rows).to(ctx.weight_dtype)
         if grad_b is not None:
-            out_b = _pad_rows(grad_b * grad_output, ctx.weight_shape[0]).to(ctx.bias_dtype)
+            grad_b = _pad_rows(grad_b.mul_(grad_output), ctx.weight_rows).to(ctx.bias_dtype)
         if grad_t is not None:
-            out_t = grad_t * grad_output
-        return out_h, out_w, out_b, out_t, None
+            grad_t = grad_t * grad_output
+        return grad_h, grad_w, grad_b, grad_t, None
+
+
+def _fold_chunk_gradient(grad_logits, h_chunk, w, start, end, grad_h, grad_w, product_buffer) -> None:
+    """Chain rule through the head for one chunk: dL/dh = g @ W, dL/dW += g.T @ h."""
+    if grad_h is not None:
+        grad_h[start:end] = grad_logits @ w
+    if grad_w is not None:
+        _accumulate_outer(grad_w, grad_logits, h_chunk, product_buffer)
+
+
+def _accumulate_outer(acc: Tensor, grad_logits: Tensor, h_chunk: Tensor, buffer: Tensor | None) -> None:
+    """acc += grad_logits.T @ h_chunk, in place."""
+    if buffer is None:
+        acc.addmm_(grad_logits.t().to(acc.dtype), h_chunk.to(acc.dtype))
+    else:
+        torch.mm(grad_logits.t(), h_chunk, out=buffer)
+        acc.add_(buffer)
 
 
 def _pad_rows(grad: Tensor, rows: int) -> Tensor:
@@ -173,6 +209,7 @@ def chunked_divergence(
     num_tokens: float | Tensor | None = None,
     temperature: float | Tensor = 1.0,
     chunk_size: int | None = None,
+    use_closed_form: bool = True,
     **params: float,
 ) -> Tensor:
     """Same value and gradients as ``divergence(name, h @ W.T + b, teacher_logits, mask)``.
@@ -180,6 +217,8 @@ def chunked_divergence(
     The teacher comes either as ``teacher_logits [N, V_t]`` or as ``teacher_hidden [N, H_t]`` +
     ``teacher_weight [V_t, H_t]`` (+ bias); it never receives gradients. ``temperature`` may be
     a tensor that requires grad (CTKD's learned temperature): its gradient is returned too.
+    ``taid`` and ``fkl`` use their closed-form logits gradient (fewer buffers, no autograd
+    graph per chunk) unless ``use_closed_form=False``; the others differentiate each chunk.
     """
     fn, needs_labels, resolved = resolve_params(name, params)
     for tensor, what in ((student_hidden, "student_hidden"), (student_weight, "student_weight"),
@@ -231,5 +270,6 @@ def chunked_divergence(
         vocab=vocab,
         chunk_size=chunk_size or auto_chunk_size(vocab),
         num_tokens=num_tokens,
+        fused=FUSED.get(name) if temperature_tensor is None and use_closed_form else None,
     )
     return _ChunkedDivergence.apply(hidden, student_weight, student_bias, temperature_tensor, spec)

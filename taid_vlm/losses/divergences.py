@@ -145,6 +145,41 @@ def taid_kl(student: Tensor, teacher: Tensor, t: float = 0.5, temperature: float
     return _kl_from_logprobs(log_target, log_q) * temperature**2
 
 
+def fused_interpolated_kl(
+    student: Tensor, teacher: Tensor, t: float = 1.0, temperature: float = 1.0
+) -> tuple[Tensor, Tensor]:
+    """Per-token KL(p_t || q) AND its gradient w.r.t. the student logits, in closed form.
+
+    Used by the chunked engine for ``taid`` (any t) and ``fkl`` (t = 1): the gradient is
+    ``temperature * (q - p_t)``, so no autograd graph is built and only a few ``[n, V]``
+    buffers live at once. Both inputs are consumed (modified in place): pass fresh tensors.
+    Values and gradients equal ``taid_kl`` / ``forward_kl`` under autograd.
+    """
+    if temperature != 1.0:
+        student.div_(temperature)
+        teacher.div_(temperature)
+    log_q = F.log_softmax(student, dim=-1)
+    target = teacher.clamp_min_(_NEG_LARGE)
+    if t < 1.0:
+        target.mul_(t).add_(student.clamp_min_(_NEG_LARGE), alpha=1.0 - t)
+    del student
+    log_p = target.sub_(target.logsumexp(-1, keepdim=True))
+    p = log_p.exp()
+    log_ratio = log_p.sub_(log_q).masked_fill_(p == 0, 0.0)
+    per_token = torch.linalg.vecdot(p, log_ratio) * temperature**2
+    del log_ratio
+    grad = log_q.exp_().sub_(p).mul_(temperature)
+    return per_token, grad
+
+
+# Divergences with a closed-form logits gradient, which the chunked engine uses when the
+# temperature is a plain number. name -> (function, fixed keyword arguments)
+FUSED: dict[str, tuple[Callable[..., tuple[Tensor, Tensor]], dict]] = {
+    "taid": (fused_interpolated_kl, {}),
+    "fkl": (fused_interpolated_kl, {"t": 1.0}),
+}
+
+
 def cross_entropy(student: Tensor, teacher: Tensor | None, labels: Tensor, temperature: float | Tensor = 1.0) -> Tensor:
     """SFT: cross entropy on the labels; the teacher is ignored. -100 labels give 0."""
     del teacher, temperature
