@@ -1,0 +1,231 @@
+"""VQA accuracy exactly as the field computes it (VQAv2 official rules; see docs/EVALUATION.md).
+
+Published VQAv2 / TextVQA / OK-VQA / VizWiz numbers all come from one scoring script, quirks
+included, so a score is only comparable if we reproduce those quirks rather than "improve" them:
+
+- human answers are normalised only when they are not all identical (the prediction always is);
+- the contractions table keeps its odd entries (capitalised keys that can never fire after
+  lower-casing, the reversed ``somebody'd`` entry), because changing them changes scores;
+- ``1,000`` loses its comma only because a digit,digit pattern anywhere in the text switches
+  every punctuation mark from "replace by a space" to "delete".
+
+Bump ``NORMALIZER_VERSION`` whenever anything here changes what a prediction scores.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Sequence
+
+NORMALIZER_VERSION = "vqav2-official/taid-vlm-1"
+
+# Apostrophe-less spellings people (and models) type, mapped to the contraction the
+# annotations use. Looked up per word after lower-casing, like the official table.
+CONTRACTIONS: dict[str, str] = {
+    "aint": "ain't", "arent": "aren't", "cant": "can't", "couldve": "could've",
+    "couldnt": "couldn't", "couldn'tve": "couldn't've", "couldnt've": "couldn't've",
+    "didnt": "didn't", "doesnt": "doesn't", "dont": "don't", "hadnt": "hadn't",
+    "hadnt've": "hadn't've", "hadn'tve": "hadn't've", "hasnt": "hasn't", "havent": "haven't",
+    "hed": "he'd", "hed've": "he'd've", "he'dve": "he'd've", "hes": "he's", "howd": "how'd",
+    "howll": "how'll", "hows": "how's", "Id've": "I'd've", "I'dve": "I'd've", "Im": "I'm",
+    "Ive": "I've", "isnt": "isn't", "itd": "it'd", "itd've": "it'd've", "it'dve": "it'd've",
+    "itll": "it'll", "let's": "let's", "maam": "ma'am", "mightnt": "mightn't",
+    "mightnt've": "mightn't've", "mightn'tve": "mightn't've", "mightve": "might've",
+    "mustnt": "mustn't", "mustve": "must've", "neednt": "needn't", "notve": "not've",
+    "oclock": "o'clock", "oughtnt": "oughtn't", "ow's'at": "'ow's'at", "'ows'at": "'ow's'at",
+    "'ow'sat": "'ow's'at", "shant": "shan't", "shed've": "she'd've", "she'dve": "she'd've",
+    "she's": "she's", "shouldve": "should've", "shouldnt": "shouldn't",
+    "shouldnt've": "shouldn't've", "shouldn'tve": "shouldn't've", "somebody'd": "somebodyd",
+    "somebodyd've": "somebody'd've", "somebody'dve": "somebody'd've",
+    "somebodyll": "somebody'll", "somebodys": "somebody's", "someoned": "someone'd",
+    "someoned've": "someone'd've", "someone'dve": "someone'd've", "someonell": "someone'll",
+    "someones": "someone's", "somethingd": "something'd", "somethingd've": "something'd've",
+    "something'dve": "something'd've", "somethingll": "something'll", "thats": "that's",
+    "thered": "there'd", "thered've": "there'd've", "there'dve": "there'd've",
+    "therere": "there're", "theres": "there's", "theyd": "they'd", "theyd've": "they'd've",
+    "they'dve": "they'd've", "theyll": "they'll", "theyre": "they're", "theyve": "they've",
+    "twas": "'twas", "wasnt": "wasn't", "wed've": "we'd've", "we'dve": "we'd've",
+    "weve": "we've", "werent": "weren't", "whatll": "what'll", "whatre": "what're",
+    "whats": "what's", "whatve": "what've", "whens": "when's", "whered": "where'd",
+    "wheres": "where's", "whereve": "where've", "whod": "who'd", "whod've": "who'd've",
+    "who'dve": "who'd've", "wholl": "who'll", "whos": "who's", "whove": "who've",
+    "whyll": "why'll", "whyre": "why're", "whys": "why's", "wont": "won't",
+    "wouldve": "would've", "wouldnt": "wouldn't", "wouldnt've": "wouldn't've",
+    "wouldn'tve": "wouldn't've", "yall": "y'all", "yall'll": "y'all'll", "y'allll": "y'all'll",
+    "yall'd've": "y'all'd've", "y'alld've": "y'all'd've", "y'all'dve": "y'all'd've",
+    "youd": "you'd", "youd've": "you'd've", "you'dve": "you'd've", "youll": "you'll",
+    "youre": "you're", "youve": "you've",
+}
+
+NUMBER_WORDS: dict[str, str] = {
+    "none": "0", "zero": "0", "one": "1", "two": "2", "three": "3", "four": "4", "five": "5",
+    "six": "6", "seven": "7", "eight": "8", "nine": "9", "ten": "10",
+}
+
+ARTICLES = frozenset({"a", "an", "the"})
+
+PUNCTUATION = (";", "/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", "-",
+               ">", "<", "@", "`", ",", "?", "!")
+
+_DIGIT_COMMA_DIGIT = re.compile(r"\d,\d")
+_PERIOD_NOT_BEFORE_DIGIT = re.compile(r"\.(?!\d)")
+_NUMBER = re.compile(r"^-?\d+(?:\.\d+)?$")
+
+ANSWER_TYPES = ("yes/no", "number", "other")
+UNSPECIFIED_GROUP = "(unspecified)"
+
+
+def clean_whitespace(text: str) -> str:
+    """Step 1 of the official script: newlines and tabs become spaces, ends are stripped."""
+    return text.replace("\n", " ").replace("\t", " ").strip()
+
+
+def process_punctuation(text: str) -> str:
+    """Delete or blank out punctuation the way the official script decides, mark by mark.
+
+    A mark is deleted when it touches a space (``red, white``) or when the text holds a
+    digit,digit pattern anywhere (``1,000``); otherwise it becomes a space (``x-ray``).
+    Periods go unless a digit follows (``2.`` -> ``2``, ``3.5`` stays).
+    """
+    has_digit_comma = _DIGIT_COMMA_DIGIT.search(text) is not None
+    out = text
+    for mark in PUNCTUATION:
+        # The test looks at the original text, the replacement acts on the running result.
+        if has_digit_comma or mark + " " in text or " " + mark in text:
+            out = out.replace(mark, "")
+        else:
+            out = out.replace(mark, " ")
+    return _PERIOD_NOT_BEFORE_DIGIT.sub("", out)
+
+
+def process_words(text: str) -> str:
+    """Lower-case, spell numbers as digits, drop articles, restore contractions, one space."""
+    words = [NUMBER_WORDS.get(w, w) for w in text.lower().split()]
+    words = [w for w in words if w not in ARTICLES]
+    return " ".join(CONTRACTIONS.get(w, w) for w in words)
+
+
+def normalize_answer(text: str) -> str:
+    """The full official normalisation of one answer string."""
+    return process_words(process_punctuation(clean_whitespace(text)))
+
+
+def is_empty_prediction(prediction: str | None) -> bool:
+    """A missing/unparsable generation, or one with nothing left after normalisation."""
+    return prediction is None or normalize_answer(prediction) == ""
+
+
+def vqa_score(prediction: str | None, answers: Sequence[str]) -> float:
+    """Accuracy of one prediction in [0, 1].
+
+    With several human answers: for each of the k answers, count how many of the OTHER k-1
+    equal the prediction, take min(1, count/3), and average over the k leave-one-out subsets
+    (so 1, 2, 3 matching humans out of 10 give 0.3, 0.6, 0.9). With one answer that formula
+    would always give 0, so single-reference sets use normalised exact match instead.
+    An empty or missing prediction scores 0.
+    """
+    if isinstance(answers, str) or not answers:
+        raise ValueError(f"answers must be a non-empty list of strings, got {answers!r}")
+    if is_empty_prediction(prediction):
+        return 0.0
+    pred = normalize_answer(prediction)
+    if len(answers) == 1:
+        return float(pred == normalize_answer(answers[0]))
+    humans = [clean_whitespace(a) for a in answers]
+    if len(set(humans)) > 1:  # official quirk: identical answer lists stay un-normalised
+        humans = [process_words(process_punctuation(a)) for a in humans]
+    matches = sum(h == pred for h in humans)
+    total = 0.0
+    for h in humans:
+        others_matching = matches - (h == pred)
+        total += min(1.0, others_matching / 3.0)
+    return total / len(humans)
+
+
+def answer_type(answers: Sequence[str]) -> str:
+    """yes/no, number or other, judged from the most common normalised human answer.
+
+    VQAv2 ships an annotated answer type; this derives one for sets that do not (ties go to
+    the answer seen first).
+    """
+    if isinstance(answers, str) or not answers:
+        raise ValueError(f"answers must be a non-empty list of strings, got {answers!r}")
+    top = Counter(normalize_answer(a) for a in answers).most_common(1)[0][0]
+    if top in ("yes", "no"):
+        return "yes/no"
+    if _NUMBER.match(top):
+        return "number"
+    return "other"
+
+
+@dataclass
+class VQASample:
+    """One question to score. ``answer_type`` overrides the derived one when the data has it;
+    ``meta`` carries grouping keys such as the question family."""
+
+    id: str
+    prediction: str | None
+    answers: list[str]
+    answer_type: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class VQAResult:
+    scores: list[float]  # per sample, in input order, each in [0, 1]
+    summary: dict[str, Any]
+
+
+def _percent(values: Sequence[float]) -> float:
+    return round(100.0 * sum(values) / len(values), 2)
+
+
+def _breakdown(groups: dict[str, list[float]]) -> dict[str, dict[str, float | int]]:
+    return {name: {"accuracy": _percent(vals), "n": len(vals)} for name, vals in sorted(groups.items())}
+
+
+def _check_sample(sample: VQASample) -> None:
+    where = f"VQA sample {sample.id!r}"
+    if isinstance(sample.answers, str) or not sample.answers:
+        raise ValueError(f"{where} has no reference answers; every question needs at least one")
+    if sample.prediction is not None and not isinstance(sample.prediction, str):
+        raise ValueError(f"{where}: prediction must be a string or None, got {type(sample.prediction).__name__}")
+    if sample.answer_type is not None and sample.answer_type not in ANSWER_TYPES:
+        raise ValueError(f"{where}: answer_type {sample.answer_type!r} is not one of {ANSWER_TYPES}")
+
+
+def score_vqa_samples(samples: Iterable[VQASample], group_by: Sequence[str] = ("family",)) -> VQAResult:
+    """Score every sample and summarise: overall accuracy x100 (2 decimals), per answer type
+    and per ``meta[key]`` for each key in ``group_by``.
+
+    Nothing is dropped: empty or missing predictions score 0 and are counted in ``n_empty``;
+    samples without a grouping key are grouped under ``(unspecified)``.
+    """
+    samples = list(samples)
+    if not samples:
+        raise ValueError("no VQA samples to score; the evaluation set is empty")
+    scores: list[float] = []
+    by_type: dict[str, list[float]] = defaultdict(list)
+    by_key: dict[str, dict[str, list[float]]] = {key: defaultdict(list) for key in group_by}
+    n_empty = n_single = 0
+    for sample in samples:
+        _check_sample(sample)
+        score = vqa_score(sample.prediction, sample.answers)
+        scores.append(score)
+        n_empty += is_empty_prediction(sample.prediction)
+        n_single += len(sample.answers) == 1
+        by_type[sample.answer_type or answer_type(sample.answers)].append(score)
+        for key in group_by:
+            by_key[key][str(sample.meta.get(key, UNSPECIFIED_GROUP))].append(score)
+    summary: dict[str, Any] = {
+        "accuracy": _percent(scores),
+        "n": len(scores),
+        "n_empty": n_empty,
+        "n_single_reference": n_single,
+        "by_answer_type": _breakdown(by_type),
+        **{f"by_{key}": _breakdown(groups) for key, groups in by_key.items()},
+        "normalizer_version": NORMALIZER_VERSION,
+    }
+    return VQAResult(scores=scores, summary=summary)
