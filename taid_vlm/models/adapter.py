@@ -1,0 +1,414 @@
+"""One interface for teacher and student: render records with the model's own processor, run it,
+and hand back the response tokens only.
+
+Teacher and student see the same records through different processors: different image sizes,
+image-token expansions, chat templates and therefore different ``input_ids``. What they share is
+the assistant text. The adapter finds it robustly:
+
+1. render each record with the model's chat template to text and record the character span of
+   every assistant message's content plus the end-of-turn marker the template writes right after
+   it (``<|im_end|>``, ``<end_of_utterance>``, eos...), so a student learns to stop;
+2. tokenize through the processor, which expands each image placeholder into N image tokens;
+   the processor reports where it expanded (``text_replacement_offsets``) and the tokenizer
+   where each token came from (``offset_mapping``), so character spans map to token positions
+   exactly, whatever the expansion.
+
+The forward pass then returns, for those positions only and in (record, turn, token) order, the
+final hidden state that predicts each token plus the LM head (or logits when the head is not a
+plain linear map). Image tokens and prompt tokens never reach the loss.
+"""
+
+from __future__ import annotations
+
+import bisect
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+
+from ..data.records import Record
+from .families import (
+    Family, final_hidden_states, head_is_linear, image_token_ids, template_messages, uses_content_parts,
+)  # fmt: skip
+from .outputs import ResponseOutputs
+from .tokenizer import PLAIN_TEMPLATE
+
+ROLES = ("teacher", "student")
+Span = tuple[int, int]
+
+
+@dataclass
+class RenderedBatch:
+    inputs: dict[str, torch.Tensor]  # model forward inputs, on the adapter's device
+    response_mask: torch.Tensor  # [B, T] bool: assistant content + end-of-turn marker tokens
+    record_ids: list[str]
+    texts: list[str]  # the chat-template text of each record, before image expansion
+
+    @property
+    def input_ids(self) -> torch.Tensor:
+        return self.inputs["input_ids"]
+
+    @property
+    def labels(self) -> torch.Tensor:
+        """``input_ids`` with -100 outside responses: the usual HF causal-LM labels (unshifted)."""
+        return self.input_ids.masked_fill(~self.response_mask, -100)
+
+    @property
+    def num_response_tokens(self) -> int:
+        return int(self.response_mask.sum())
+
+
+class ModelAdapter:
+    """A model and its processor behind the interface the training loop and evaluation use."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        processor: Any,
+        family: Family,
+        role: str = "student",
+        chat_template: str | None = None,
+    ) -> None:
+        if role not in ROLES:
+            raise ValueError(f"role must be one of {ROLES}, got {role!r}")
+        self.model, self.processor, self.role = model, processor, role
+        self.family, self.family_info = family.name, family
+        self.model_type: str = model.config.model_type  # e.g. "qwen2_5_vl" within family "qwen2_vl"
+        self.tokenizer = processor if family.text_only else processor.tokenizer
+        if self.tokenizer.pad_token is None:  # e.g. Llama 3: padding is masked out, any token will do
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.chat_template = chat_template or _own_template(processor, self.tokenizer) or PLAIN_TEMPLATE
+        self.content_parts = not family.text_only and uses_content_parts(self.chat_template)
+        self._image_ids = torch.tensor(image_token_ids(processor, family), dtype=torch.long)
+        self._specials = sorted(
+            (t.content for t in self.tokenizer.added_tokens_decoder.values() if t.special), key=len, reverse=True
+        )
+        self._linear_head = head_is_linear(model)
+        if role == "teacher":
+            model.eval()
+            model.requires_grad_(False)
+        self.end_of_turn = self._probe_end_of_turn()
+
+    # ---- basic properties -------------------------------------------------------------------------
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    @property
+    def vocab_size(self) -> int:
+        """The real vocabulary (``len(tokenizer)``), not the head's padded rows."""
+        return len(self.tokenizer)
+
+    def lm_head(self) -> torch.nn.Module:
+        return self.model.get_output_embeddings()
+
+    def __repr__(self) -> str:
+        return f"ModelAdapter(family={self.family!r}, role={self.role!r}, model={type(self.model).__name__})"
+
+    # ---- rendering ------------------------------------------------------------------------------------
+
+    def render(
+        self, records: Sequence[Record], add_generation_prompt: bool = False, max_length: int | None = None
+    ) -> RenderedBatch:
+        """Tokenize records with this model's own processor and mark their response tokens.
+
+        With ``add_generation_prompt`` the records are prompts (no response is marked) and the
+        batch is left-padded for generation; otherwise it is right-padded for a forward pass.
+        """
+        if not records:
+            raise ValueError("render() needs at least one record")
+        texts, spans = [], []
+        for record in records:
+            record.validate()
+            text, record_spans = self._render_text(record, add_generation_prompt)
+            texts.append(text)
+            spans.append([] if add_generation_prompt else record_spans)
+        side = "left" if add_generation_prompt else "right"
+        encoded = self._encode(texts, records, padding_side=side)
+        lengths = encoded["attention_mask"].sum(dim=1)
+        if max_length is not None and int(lengths.max()) > max_length:
+            too_long = [f"{r.id!r} ({int(n)} tokens)" for r, n in zip(records, lengths) if n > max_length]
+            raise ValueError(
+                f"{self.role} ({self.family}): record(s) {', '.join(too_long)} exceed max_length={max_length}; "
+                "responses are never truncated: trim the prompt or raise max_length"
+            )
+        mask = self._response_mask(encoded, texts, spans, records)
+        inputs = self._model_inputs(encoded)
+        ids = [r.id for r in records]
+        return RenderedBatch(inputs=inputs, response_mask=mask.to(self.device), record_ids=ids, texts=texts)
+
+    def _render_text(self, record: Record, add_generation_prompt: bool) -> tuple[str, list[Span]]:
+        conversation = template_messages(record, self.family_info, self.content_parts)
+        if add_generation_prompt:
+            return self._apply_template(conversation, True), []
+        return response_spans(conversation, self._apply_template, self._specials, record.id)
+
+    def _apply_template(self, conversation: list[dict[str, Any]], add_generation_prompt: bool) -> str:
+        return self.tokenizer.apply_chat_template(
+            conversation, chat_template=self.chat_template, add_generation_prompt=add_generation_prompt, tokenize=False
+        )
+
+    def _encode(self, texts: list[str], records: Sequence[Record], padding_side: str) -> Any:
+        common: dict[str, Any] = dict(
+            return_tensors="pt", padding=True, padding_side=padding_side, return_offsets_mapping=True
+        )
+        bos = self.tokenizer.bos_token
+        if self.family_info.text_only or (bos and all(t.startswith(bos) for t in texts)):
+            common["add_special_tokens"] = False  # the template already wrote them
+        if self.family_info.text_only:
+            return self.tokenizer(texts, **common)
+        images = [r.open_images() for r in records]
+        if any(images):
+            common["images"] = images
+        return self.processor(text=texts, return_text_replacement_offsets=True, **common)
+
+    def _response_mask(
+        self, encoded: Any, texts: list[str], spans: list[list[Span]], records: Sequence[Record]
+    ) -> torch.Tensor:
+        offsets = encoded["offset_mapping"]
+        replacements = encoded.get("text_replacement_offsets")
+        expanded = any(r.images for r in records) and not self.family_info.text_only
+        mask = torch.zeros(offsets.shape[:2], dtype=torch.bool)
+        for b, record_spans in enumerate(spans):
+            if not record_spans:
+                continue
+            if expanded and not replacements:
+                mask[b] = self._mask_without_replacement_offsets(encoded, b, texts[b], record_spans, records[b].id)
+                continue
+            shifts = replacements[b] if replacements else []
+            mask[b] = _mask_from_offsets(offsets[b], [_shift_span(s, shifts) for s in record_spans])
+        if len(self._image_ids):
+            mask &= ~torch.isin(encoded["input_ids"], self._image_ids)
+        return mask
+
+    def _mask_without_replacement_offsets(
+        self, encoded: Any, b: int, text: str, spans: list[Span], record_id: str
+    ) -> torch.Tensor:
+        """For processors that do not report where they expanded images: align from the end.
+
+        Tokens after the last image are the same in the expanded and unexpanded sequence, so a
+        response that follows every image sits at the same distance from the end in both.
+        """
+        plain = self.tokenizer(text, return_offsets_mapping=True, add_special_tokens=False, return_tensors="pt")
+        plain_mask = _mask_from_offsets(plain["offset_mapping"][0], spans)
+        plain_ids = plain["input_ids"][0]
+        ids, attention = encoded["input_ids"][b], encoded["attention_mask"][b].bool()
+        real = attention.nonzero().squeeze(1)
+        image_positions = torch.isin(plain_ids, self._image_ids).nonzero()
+        if len(image_positions) and int(image_positions.max()) > int(plain_mask.nonzero().min()):
+            raise ValueError(
+                f"{self.family} processor does not report text_replacement_offsets; record {record_id!r} has an "
+                "image after a response, which cannot be aligned without them"
+            )
+        tail = len(plain_ids) - plain_mask.nonzero().squeeze(1)  # distance from the end
+        positions = real[-1] + 1 - tail
+        if positions.min() < 0 or not torch.equal(ids[positions], plain_ids[plain_mask]):
+            raise ValueError(
+                f"{self.family}: cannot align the response tokens of record {record_id!r} with the processor's "
+                "input_ids (the processor changes text after the last image)"
+            )
+        mask = torch.zeros_like(attention)
+        mask[positions] = True
+        return mask
+
+    def _model_inputs(self, encoded: Any) -> dict[str, torch.Tensor]:
+        names = set(getattr(self.processor, "model_input_names", []) or []) | {"input_ids", "attention_mask"}
+        inputs = {}
+        for key, value in encoded.items():
+            if key not in names or not isinstance(value, torch.Tensor):
+                continue
+            floating = value.is_floating_point()
+            inputs[key] = value.to(self.device, dtype=self.dtype if floating else None)
+        return inputs
+
+    def _probe_end_of_turn(self) -> str:
+        """The end-of-turn marker this template writes after an assistant message ('' if none)."""
+        probe = Record("end-of-turn probe", [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "OK"}])
+        conversation = template_messages(probe, self.family_info, self.content_parts)
+        text, spans = response_spans(conversation, self._apply_template, self._specials, probe.id)
+        start, end = spans[0]
+        return text[start:end].split("OK", 1)[1].strip()
+
+    # ---- forward to the loss ----------------------------------------------------------------------------
+
+    def response_outputs(
+        self, records_or_batch: Sequence[Record] | RenderedBatch, return_hidden: bool = True
+    ) -> ResponseOutputs:
+        """Response tokens only, in (record, turn, token) order, with what predicts each of them.
+
+        The state at position p-1 predicts token p, so the prediction mask is the response mask
+        shifted left by one. The teacher runs without gradients and in eval mode.
+        """
+        batch = records_or_batch if isinstance(records_or_batch, RenderedBatch) else self.render(records_or_batch)
+        response = batch.response_mask
+        predicting = torch.zeros_like(response)
+        predicting[:, :-1] = response[:, 1:]
+        rows = torch.arange(response.shape[0], device=response.device).unsqueeze(1).expand_as(response)
+        token_ids, record_index = batch.input_ids[response], rows[response]
+        grad = torch.no_grad() if self.role == "teacher" else nullcontext()
+        with grad:
+            if return_hidden and self._linear_head:
+                hidden = final_hidden_states(self.model, batch.inputs, self.family_info)[predicting]
+                head = self.lm_head()
+                weight, bias = head.weight, head.bias
+                if self.role == "teacher":
+                    weight, bias = weight.detach(), (bias.detach() if bias is not None else None)
+                return ResponseOutputs(token_ids, record_index, hidden=hidden, head_weight=weight, head_bias=bias)
+            keep = predicting.any(dim=0).nonzero().squeeze(1)  # only positions some row needs
+            logits = self.model(**batch.inputs, use_cache=False, logits_to_keep=keep).logits
+        return ResponseOutputs(token_ids, record_index, logits=logits[predicting[:, keep]])
+
+    # ---- generation -----------------------------------------------------------------------------------
+
+    @property
+    def stop_token_ids(self) -> list[int]:
+        """Generation stops at eos or at this template's end-of-turn marker."""
+        ids = self.model.generation_config.eos_token_id
+        ids = set(ids if isinstance(ids, list) else [ids] if ids is not None else [])
+        if self.tokenizer.eos_token_id is not None:
+            ids.add(self.tokenizer.eos_token_id)
+        if self.end_of_turn:
+            ids.update(self.tokenizer(self.end_of_turn, add_special_tokens=False)["input_ids"][:1])
+        return sorted(ids)
+
+    def generate(self, records: Sequence[Record], max_new_tokens: int = 16, **gen_kwargs: Any) -> list[str]:
+        """Answer each record's prompt (its messages before the last assistant turn), greedily by default."""
+        prompts = [r.prompt_only() if r.has_response else r for r in records]
+        batch = self.render(prompts, add_generation_prompt=True)
+        settings = dict(
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            eos_token_id=self.stop_token_ids,
+            pad_token_id=self.tokenizer.pad_token_id,
+        )
+        settings.update(gen_kwargs)
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.no_grad():
+                out = self.model.generate(**batch.inputs, **settings)
+        finally:
+            self.model.train(was_training)
+        new_tokens = out[:, batch.input_ids.shape[1] :]
+        return self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+
+    # ---- saving ----------------------------------------------------------------------------------------
+
+    def save(self, out_dir: str | Path) -> None:
+        """Save model and processor; the chat template in use is saved with them, so a default or
+        overridden template survives the round trip."""
+        out = Path(out_dir)
+        self.model.save_pretrained(out)
+        self.processor.chat_template = self.chat_template
+        self.processor.save_pretrained(out)
+
+
+def _own_template(processor: Any, tokenizer: Any) -> str | None:
+    template = getattr(processor, "chat_template", None) or getattr(tokenizer, "chat_template", None)
+    if isinstance(template, dict):
+        template = template.get("default")
+    return template or None
+
+
+# ---- response spans in rendered text --------------------------------------------------------------
+
+
+def response_spans(
+    conversation: list[dict[str, Any]],
+    render: Callable[[list[dict[str, Any]], bool], str],
+    special_tokens: Sequence[str],
+    record_id: str,
+) -> tuple[str, list[Span]]:
+    """The rendered text and the character span of every assistant turn's response.
+
+    A response is the assistant content plus the first special token the template writes after
+    it within the same turn (its end-of-turn marker). Content is searched only after the turn's
+    own header (the rendering of the conversation before it, with the generation prompt), so an
+    answer that also occurs in the question or in the header ("A" in "ASSISTANT") is never
+    mistaken for it.
+    """
+    full = render(conversation, False)
+    spans = []
+    for i, message in enumerate(conversation):
+        if message["role"] != "assistant":
+            continue
+        content = _text_of(message["content"])
+        head = _header_end(full, render, conversation, i, record_id)
+        turn_end = _prefix_length(full, render(conversation[: i + 1], False)) or len(full)
+        start, end = _find_content(full, content, head, turn_end, record_id, i)
+        spans.append((start, end + _end_marker_length(full[end:turn_end], special_tokens)))
+    return full, spans
+
+
+def _text_of(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    return "".join(part.get("text", "") for part in content if part.get("type") == "text")
+
+
+def _prefix_length(full: str, prefix: str) -> int | None:
+    return len(prefix) if prefix and full.startswith(prefix) else None
+
+
+def _header_end(full: str, render: Callable[..., str], conversation: list, i: int, record_id: str) -> int:
+    if i == 0:
+        return 0
+    for with_prompt in (True, False):
+        n = _prefix_length(full, render(conversation[:i], with_prompt))
+        if n is not None:
+            return n
+    raise ValueError(
+        f"record {record_id!r}: the chat template renders message {i}'s history differently inside the whole "
+        "conversation, so its response cannot be located; use a template whose turns render independently"
+    )
+
+
+def _find_content(full: str, content: str, head: int, turn_end: int, record_id: str, i: int) -> Span:
+    for candidate in (content, content.strip()):
+        if not candidate:
+            continue
+        start = full.find(candidate, head, turn_end)
+        if start >= 0:
+            return start, start + len(candidate)
+    if not content.strip():  # empty answer: only the end-of-turn marker is a response
+        return head, head
+    raise ValueError(
+        f"record {record_id!r}, message {i}: the assistant text {content[:60]!r} does not appear in the rendered "
+        "chat template (does the template rewrite assistant messages?)"
+    )
+
+
+def _end_marker_length(after: str, special_tokens: Sequence[str]) -> int:
+    stripped = after.lstrip()
+    for token in special_tokens:
+        if stripped.startswith(token):
+            return len(after) - len(stripped) + len(token)
+    return 0
+
+
+# ---- character spans -> token positions -------------------------------------------------------------
+
+
+def _shift_span(span: Span, replacements: list[dict[str, Any]]) -> Span:
+    """Move a span of the template text to the image-expanded text the tokenizer saw."""
+    ends = [r["span"][1] for r in replacements]
+    gained = [0]
+    for r in replacements:
+        gained.append(gained[-1] + (r["new_span"][1] - r["new_span"][0]) - (r["span"][1] - r["span"][0]))
+    return tuple(c + gained[bisect.bisect_right(ends, c)] for c in span)  # type: ignore[return-value]
+
+
+def _mask_from_offsets(offsets: torch.Tensor, spans: list[Span]) -> torch.Tensor:
+    """Tokens overlapping any span; zero-width tokens (padding, added specials) never do."""
+    starts, ends = offsets[:, 0], offsets[:, 1]
+    mask = torch.zeros(offsets.shape[0], dtype=torch.bool)
+    for s, e in spans:
+        mask |= (starts < e) & (ends > s) & (ends > starts)
+    return mask
