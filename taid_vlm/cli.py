@@ -1,9 +1,15 @@
-"""The ``taid-vlm`` command. Thin: parses arguments and calls data/, train/ or eval/."""
+"""The ``taid-vlm`` command. Thin: parses arguments and calls data/, train/ or eval/.
+
+Heavy imports (torch, transformers) happen inside the subcommands, so ``taid-vlm --help``
+answers at once.
+"""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
+import typing
 
 from . import __version__
 
@@ -14,8 +20,79 @@ def build_parser() -> argparse.ArgumentParser:
         description="Distil compact VLMs and LLMs with TAID, and evaluate them on VQA, captioning and text.",
     )
     parser.add_argument("--version", action="version", version=f"taid-vlm {__version__}")
-    parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _add_data(commands)
+    _add_distill(commands)
     return parser
+
+
+# ---- data -----------------------------------------------------------------------------------------
+
+
+def _add_data(commands: argparse._SubParsersAction) -> None:
+    data = commands.add_parser("data", help="generate or inspect data sets")
+    kinds = data.add_subparsers(dest="data_command", metavar="KIND", required=True)
+    shapes = kinds.add_parser("shapes", help="write the synthetic scenes set (VQA + captions), offline")
+    shapes.add_argument("--out", required=True, help="output directory")
+    shapes.add_argument("--n-train", type=int, default=2000, help="training scenes (default 2000)")
+    shapes.add_argument("--n-test", type=int, default=500, help="test scenes (default 500)")
+    shapes.add_argument("--seed", type=int, default=0)
+    shapes.add_argument("--image-size", type=int, default=64)
+    shapes.add_argument("--text", action="store_true", help="describe scenes in text instead of images (text-only LLMs)")
+    shapes.set_defaults(func=_run_data_shapes)
+
+
+def _run_data_shapes(args: argparse.Namespace) -> int:
+    from .data import format_summary, generate_shapes
+
+    summary = generate_shapes(args.out, args.n_train, args.n_test, seed=args.seed, image_size=args.image_size, text=args.text)
+    print(format_summary(summary))
+    return 0
+
+
+# ---- distill --------------------------------------------------------------------------------------
+
+
+def _add_distill(commands: argparse._SubParsersAction) -> None:
+    from .train.config import DistillConfig  # light: no torch at import time
+
+    distill = commands.add_parser(
+        "distill",
+        help="distil a student from a teacher (TAID by default)",
+        description="Every config key is also a flag; a YAML --config is read first, then flags, then key=value overrides.",
+    )
+    distill.add_argument("--config", help="YAML file of config keys (a recipe)")
+    distill.add_argument("overrides", nargs="*", metavar="key=value", help="final overrides, e.g. loss_params.beta=0.3")
+    hints = typing.get_type_hints(DistillConfig)
+    for f in dataclasses.fields(DistillConfig):
+        flag = "--" + f.name.replace("_", "-")
+        kind = hints[f.name]
+        if f.name == "resume":
+            distill.add_argument(flag, dest=f.name, nargs="?", const="auto", default=None,
+                                 help="continue the run in --output (latest checkpoint), or from a checkpoint dir")
+        elif kind is bool:
+            distill.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None)
+        elif f.name == "loss_params":
+            continue  # set with key=value overrides: loss_params.beta=0.3
+        else:
+            distill.add_argument(flag, dest=f.name, default=None, metavar=f.name.upper())
+    distill.set_defaults(func=_run_distill)
+
+
+def _run_distill(args: argparse.Namespace) -> int:
+    from .train.config import FIELDS, ConfigError, load_config
+
+    flags = {name: getattr(args, name) for name in FIELDS if hasattr(args, name)}
+    try:
+        config = load_config(args.config, flags, args.overrides)
+    except ConfigError as e:
+        print(f"taid-vlm distill: {e}", file=sys.stderr)
+        return 2
+    from .train import distill
+
+    result = distill(config)
+    print(f"student saved to {result.student_dir} after {result.steps} steps ({result.seconds:.0f} s)")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

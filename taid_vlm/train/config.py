@@ -1,0 +1,220 @@
+"""One config dataclass is the source of truth for a distillation run.
+
+It is read from a YAML file, then command-line flags, then ``key=value`` overrides (later wins),
+and the resolved result is written to ``OUTPUT/config.yaml``. Unknown keys are errors, never
+silently ignored. Defaults follow the TAID paper: AdamW lr 1e-4, weight decay 0.01, cosine
+decay, gradient clipping 1.0, t_start 0.4, t_end 1.0, alpha 5e-4, beta 0.99.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..losses import LOSS_NAMES
+
+RESPONSE_SOURCES = ("data", "teacher")
+LR_SCHEDULERS = ("cosine", "linear", "constant")
+
+
+@dataclass
+class DistillConfig:
+    # --- models -----------------------------------------------------------------------------
+    student: str = ""  # a checkpoint dir / hub id, or a composed-VLM spec ("composed:small?...")
+    teacher: str | None = None  # not needed for loss=sft
+    student_dtype: str = "float32"
+    teacher_dtype: str = "auto"  # "auto" keeps the checkpoint's dtype; bfloat16 halves its memory
+    teacher_device: str | None = None  # e.g. "cpu" (offload) or "cuda:1"; default: the student's
+    student_chat_template: str | None = None  # Jinja template overriding the processor's
+    teacher_chat_template: str | None = None
+
+    # --- data -------------------------------------------------------------------------------
+    data: str = ""
+    data_format: str = "auto"
+    max_length: int | None = None  # tokens per rendered sequence; prompts are trimmed, never responses
+    skip_bad: bool = False
+    responses: str = "data"  # "data": the data set's responses; "teacher": generated once by the teacher
+    on_policy: float = 0.0  # probability that a batch's responses are replaced by student samples (GKD)
+    generation_max_new_tokens: int = 64
+    generation_temperature: float = 1.0  # for on-policy student samples
+
+    # --- loss -------------------------------------------------------------------------------
+    loss: str = "taid"
+    distil_ratio: float = 1.0  # weight of the distillation loss; 1 - ratio goes to cross entropy
+    temperature: float = 1.0
+    loss_params: dict[str, float] = field(default_factory=dict)  # e.g. {beta: 0.5} for gjsd
+    chunked: bool = True  # the chunked fused-linear engine; False = plain full logits (for comparison)
+    chunk_size: int | None = None
+    # TAID schedule (TAID.md)
+    t_start: float = 0.4
+    t_end: float = 1.0
+    taid_alpha: float = 5e-4
+    taid_beta: float = 0.99
+    taid_adaptive: bool = True
+    taid_alpha_per_run: float | None = None  # alpha = this / max_steps: adapts in short runs too
+    # CTKD: the learned temperature's gradient-reversal strength ramps 0 -> this over the run
+    ctkd_lambda_max: float = 1.0
+
+    # --- optimisation -----------------------------------------------------------------------
+    lr: float = 1e-4
+    weight_decay: float = 0.01
+    lr_scheduler: str = "cosine"
+    warmup_steps: int = 0
+    grad_clip: float = 1.0
+    batch_size: int = 8  # records per micro-batch per process
+    grad_accum: int = 1
+    max_steps: int = 1000
+    freeze_vision: bool = False
+
+    # --- run --------------------------------------------------------------------------------
+    output: str = ""
+    seed: int = 0
+    save_every: int = 500
+    keep_checkpoints: int = 2
+    log_every: int = 10
+    resume: str | None = None  # "auto" (latest checkpoint in output) or a checkpoint dir
+    overwrite: bool = False
+    max_bad_steps: int = 3
+    tensorboard: bool = False
+    progress: bool = True
+
+    def validate(self) -> "DistillConfig":
+        problems = []
+        if not self.student:
+            problems.append("student is required (a checkpoint dir, hub id or composed spec)")
+        if not self.data:
+            problems.append("data is required (a data file, folder or dataset)")
+        if not self.output:
+            problems.append("output is required (the run directory)")
+        if self.loss not in LOSS_NAMES:
+            problems.append(f"loss {self.loss!r} is not one of {', '.join(LOSS_NAMES)}")
+        if self.needs_teacher and not self.teacher:
+            problems.append(f"loss {self.loss!r} with distil_ratio {self.distil_ratio} needs a teacher")
+        if self.responses not in RESPONSE_SOURCES:
+            problems.append(f"responses must be one of {RESPONSE_SOURCES}, got {self.responses!r}")
+        if self.responses == "teacher" and not self.teacher:
+            problems.append("responses=teacher needs a teacher")
+        if not 0.0 <= self.on_policy <= 1.0:
+            problems.append(f"on_policy is a probability in [0, 1], got {self.on_policy}")
+        if not 0.0 <= self.distil_ratio <= 1.0:
+            problems.append(f"distil_ratio must lie in [0, 1], got {self.distil_ratio}")
+        if self.lr_scheduler not in LR_SCHEDULERS:
+            problems.append(f"lr_scheduler must be one of {LR_SCHEDULERS}, got {self.lr_scheduler!r}")
+        for name in ("batch_size", "grad_accum", "max_steps", "save_every", "log_every"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
+        if problems:
+            raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(problems))
+        return self
+
+    @property
+    def needs_teacher(self) -> bool:
+        return self.loss != "sft" and self.distil_ratio > 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+
+class ConfigError(ValueError):
+    pass
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(DistillConfig)}
+
+
+def field_type(name: str) -> Any:
+    return typing.get_type_hints(DistillConfig)[name]
+
+
+def coerce(name: str, value: Any, source: str) -> Any:
+    """Check (and convert strings of) a value against the field's declared type."""
+    kind = field_type(name)
+    optional = _is_optional(kind)
+    base = _without_none(kind)
+    if value is None or (isinstance(value, str) and value.lower() in ("none", "null") and optional):
+        if optional:
+            return None
+        raise ConfigError(f"{source}: {name} cannot be empty")
+    if isinstance(value, str) and base is not str:
+        value = yaml.safe_load(value)
+    if base is bool:
+        if isinstance(value, bool):
+            return value
+    elif base is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif base is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif base is str:
+        return str(value)
+    elif typing.get_origin(base) is dict:
+        if isinstance(value, dict):
+            return {str(k): float(v) for k, v in value.items()}
+    raise ConfigError(f"{source}: {name} expects {_type_name(base)}, got {value!r}")
+
+
+def _is_optional(kind: Any) -> bool:
+    return type(None) in typing.get_args(kind)
+
+
+def _without_none(kind: Any) -> Any:
+    if isinstance(kind, types.UnionType) or typing.get_origin(kind) is typing.Union:
+        args = [a for a in typing.get_args(kind) if a is not type(None)]
+        return args[0]
+    return kind
+
+
+def _type_name(kind: Any) -> str:
+    return getattr(kind, "__name__", str(kind))
+
+
+def apply(config: DistillConfig, values: dict[str, Any], source: str) -> DistillConfig:
+    """Set ``values`` on ``config``; ``loss_params.beta`` style keys set one loss parameter."""
+    for key, value in values.items():
+        if key.startswith("loss_params."):
+            config.loss_params[key.split(".", 1)[1]] = float(yaml.safe_load(str(value)))
+            continue
+        if key not in FIELDS:
+            close = [f for f in FIELDS if key.replace("-", "_") == f or key in f]
+            hint = f" (did you mean {', '.join(close[:3])}?)" if close else ""
+            raise ConfigError(f"{source}: unknown key {key!r}{hint}; known keys: {', '.join(FIELDS)}")
+        setattr(config, key, coerce(key, value, source))
+    return config
+
+
+def load_config(
+    yaml_path: str | Path | None = None,
+    flags: dict[str, Any] | None = None,
+    overrides: list[str] | None = None,
+) -> DistillConfig:
+    """YAML file, then flags, then ``key=value`` overrides; returns a validated config."""
+    config = DistillConfig()
+    if yaml_path is not None:
+        path = Path(yaml_path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            values = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML: {e}") from None
+        if not isinstance(values, dict):
+            raise ConfigError(f"{path}: expected a mapping of config keys, got {type(values).__name__}")
+        apply(config, values, str(path))
+    if flags:
+        apply(config, {k: v for k, v in flags.items() if v is not None}, "command line")
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not key=value")
+        key, value = item.split("=", 1)
+        apply(config, {key.strip(): value}, f"override {item!r}")
+    return config.validate()
