@@ -214,3 +214,12 @@ def test_sigkill_then_resume_gives_the_same_student(vlm_pair):
     assert all(torch.equal(a[k], b[k]) for k in a), max((a[k] - b[k]).abs().max().item() for k in a)
     steps = [r["step"] for r in read_metrics(vlm_pair / "killed" / "metrics.jsonl")]
     assert steps == sorted(set(steps)) and steps[-1] == 10  # no step logged twice
+
+
+def test_student_built_from_parts_takes_the_teachers_tokenizer(vlm_pair):
+    result = distill(config_for(vlm_pair, "from-spec", max_steps=1, student="composed:tiny?num_image_tokens=4&seed=9"))
+    from transformers import AutoTokenizer
+
+    student_tok = AutoTokenizer.from_pretrained(result.student_dir)
+    teacher_tok = AutoTokenizer.from_pretrained(vlm_pair / "teacher")
+    assert student_tok.get_vocab() == teacher_tok.get_vocab()

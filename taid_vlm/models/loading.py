@@ -36,18 +36,21 @@ def load(
     device: str | torch.device | None = None,
     chat_template: str | None = None,
     trust_remote_code: bool = False,
+    tokenizer: Any = None,
 ) -> ModelAdapter:
     """A ``ModelAdapter`` around the model and processor at ``path_or_spec``.
 
     ``chat_template`` overrides the processor's own: a Jinja string, or "chatml" / "plain"
     (``taid_vlm.models.tokenizer``). A processor without a template gets the plain one.
+    ``tokenizer`` only applies to composed specs: a student built from parts takes its
+    teacher's tokenizer so the two share a vocabulary (a checkpoint brings its own).
     """
     if role not in ROLES:
         raise ValueError(f"role must be one of {ROLES}, got {role!r}")
     torch_dtype = resolve_dtype(dtype)
     template = NAMED_TEMPLATES.get(chat_template, chat_template) if chat_template else None
-    if _is_composed_spec(path_or_spec):
-        model, processor = _build_composed(path_or_spec)
+    if is_composed_spec(path_or_spec):
+        model, processor = _build_composed(path_or_spec, tokenizer)
         if torch_dtype is not None:
             model = model.to(torch_dtype)
     else:
@@ -90,16 +93,17 @@ def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
 # ---- building -------------------------------------------------------------------------------------
 
 
-def _is_composed_spec(spec: Any) -> bool:
+def is_composed_spec(spec: Any) -> bool:
+    """A composed-VLM spec ("composed:<size>?..." or a dict) rather than a checkpoint path."""
     return isinstance(spec, dict) or (isinstance(spec, str) and spec.startswith("composed:"))
 
 
-def _build_composed(spec: Any) -> tuple[torch.nn.Module, Any]:
+def _build_composed(spec: Any, tokenizer: Any = None) -> tuple[torch.nn.Module, Any]:
     try:
         from .composed import build_from_spec
     except ImportError as e:
         raise ImportError(f"composed model spec {spec!r} needs taid_vlm.models.composed, which failed: {e}") from e
-    return build_from_spec(spec)
+    return build_from_spec(spec, tokenizer=tokenizer)
 
 
 def _from_pretrained(path: str, dtype: torch.dtype | None, trust_remote_code: bool) -> tuple[torch.nn.Module, Any]:

@@ -38,8 +38,7 @@ from transformers import get_scheduler
 from ..data import load_records
 from ..data.truncate import fit_prompt
 from ..losses import CTKDTemperature, TAIDSchedule
-from ..models import ModelAdapter, check_alignment, check_vocab_compatible, load
-from ..models.loading import _is_composed_spec as is_composed_spec
+from ..models import ModelAdapter, check_alignment, check_vocab_compatible, is_composed_spec, load
 from .batches import BatchStream
 from .checkpoint import TrainerState, latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import DistillConfig
