@@ -62,6 +62,18 @@ class Record:
     def with_messages(self, messages: list[dict[str, str]]) -> "Record":
         return Record(self.id, messages, self.images, self.answers, self.references, self.meta)
 
+    def open_images(self) -> list[Image.Image]:
+        """The images as RGB, opened now (records from loaders hold paths until this point).
+
+        A missing or unreadable file raises an error that also names the record and the data
+        line it came from (``meta['source']``), which a bare path would not.
+        """
+        try:
+            return [load_image(image) for image in self.images]
+        except OSError as e:  # FileNotFoundError included
+            where = f"{self.meta.get('source', '<memory>')} (record {self.id!r})"
+            raise type(e)(f"{where}: {e}; fix the path or load with skip_bad=True") from None
+
 
 def load_image(image: ImageLike, base_dir: Path | None = None) -> Image.Image:
     """Open an image as RGB; relative paths resolve against ``base_dir`` (the data file's folder)."""
