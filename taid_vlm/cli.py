@@ -39,13 +39,15 @@ def _add_data(commands: argparse._SubParsersAction) -> None:
     shapes.add_argument("--seed", type=int, default=0)
     shapes.add_argument("--image-size", type=int, default=64)
     shapes.add_argument("--text", action="store_true", help="describe scenes in text instead of images (text-only LLMs)")
+    shapes.add_argument("--qa-turns", type=int, default=3, help="question turns per training conversation (default 3)")
     shapes.set_defaults(func=_run_data_shapes)
 
 
 def _run_data_shapes(args: argparse.Namespace) -> int:
     from .data import format_summary, generate_shapes
 
-    summary = generate_shapes(args.out, args.n_train, args.n_test, seed=args.seed, image_size=args.image_size, text=args.text)
+    summary = generate_shapes(args.out, args.n_train, args.n_test, seed=args.seed, image_size=args.image_size,
+                              text=args.text, qa_turns=args.qa_turns)
     print(format_summary(summary))
     return 0
 

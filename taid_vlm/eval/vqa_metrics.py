@@ -117,13 +117,18 @@ def is_empty_prediction(prediction: str | None) -> bool:
     return prediction is None or normalize_answer(prediction) == ""
 
 
+HUMAN_ANSWERS = 10  # VQAv2 collects ten human answers per question
+
+
 def vqa_score(prediction: str | None, answers: Sequence[str]) -> float:
     """Accuracy of one prediction in [0, 1].
 
-    With several human answers: for each of the k answers, count how many of the OTHER k-1
-    equal the prediction, take min(1, count/3), and average over the k leave-one-out subsets
-    (so 1, 2, 3 matching humans out of 10 give 0.3, 0.6, 0.9). With one answer that formula
-    would always give 0, so single-reference sets use normalised exact match instead.
+    With exactly 10 human answers (the VQAv2 / OK-VQA / VizWiz convention): for each answer,
+    count how many of the OTHER 9 equal the prediction, take min(1, count/3), and average over
+    the 10 leave-one-out subsets (1, 2, 3 matching humans give 0.3, 0.6, 0.9). Any other number
+    of answers is a SET of valid answers (GQA-style single references, or our synthetic
+    multi-answer families): normalised exact match against any of them, since the human
+    agreement formula would wrongly give a correct answer from a set of 3 only 1/3 credit.
     An empty or missing prediction scores 0.
     """
     if isinstance(answers, str) or not answers:
@@ -131,8 +136,8 @@ def vqa_score(prediction: str | None, answers: Sequence[str]) -> float:
     if is_empty_prediction(prediction):
         return 0.0
     pred = normalize_answer(prediction)
-    if len(answers) == 1:
-        return float(pred == normalize_answer(answers[0]))
+    if len(answers) != HUMAN_ANSWERS:
+        return float(any(pred == normalize_answer(a) for a in answers))
     humans = [clean_whitespace(a) for a in answers]
     if len(set(humans)) > 1:  # official quirk: identical answer lists stay un-normalised
         humans = [process_words(process_punctuation(a)) for a in humans]
