@@ -93,7 +93,8 @@ def _run_distill(args: argparse.Namespace) -> int:
     from .train import distill
 
     result = distill(config)
-    print(f"student saved to {result.student_dir} after {result.steps} steps ({result.seconds:.0f} s)")
+    if result.is_main:
+        print(f"student saved to {result.student_dir} after {result.steps} steps ({result.seconds:.0f} s)")
     return 0
 
 

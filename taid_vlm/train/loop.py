@@ -59,6 +59,7 @@ class DistillResult:
     final_loss: float | None
     final_t: float | None
     seconds: float
+    is_main: bool = True
 
 
 class Distributed:
@@ -245,7 +246,8 @@ def distill(config: DistillConfig) -> DistillResult:
     if env.is_main:
         _save_student_atomically(student, student_dir)
     env.barrier()
-    return DistillResult(out, student_dir, state.step, last_loss, schedule.t if schedule else None, time.perf_counter() - started)
+    return DistillResult(out, student_dir, state.step, last_loss, schedule.t if schedule else None,
+                         time.perf_counter() - started, env.is_main)
 
 
 # ---- helpers ------------------------------------------------------------------------------------

@@ -1,0 +1,52 @@
+"""Two real CPU processes (gloo) under accelerate: ranks stay identical and match one process."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from taid_vlm.data import generate_shapes, load_records
+from taid_vlm.models.composed import build_composed_vlm
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.skipif(shutil.which("accelerate", path=str(Path(sys.executable).parent)) is None, reason="accelerate CLI missing")
+def test_two_processes_hold_identical_weights_and_t_and_match_one_process(tmp_path):
+    generate_shapes(tmp_path / "shapes", 24, 2, seed=0, image_size=32)
+    texts = [m["content"] for r in load_records(tmp_path / "shapes" / "train.jsonl") for m in r.messages]
+    teacher, processor = build_composed_vlm("tiny", texts=texts, seed=1)
+    teacher.save_pretrained(tmp_path / "teacher")
+    processor.save_pretrained(tmp_path / "teacher")
+    args = ["distill", f"--teacher={tmp_path / 'teacher'}", "--student=composed:tiny?num_image_tokens=4&seed=2",
+            f"--data={tmp_path / 'shapes' / 'train.jsonl'}", "--max-steps=3", "--save-every=3", "--no-progress",
+            "lr=0.003", "taid_alpha_per_run=5"]
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT), ACCELERATE_USE_CPU="true", OMP_NUM_THREADS="1")
+    launcher = [str(Path(sys.executable).parent / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2",
+                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "taid_vlm.cli"]
+    two = subprocess.run(launcher + args + [f"--output={tmp_path / 'ddp'}", "--batch-size=2"],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert two.returncode == 0, two.stderr[-3000:]
+    ranks = json.loads((tmp_path / "ddp" / "ranks.json").read_text())
+    assert [r["rank"] for r in ranks] == [0, 1]
+    assert ranks[0]["weights_sha256"] == ranks[1]["weights_sha256"]
+    assert ranks[0]["t"] == ranks[1]["t"] and ranks[0]["t"] > 0.4
+
+    one = subprocess.run([sys.executable, "-m", "taid_vlm.cli"] + args + [f"--output={tmp_path / 'single'}", "--batch-size=4"],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert one.returncode == 0, one.stderr[-3000:]
+    a = load_file(str(tmp_path / "ddp" / "student" / "model.safetensors"))
+    b = load_file(str(tmp_path / "single" / "student" / "model.safetensors"))
+    start = build_composed_vlm("tiny", texts=texts, num_image_tokens=4, seed=2)[0].state_dict()
+    moved = max((b[k] - start[k]).abs().max().item() for k in b if k in start)
+    assert moved > 1e-3
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-3 * moved  # same global batch, same update
+    t_ddp = [json.loads(x)["t"] for x in (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()]
+    t_one = [json.loads(x)["t"] for x in (tmp_path / "single" / "metrics.jsonl").read_text().splitlines()]
+    assert t_ddp == pytest.approx(t_one, rel=1e-4)  # t follows the all-reduced loss
