@@ -55,10 +55,22 @@ def load(
             model = model.to(torch_dtype)
     else:
         model, processor = _from_pretrained(str(path_or_spec), torch_dtype, trust_remote_code)
-    family = detect_family(model.config.model_type, source=str(path_or_spec))
+    return adapt(model, processor, role=role, device=device, chat_template=template, source=str(path_or_spec))
+
+
+def adapt(
+    model: torch.nn.Module,
+    processor: Any,
+    role: str = "student",
+    device: str | torch.device | None = None,
+    chat_template: str | None = None,
+    source: str = "model",
+) -> ModelAdapter:
+    """Wrap a model already in memory (built, trained or loaded elsewhere) in an adapter."""
+    family = detect_family(model.config.model_type, source=source)
     if device is not None:
         model = model.to(device)
-    return ModelAdapter(model, processor, family, role=role, chat_template=template)
+    return ModelAdapter(model, processor, family, role=role, chat_template=chat_template)
 
 
 def load_pair(
