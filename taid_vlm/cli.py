@@ -12,6 +12,7 @@ import sys
 import typing
 
 from . import __version__
+from .eval.command import add_eval_parser
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -23,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_data(commands)
     _add_distill(commands)
+    add_eval_parser(commands)
     return parser
 
 

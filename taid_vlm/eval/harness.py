@@ -1,0 +1,343 @@
+"""``taid-vlm eval``: score several models on the same items and write what a reader needs to trust it.
+
+One run = one data file, one task, any number of models (teacher and students side by side).
+Each model answers every item (batched greedy decoding, left padding), is scored with the
+field's own rules (``vqa_metrics``, ``caption_metrics``, ``text_metrics``), and gets timings.
+Models given as paths are loaded one at a time and released before the next, so a teacher and
+its students need not fit in memory together.
+
+Outputs in ``output``: ``results.json`` (per model: metrics, n, prompt, decoding settings,
+normaliser version, timings, breakdowns), ``samples.jsonl`` (one row per model and item) and
+``results.md`` (models as rows).
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from .. import __version__
+from ..models import ModelAdapter, load
+from .caption_metrics import BACKENDS
+from .errors import EvalError
+from .generation import GenerationRun, generate_answers, reference_nll
+from .items import EvalSet, load_eval_set
+from .prompts import DEFAULT_MAX_NEW_TOKENS, TASKS
+from .reports import RESULTS_MD, ModelResult, render_results_md, write_results_json, write_samples_jsonl
+from .scoring import SAMPLE_SCORE, TaskScores, score_captions, score_text, score_vqa
+
+ModelLike = str | Path | dict | ModelAdapter
+
+
+@dataclass
+class EvalConfig:
+    """Everything a run depends on. ``models`` are paths, hub ids, composed specs or loaded
+    adapters; ``labels`` name them in the outputs (default: the directory name). ``dtype`` and
+    ``device`` apply to the models the harness loads; loaded adapters are used where they are."""
+
+    models: list[ModelLike]
+    data: str
+    task: str
+    output: str
+    batch_size: int = 8
+    max_new_tokens: int | None = None
+    limit: int | None = None
+    labels: list[str] | None = None
+    dtype: str | None = None
+    device: str | None = None
+    caption_backend: str = "auto"
+    data_options: dict[str, Any] = field(default_factory=dict)  # HF sets: split, columns, ...
+    progress: bool = True
+
+    def validate(self) -> "EvalConfig":
+        if self.task not in TASKS:
+            raise EvalError(f"--task {self.task!r} is not one of {', '.join(TASKS)}")
+        if not self.models:
+            raise EvalError("no models to evaluate; pass at least one --model")
+        for name, value in (("batch_size", self.batch_size), ("max_new_tokens", self.max_new_tokens)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise EvalError(f"{name} must be a positive integer, got {value!r}")
+        if self.caption_backend not in BACKENDS:
+            raise EvalError(f"caption backend {self.caption_backend!r} is not one of {', '.join(BACKENDS)}")
+        if Path(self.output).is_file():
+            raise EvalError(f"--output {self.output} is a file; give a directory for the results")
+        return self
+
+    @property
+    def new_tokens(self) -> int:
+        return self.max_new_tokens or DEFAULT_MAX_NEW_TOKENS[self.task]
+
+
+def evaluate(
+    models: Sequence[ModelLike],
+    data: str | Path,
+    task: str,
+    output: str | Path,
+    batch_size: int = 8,
+    max_new_tokens: int | None = None,
+    limit: int | None = None,
+    labels: Sequence[str] | None = None,
+    dtype: str | None = None,
+    device: str | None = None,
+    progress: bool = True,
+    caption_backend: str = "auto",
+    data_options: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Evaluate ``models`` on ``data`` for ``task``, write the three outputs, return results.json's content."""
+    config = EvalConfig(
+        models=list(models), data=str(data), task=task, output=str(output), batch_size=batch_size,
+        max_new_tokens=max_new_tokens, limit=limit, labels=list(labels) if labels is not None else None,
+        dtype=dtype, device=device, caption_backend=caption_backend, data_options=dict(data_options or {}),
+        progress=progress,
+    )  # fmt: skip
+    return run_evaluation(config)
+
+
+def run_evaluation(config: EvalConfig) -> dict[str, Any]:
+    config.validate()
+    names = model_names(config.models, config.labels)
+    _preflight(config.models, names)
+    eval_set = load_eval_set(config.data, config.task, config.limit, config.data_options)
+    _log(config, f"{config.task}: {len(eval_set.items)} items from {eval_set.source}, {len(names)} model(s)")
+    results, samples = [], []
+    for model, name in zip(config.models, names):
+        result, rows = _evaluate_one(model, name, eval_set, config)
+        if not isinstance(model, ModelAdapter):
+            _release_memory()  # the model this call loaded is gone; hand its memory back
+        results.append(result)
+        samples.extend({"model": name, **row} for row in rows)
+        numbers = (f"{k} {_fmt(v)}" for k, v in result.metrics.items() if not isinstance(v, str))
+        _log(config, f"{name}: " + ", ".join(numbers))
+    return write_outputs(config.output, eval_set, config, results, samples)
+
+
+# ---- one model ---------------------------------------------------------------------------------------
+
+
+def _evaluate_one(model: ModelLike, name: str, eval_set: EvalSet, config: EvalConfig) -> tuple[ModelResult, list]:
+    start = time.perf_counter()
+    adapter = model if isinstance(model, ModelAdapter) else _load(model, name, config)
+    load_s = time.perf_counter() - start
+    _check_can_answer(adapter, name, eval_set)
+    items = eval_set.items
+    run = generate_answers(adapter, [i.prompt for i in items], name, config.batch_size, config.new_tokens,
+                           _progress(config, name))
+    timings = {"load_s": load_s, "generate_s": run.seconds, "items_per_s": run.items_per_s,
+               "tokens_per_s": run.tokens_per_s}
+    nll = None
+    if eval_set.task == "text":
+        start = time.perf_counter()
+        nll = reference_nll(adapter, [i.target for i in items], name, config.batch_size)
+        timings["perplexity_s"] = time.perf_counter() - start
+    start = time.perf_counter()
+    scores = _score(eval_set, run.predictions, nll, config.caption_backend)
+    timings["score_s"] = time.perf_counter() - start
+    return _model_result(adapter, model, name, eval_set, config, run, scores, timings), scores.samples
+
+
+def _preflight(models: Sequence[ModelLike], names: Sequence[str]) -> None:
+    """Catch a mistyped path before the first model spends minutes generating."""
+    for model, name in zip(models, names):
+        if not isinstance(model, (str, Path, dict, ModelAdapter)):
+            raise EvalError(
+                f"model {name!r}: expected a checkpoint path, hub id, composed spec or a loaded ModelAdapter, "
+                f"got {type(model).__name__}"
+            )
+        text = str(model)
+        looks_local = isinstance(model, Path) or text.startswith(("/", ".", "~"))
+        if not isinstance(model, (dict, ModelAdapter)) and looks_local and not Path(text).expanduser().exists():
+            raise EvalError(f"cannot load model {name!r}: no such checkpoint directory {text}")
+
+
+def _load(model: ModelLike, name: str, config: EvalConfig) -> ModelAdapter:
+    try:
+        return load(model, role="student", dtype=config.dtype, device=config.device)
+    except Exception as e:  # noqa: BLE001 - any load failure is re-raised naming the model
+        raise EvalError(f"cannot load model {name!r} from {model}: {type(e).__name__}: {e}") from e
+
+
+def _check_can_answer(adapter: ModelAdapter, name: str, eval_set: EvalSet) -> None:
+    if adapter.family_info.text_only and eval_set.has_images:
+        raise EvalError(
+            f"model {name!r} is text-only ({adapter.family}) but {eval_set.source} has images; evaluate a "
+            "VLM on it, or a text-only model on the text variant of the data (taid-vlm data shapes --text)"
+        )
+
+
+def _score(eval_set: EvalSet, predictions: list[str], nll: list | None, caption_backend: str) -> TaskScores:
+    if eval_set.task == "vqa":
+        return score_vqa(eval_set.items, predictions)
+    if eval_set.task == "caption":
+        return score_captions(eval_set.items, predictions, caption_backend)
+    return score_text(eval_set.items, predictions, nll)
+
+
+def _model_result(
+    adapter: ModelAdapter, source: ModelLike, name: str, eval_set: EvalSet, config: EvalConfig,
+    run: GenerationRun, scores: TaskScores, timings: dict[str, Any],
+) -> ModelResult:  # fmt: skip
+    stop_ids = adapter.stop_token_ids
+    decoding = {
+        "strategy": "greedy", "do_sample": False, "num_beams": 1, "max_new_tokens": config.new_tokens,
+        "batch_size": config.batch_size, "padding_side": "left", "stop_token_ids": stop_ids,
+        "stop_tokens": adapter.tokenizer.convert_ids_to_tokens(stop_ids),
+    }  # fmt: skip
+    metrics = dict(scores.metrics)
+    metrics["items_per_s"] = round(run.items_per_s, 2)
+    metrics["tokens_per_s"] = None if run.tokens_per_s is None else round(run.tokens_per_s, 2)
+    extra = {
+        "task": eval_set.task,
+        "source": "<in-memory ModelAdapter>" if isinstance(source, ModelAdapter) else str(source),
+        "family": adapter.family, "model_type": adapter.model_type,
+        "dtype": str(adapter.dtype).removeprefix("torch."), "device": str(adapter.device),
+        "generated_tokens": run.generated_tokens, "n_hit_max_new_tokens": run.n_hit_limit,
+        "example_prompt": adapter.render([eval_set.items[0].prompt], add_generation_prompt=True).texts[0],
+        **scores.extra,
+    }  # fmt: skip
+    return ModelResult(
+        model=name, metrics=metrics, n=len(eval_set.items), prompt=eval_set.prompt_template, decoding=decoding,
+        normalizer_version=scores.normalizer_version, timings=timings, extra=extra,
+    )  # fmt: skip
+
+
+def _release_memory() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+# ---- names -------------------------------------------------------------------------------------------
+
+
+def model_names(models: Sequence[ModelLike], labels: Sequence[str] | None = None) -> list[str]:
+    """Labels when given; else a path's directory name (``runs/a/student`` -> ``student``), widened
+    to ``a/student`` when two models would share a name, and a spec string as written."""
+    if labels is not None:
+        labels = [str(label) for label in labels]
+        if len(labels) != len(models):
+            raise EvalError(f"{len(labels)} label(s) for {len(models)} model(s); give one --label per --model")
+        if any(not label.strip() for label in labels) or len(set(labels)) != len(labels):
+            raise EvalError(f"labels must be non-empty and unique, got {labels}")
+        return labels
+    names = [_default_name(m, i, depth=1) for i, m in enumerate(models)]
+    for depth in (2, 3):
+        clashing = {n for n in names if names.count(n) > 1}
+        names = [_default_name(m, i, depth) if n in clashing else n for i, (m, n) in enumerate(zip(models, names))]
+    seen: dict[str, int] = {}
+    unique = []
+    for n in names:
+        seen[n] = seen.get(n, 0) + 1
+        unique.append(n if names.count(n) == 1 else f"{n}#{seen[n]}")
+    return unique
+
+
+def _default_name(model: ModelLike, index: int, depth: int) -> str:
+    if isinstance(model, ModelAdapter):
+        return f"{model.family}-{index + 1}"
+    if isinstance(model, dict):
+        return f"composed-{model.get('size', 'tiny')}-{index + 1}"
+    text = str(model)
+    if text.startswith("composed:"):
+        return text  # a spec reads best as written
+    path = Path(text)
+    parts = (path.resolve() if path.exists() else path).parts  # a hub id "org/name" -> "name"
+    return "/".join(parts[-depth:]) or text
+
+
+# ---- outputs -----------------------------------------------------------------------------------------
+
+
+def write_outputs(
+    out_dir: str | Path, eval_set: EvalSet, config: EvalConfig, results: list[ModelResult], samples: list[dict]
+) -> dict[str, Any]:
+    """samples.jsonl first, then results.json and results.md; returns results.json's content."""
+    source = Path(eval_set.source)
+    meta = {
+        "task": eval_set.task, "data": str(source.absolute()) if source.exists() else eval_set.source,
+        "data_format": eval_set.format, "n_items": len(eval_set.items), "limit": config.limit,
+        "batch_size": config.batch_size, "max_new_tokens": config.new_tokens,
+        "prompt_template": eval_set.prompt_template, "instructions": eval_set.instructions,
+        "sample_score": SAMPLE_SCORE[eval_set.task], "models": [r.model for r in results],
+        "taid_vlm_version": __version__, "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }  # fmt: skip
+    if eval_set.task == "caption":
+        meta["caption_backend_requested"] = config.caption_backend
+    write_samples_jsonl(out_dir, samples)
+    results_path = write_results_json(out_dir, results, meta)
+    _write_text(Path(out_dir) / RESULTS_MD, render_markdown(eval_set, config, results))
+    return json.loads(results_path.read_text(encoding="utf-8"))
+
+
+def render_markdown(eval_set: EvalSet, config: EvalConfig, results: list[ModelResult]) -> str:
+    notes = [
+        f"data: {eval_set.source} ({len(eval_set.items)} items, {eval_set.format} format)",
+        f"prompt: {eval_set.prompt_template!r}",
+        f"decoding: greedy, max_new_tokens {config.new_tokens}, batch {config.batch_size}, left padding",
+        f"normaliser: {results[0].normalizer_version}",
+    ]
+    text = render_results_md(results, title=f"{eval_set.task} evaluation", notes=notes)
+    if eval_set.task == "vqa":
+        text += "\n" + _family_table(results)
+    return text
+
+
+def _family_table(results: list[ModelResult]) -> str:
+    """Accuracy per question family: where a student keeps up with its teacher and where not."""
+    families = results[0].extra.get("by_family", {})
+    rows = [
+        ModelResult(r.model, {f: g["accuracy"] for f, g in r.extra["by_family"].items()}, r.n, r.prompt, r.decoding)
+        for r in results
+    ]
+    sizes = ", ".join(f"{f} {g['n']}" for f, g in families.items())
+    return render_results_md(rows, title="VQA accuracy by question family", notes=[f"questions per family: {sizes}"])
+
+
+def _write_text(path: Path, text: str) -> None:
+    """Write to a temporary sibling and move it into place: a killed run leaves the old file whole."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+# ---- progress ----------------------------------------------------------------------------------------
+
+
+def _log(config: EvalConfig, message: str) -> None:
+    if config.progress:
+        print(f"[taid-vlm eval] {message}", file=sys.stderr, flush=True)
+
+
+def _progress(config: EvalConfig, name: str):
+    if not config.progress:
+        return None
+    last = [0.0]
+
+    def report(done: int, total: int) -> None:
+        now = time.perf_counter()
+        if done == total or now - last[0] > 5.0:
+            last[0] = now
+            _log(config, f"{name}: {done}/{total} items")
+
+    return report
+
+
+def _fmt(value: Any) -> str:
+    return "n/a" if value is None else f"{value:.2f}" if isinstance(value, float) else str(value)
