@@ -196,3 +196,24 @@ def test_processors_that_do_not_report_expansions_are_aligned_from_the_end(saved
             adapter.render(tiny_records()[2:])
     finally:
         type(adapter.processor).__call__ = processor_call
+
+
+def test_device_map_auto_places_a_checkpoint_and_still_renders(tmp_path, monkeypatch):
+    from transformers import AutoModelForCausalLM
+
+    from taid_vlm.models import load
+    from taid_vlm.models.tiny import save_tiny, tiny_records
+
+    save_tiny("qwen2", tmp_path / "m")
+    seen = {}
+    real = AutoModelForCausalLM.from_pretrained
+
+    def spy(*args, **kwargs):
+        seen.update(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", spy)
+    adapter = load(tmp_path / "m", role="teacher", device="auto")
+    assert seen["device_map"] == "auto"  # placed by accelerate's device map, not by .to()
+    out = adapter.response_outputs(tiny_records(with_images=False)[:1])
+    assert out.num_tokens > 0 and torch.isfinite(out.hidden).all()

@@ -42,6 +42,8 @@ def load(
 
     ``chat_template`` overrides the processor's own: a Jinja string, or "chatml" / "plain"
     (``taid_vlm.models.tokenizer``). A processor without a template gets the plain one.
+    ``device="auto"`` spreads a checkpoint's layers over every visible GPU (then CPU) with
+    accelerate's device map: how a 72B teacher fits beside a small student in one process.
     ``tokenizer`` only applies to composed specs: a student built from parts takes its
     teacher's tokenizer so the two share a vocabulary (a checkpoint brings its own).
     """
@@ -54,7 +56,10 @@ def load(
         if torch_dtype is not None:
             model = model.to(torch_dtype)
     else:
-        model, processor = _from_pretrained(str(path_or_spec), torch_dtype, trust_remote_code)
+        device_map = "auto" if device == "auto" else None
+        model, processor = _from_pretrained(str(path_or_spec), torch_dtype, trust_remote_code, device_map)
+    if device == "auto":
+        device = None  # already placed, layer by layer, across the visible devices
     return adapt(model, processor, role=role, device=device, chat_template=template, source=str(path_or_spec))
 
 
@@ -118,7 +123,8 @@ def _build_composed(spec: Any, tokenizer: Any = None) -> tuple[torch.nn.Module, 
     return build_from_spec(spec, tokenizer=tokenizer)
 
 
-def _from_pretrained(path: str, dtype: torch.dtype | None, trust_remote_code: bool) -> tuple[torch.nn.Module, Any]:
+def _from_pretrained(path: str, dtype: torch.dtype | None, trust_remote_code: bool,
+                     device_map: str | None = None) -> tuple[torch.nn.Module, Any]:
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
 
     try:
@@ -133,7 +139,7 @@ def _from_pretrained(path: str, dtype: torch.dtype | None, trust_remote_code: bo
     except Exception as e:  # noqa: BLE001 - translated into what to install, original chained
         raise processor_error(path, config.model_type, e) from e
     auto_model = AutoModelForCausalLM if family.text_only else AutoModelForImageTextToText
-    model = auto_model.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code)
+    model = auto_model.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code, device_map=device_map)
     return model, processor
 
 

@@ -37,6 +37,8 @@ class DistillConfig:
     # --- data -------------------------------------------------------------------------------
     data: str = ""
     data_format: str = "auto"
+    data_split: str = "train"  # for Hugging Face datasets (e.g. "train_sft" for UltraChat-200k)
+    data_limit: int | None = None  # use only the first N records
     max_length: int | None = None  # tokens per rendered sequence; prompts are trimmed, never responses
     skip_bad: bool = False
     responses: str = "data"  # "data": the data set's responses; "teacher": generated once by the teacher

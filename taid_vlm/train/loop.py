@@ -35,7 +35,7 @@ import torch.distributed as dist
 import yaml
 from transformers import get_scheduler
 
-from ..data import load_records
+from ..data import detect_format, load_records
 from ..data.truncate import fit_prompt
 from ..losses import CTKDTemperature, TAIDSchedule
 from ..models import ModelAdapter, check_alignment, check_vocab_compatible, is_composed_spec, load
@@ -128,7 +128,7 @@ def distill(config: DistillConfig) -> DistillResult:
         _freeze_vision(student.model)
     student.model.train()
 
-    records = load_records(config.data, format=config.data_format, skip_bad=config.skip_bad)
+    records = _training_records(config)
     if config.responses == "teacher":
         cache = out / "teacher_responses.jsonl"
         if env.is_main:
@@ -280,6 +280,12 @@ def _ramp(step: int, total: int) -> float:
 def _on_policy_this_step(config: DistillConfig, step: int) -> bool:
     """Decided by (seed, step) alone: identical on every rank and after a resume."""
     return random.Random(config.seed * 7_919 + step).random() < config.on_policy
+
+
+def _training_records(config: DistillConfig) -> list:
+    fmt = detect_format(config.data) if config.data_format == "auto" else config.data_format
+    hf_options = {"split": config.data_split} if fmt == "hf" else {}
+    return load_records(config.data, format=fmt, skip_bad=config.skip_bad, limit=config.data_limit, **hf_options)
 
 
 def _fit(record, student: ModelAdapter, teacher: ModelAdapter | None, max_length: int):

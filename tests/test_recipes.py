@@ -1,0 +1,29 @@
+"""Every shipped recipe parses and resolves to a valid config (paper settings where they apply)."""
+
+from pathlib import Path
+
+import pytest
+
+from taid_vlm.train import load_config
+
+RECIPES = sorted((Path(__file__).resolve().parents[1] / "configs" / "recipes").glob("*.yaml"))
+
+
+def test_there_are_recipes_for_the_paper_pairs():
+    names = {p.stem for p in RECIPES}
+    assert {"taid-vlm-2b", "taid-llm-1.5b", "phi3-mini_to_tinyllama", "llama2-7b_to_tinyllama",
+            "stablelm-zephyr-3b_to_pythia-410m", "qwen2-vl-7b_to_2b"} <= names
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.stem)
+def test_recipe_resolves(recipe):
+    config = load_config(recipe, {"output": "runs/x"})
+    assert config.loss == "taid" and config.teacher and config.student
+    assert "Hardware" in recipe.read_text() and "Launch" in recipe.read_text()
+
+
+@pytest.mark.parametrize("name, t_start", [("phi3-mini_to_tinyllama", 0.4), ("llama2-7b_to_tinyllama", 0.2),
+                                           ("stablelm-zephyr-3b_to_pythia-410m", 0.2)])
+def test_paper_t_start(name, t_start):
+    recipe = next(p for p in RECIPES if p.stem == name)
+    assert load_config(recipe, {"output": "runs/x"}).t_start == t_start
