@@ -1,0 +1,208 @@
+"""``taid-vlm demo``: the whole pipeline on the embedded synthetic set, offline, on a CPU.
+
+1. generate the shapes set (train / VQA test / caption test);
+2. build a tokenizer and the initial teacher and student from configs;
+3. train the teacher from scratch (cached: a second run with the same settings reuses it);
+4. distil students of one small size with each loss (sft = no teacher, fkl, taid) under an
+   identical budget: same initial weights, steps, batch, lr and seed;
+5. evaluate teacher and students with the eval harness (VQA accuracy per family, CIDEr, BLEU-4);
+6. write ``report.md`` with the table, settings, run time, how to reproduce, and the plots.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..data import generate_shapes, load_records
+from ..eval import evaluate
+from ..models.composed import build_composed_vlm
+from ..models.text_lm import build_text_lm
+from ..models.tokenizer import train_bpe_tokenizer
+from ..train import distill, load_config
+from .presets import DemoPreset
+
+KEY_FILE = "demo_key.json"
+
+
+@dataclass
+class DemoResult:
+    output: Path
+    preset: str
+    text: bool
+    seed: int
+    rows: list[dict[str, Any]]  # one per model: name, params, accuracy, CIDEr, BLEU-4, ...
+    by_family: dict[str, dict[str, float]]
+    phase_seconds: dict[str, float]
+    report: Path
+    teacher_reused: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def total_seconds(self) -> float:
+        return sum(self.phase_seconds.values())
+
+
+class _Phases:
+    """Prints one line per phase and records how long each took."""
+
+    def __init__(self, total: int, verbose: bool):
+        self.total, self.verbose, self.index = total, verbose, 0
+        self.seconds: dict[str, float] = {}
+
+    def run(self, name: str, fn, *args, **kwargs):
+        self.index += 1
+        if self.verbose:
+            print(f"[{self.index}/{self.total}] {name} ...", flush=True)
+        started = time.perf_counter()
+        result = fn(*args, **kwargs)
+        self.seconds[name] = time.perf_counter() - started
+        if self.verbose:
+            print(f"[{self.index}/{self.total}] {name}: {self.seconds[name]:.0f} s", flush=True)
+        return result
+
+
+def run_demo(out: str | Path, preset: DemoPreset, text: bool = False, seed: int = 0, progress: bool = True,
+             losses: tuple[str, ...] | None = None) -> DemoResult:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    losses = tuple(losses or preset.losses)
+    phases = _Phases(6, progress)
+    data_dir = phases.run("data", _data, out / "data", preset, text, seed)
+    init = phases.run("initial models", _initial_models, out / "init", data_dir, preset, text, seed)
+    teacher_dir, reused = phases.run("teacher training", _teacher, out / "teacher", init, data_dir, preset, text, seed, progress)
+    students = phases.run("student distillation", _students, out / "students", init, teacher_dir, data_dir, preset, seed, progress, losses)
+    models = {"teacher": teacher_dir, **{f"{loss} student": d / "student" for loss, d in students.items()}}
+    scores = phases.run("evaluation", _evaluate, out / "eval", models, data_dir, preset, progress)
+    from .report import write_report
+
+    result = DemoResult(out, preset.name, text, seed, scores["rows"], scores["by_family"], {}, out / "report.md", reused,
+                        extra={"students": {k: str(v) for k, v in students.items()}, "teacher_dir": str(teacher_dir),
+                               "data_dir": str(data_dir), "majority": _majority(data_dir)})
+    phases.run("report", write_report, result, preset)
+    result.phase_seconds = phases.seconds
+    write_report(result, preset)  # again, now with the report phase's own time in the table
+    return result
+
+
+# ---- phases ---------------------------------------------------------------------------------------
+
+
+def _cached(directory: Path, key: dict[str, Any]) -> bool:
+    marker = directory / KEY_FILE
+    return marker.is_file() and json.loads(marker.read_text()) == key
+
+
+def _mark(directory: Path, key: dict[str, Any]) -> None:
+    (directory / KEY_FILE).write_text(json.dumps(key, indent=1, sort_keys=True))
+
+
+def _data(directory: Path, preset: DemoPreset, text: bool, seed: int) -> Path:
+    key = {**preset.key("n_train", "n_test", "image_size", "qa_turns"), "text": text, "seed": seed}
+    if not _cached(directory, key):
+        shutil.rmtree(directory, ignore_errors=True)
+        generate_shapes(directory, preset.n_train, preset.n_test, seed=seed, image_size=preset.image_size, text=text,
+                        qa_turns=preset.qa_turns)
+        _mark(directory, key)
+    return directory
+
+
+def _initial_models(directory: Path, data_dir: Path, preset: DemoPreset, text: bool, seed: int) -> dict[str, Path]:
+    """Untrained teacher and student sharing one tokenizer, saved like any checkpoint."""
+    key = {**preset.key("vocab_size", "teacher", "student", "text_teacher", "text_student", "image_size"),
+           "data": json.loads((data_dir / KEY_FILE).read_text()), "text": text, "seed": seed}
+    paths = {"teacher": directory / "teacher", "student": directory / "student"}
+    if _cached(directory, key):
+        return paths
+    shutil.rmtree(directory, ignore_errors=True)
+    directory.mkdir(parents=True)
+    texts = [m["content"] for r in load_records(data_dir / "train.jsonl") for m in r.messages]
+    tokenizer = train_bpe_tokenizer(texts, vocab_size=preset.vocab_size)
+    for role, spec, model_seed in (("teacher", preset.teacher, seed + 101), ("student", preset.student, seed + 202)):
+        if text:
+            text_spec = preset.text_teacher if role == "teacher" else preset.text_student
+            model, processor = build_text_lm(text_spec, tokenizer, seed=model_seed), tokenizer
+        else:
+            model, processor = build_composed_vlm({**spec, "image_size": preset.image_size}, tokenizer=tokenizer, seed=model_seed)
+        model.save_pretrained(paths[role])
+        processor.save_pretrained(paths[role])
+    _mark(directory, key)
+    return paths
+
+
+def _teacher(directory: Path, init: dict[str, Path], data_dir: Path, preset: DemoPreset, text: bool, seed: int,
+             progress: bool) -> tuple[Path, bool]:
+    """Train the teacher from scratch with cross entropy (no teacher of its own)."""
+    key = {**preset.key("teacher_budget"), "init": json.loads((init["teacher"].parent / KEY_FILE).read_text()), "seed": seed}
+    if _cached(directory, key) and (directory / "student").is_dir():
+        return directory / "student", True
+    budget = preset.teacher_budget
+    config = load_config(None, dict(
+        student=str(init["teacher"]), data=str(data_dir / "train.jsonl"), output=str(directory), loss="sft",
+        max_steps=budget.steps, lr=budget.lr, batch_size=budget.batch_size, warmup_steps=budget.warmup_steps,
+        save_every=budget.steps, log_every=5, seed=seed, progress=progress, overwrite=True,
+    ))  # fmt: skip
+    distill(config)
+    _mark(directory, key)
+    return directory / "student", False
+
+
+def _students(directory: Path, init: dict[str, Path], teacher_dir: Path, data_dir: Path, preset: DemoPreset, seed: int,
+              progress: bool, losses: tuple[str, ...]) -> dict[str, Path]:
+    """One student per loss: same initial weights, data order, steps, batch, lr and seed."""
+    budget = preset.student_budget
+    runs = {}
+    for loss in losses:
+        run_dir = directory / loss
+        config = load_config(None, dict(
+            student=str(init["student"]), teacher=None if loss == "sft" else str(teacher_dir),
+            data=str(data_dir / "train.jsonl"), output=str(run_dir), loss=loss, max_steps=budget.steps, lr=budget.lr,
+            batch_size=budget.batch_size, warmup_steps=budget.warmup_steps, t_start=preset.t_start,
+            save_every=budget.steps, log_every=5, seed=seed, progress=progress, overwrite=True,
+        ))  # fmt: skip
+        distill(config)
+        runs[loss] = run_dir
+    return runs
+
+
+def _evaluate(directory: Path, models: dict[str, Path], data_dir: Path, preset: DemoPreset, progress: bool) -> dict[str, Any]:
+    names, paths = list(models), [str(p) for p in models.values()]
+    vqa = evaluate(paths, data_dir / "test_vqa.jsonl", "vqa", directory / "vqa", batch_size=preset.eval_batch_size,
+                   limit=preset.eval_questions, labels=names, progress=progress)
+    captions = evaluate(paths, data_dir / "test_caption.jsonl", "caption", directory / "caption",
+                        batch_size=preset.eval_batch_size, limit=preset.eval_captions, labels=names, progress=progress,
+                        caption_backend=preset.caption_backend)
+    rows, by_family = [], {}
+    for name, path in models.items():
+        v, c = vqa["models"][name], captions["models"][name]
+        rows.append({
+            "model": name, "params": _params(Path(path)), "vqa_accuracy": v["metrics"]["accuracy"], "vqa_n": v["n"],
+            "vqa_empty": v["metrics"].get("n_empty", 0), "CIDEr": c["metrics"].get("CIDEr"), "BLEU-4": c["metrics"].get("BLEU-4"),
+            "caption_n": c["n"], "caption_backend": c["metrics"].get("backend"),
+        })  # fmt: skip
+        by_family[name] = {fam: stats["accuracy"] for fam, stats in v["extra"]["by_family"].items()}
+    return {"rows": rows, "by_family": by_family}
+
+
+def _params(model_dir: Path) -> int:
+    """Parameter count read from the checkpoint's shapes (tied weights are stored once)."""
+    from math import prod
+
+    from safetensors import safe_open
+
+    total = 0
+    for shard in model_dir.glob("*.safetensors"):
+        with safe_open(str(shard), "pt") as f:
+            total += sum(prod(f.get_slice(name).get_shape()) for name in f.keys())
+    return total
+
+
+def _majority(data_dir: Path) -> dict[str, Any]:
+    """Always answering each family's most common answer: the floor any model must beat."""
+    summary = json.loads((data_dir / "summary.json").read_text())
+    return {"overall": summary["majority_baseline"],
+            "by_family": {name: fam["majority_baseline"] for name, fam in summary["families"].items()}}

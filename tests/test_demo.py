@@ -1,0 +1,45 @@
+"""The demo pipeline end to end on the quick preset: every phase, the report, the cache."""
+
+import json
+import math
+
+import pytest
+
+from taid_vlm.cli import main
+from taid_vlm.demo import PRESETS, run_demo
+
+
+@pytest.mark.slow
+def test_quick_demo_writes_a_complete_report_and_reuses_its_teacher(tmp_path, capsys):
+    assert main(["demo", "--quick", "--out", str(tmp_path), "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "taid student" in printed and "report:" in printed
+    results = json.loads((tmp_path / "results.json").read_text())
+    names = [r["model"] for r in results["rows"]]
+    assert names == ["teacher", "sft student", "fkl student", "taid student"]
+    for row in results["rows"]:
+        for key in ("vqa_accuracy", "CIDEr", "BLEU-4"):
+            assert isinstance(row[key], float) and math.isfinite(row[key]), (row["model"], key)
+        assert row["params"] > 0
+    teacher_params = results["rows"][0]["params"]
+    assert all(r["params"] < teacher_params for r in results["rows"][1:])
+    report = (tmp_path / "report.md").read_text()
+    for needle in ("| teacher |", "| taid student |", "## Settings", "## Run time", "taid-vlm demo --preset quick"):
+        assert needle in report
+    for plot in ("accuracy.png", "loss_curves.png", "taid_t.png"):
+        assert (tmp_path / plot).stat().st_size > 1000
+    t_rows = [json.loads(x) for x in (tmp_path / "students" / "taid" / "metrics.jsonl").read_text().splitlines()]
+    assert t_rows[0]["t"] == pytest.approx(0.4) and t_rows[-1]["t"] > t_rows[0]["t"]
+
+    again = run_demo(tmp_path, PRESETS["quick"], progress=False, losses=("sft",))
+    assert again.teacher_reused
+
+
+@pytest.mark.slow
+def test_quick_text_demo_runs_on_causal_lms(tmp_path):
+    preset = PRESETS["quick"].with_overrides(eval_questions=20, eval_captions=6)
+    result = run_demo(tmp_path, preset, text=True, progress=False, losses=("sft", "taid"))
+    assert [r["model"] for r in result.rows] == ["teacher", "sft student", "taid student"]
+    config = json.loads((tmp_path / "init" / "teacher" / "config.json").read_text())
+    assert config["model_type"] == "llama"  # a plain causal LM, not the composed VLM
+    assert all(math.isfinite(r["vqa_accuracy"]) for r in result.rows)
