@@ -17,22 +17,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
+import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
-
-def current_rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        pages = int(f.read().split()[1])
-    import os
-
-    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
-def max_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchlib import current_rss_mb, machine, max_rss_mb, write_json  # noqa: E402
 
 
 def run_variant(args: argparse.Namespace) -> dict:
@@ -94,6 +86,7 @@ def main() -> None:
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--chunk-size", type=int, default=None, help="tokens per chunk (default: auto from the vocabulary)")
+    parser.add_argument("--out", help="also write the summary, the command and the machine to this JSON file")
     parser.add_argument("--variant", choices=["naive", "chunked"], help=argparse.SUPPRESS)
     args = parser.parse_args()
 
@@ -101,6 +94,7 @@ def main() -> None:
         print(json.dumps(run_variant(args)))
         return
 
+    load_at_start = os.getloadavg()
     results = {}
     for variant in ("naive", "chunked"):
         cmd = [sys.executable, __file__, "--variant", variant] + sys.argv[1:]
@@ -117,6 +111,9 @@ def main() -> None:
         "device": args.device,
         "tokens": args.tokens, "hidden": args.hidden, "vocab": args.vocab, "dtype": args.dtype,
     }
+    if args.out:
+        write_json(args.out, {"summary": summary, "variants": results, "command": " ".join(sys.argv),
+                              "machine": machine(load_at_start)})
     print(json.dumps(summary))
 
 

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_loss import current_rss_mb, max_rss_mb  # noqa: E402
+from benchlib import current_rss_mb, max_rss_mb  # noqa: E402
 
 
 def run_variant(args: argparse.Namespace) -> dict:

@@ -76,7 +76,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -84,7 +83,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_loss import current_rss_mb, max_rss_mb  # noqa: E402
+from benchlib import current_rss_mb, machine, max_rss_mb, write_json  # noqa: E402
 
 SIDES = ("trl", "ours")
 TEACHER_SEED, STUDENT_SEED = 1, 2
@@ -269,29 +268,6 @@ def run_side(args: argparse.Namespace) -> dict:
 # ---- driver ----------------------------------------------------------------------------------------
 
 
-def machine(load_at_start: tuple[float, ...]) -> dict:
-    import torch
-    import transformers
-    import trl
-
-    cpu = platform.processor() or "unknown"
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    except OSError:
-        pass
-    info = {
-        "cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-        "load_average_1_5_15min_at_start": [round(x, 2) for x in load_at_start],
-        "load_average_1_5_15min_at_end": [round(x, 2) for x in os.getloadavg()],
-        "python": platform.python_version(), "torch": torch.__version__,
-        "transformers": transformers.__version__, "trl": trl.__version__,
-    }  # fmt: skip
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(0)
-    return info
-
-
 def run_subprocess(side: str) -> dict:
     proc = subprocess.run([sys.executable, __file__, "--side", side] + sys.argv[1:], capture_output=True, text=True)
     if proc.returncode != 0:
@@ -359,9 +335,9 @@ def main() -> None:
               f"loss {r['loss']:.8f}   grad norm {r['grad_norm']:.6f}", flush=True)
     summary = summarise(args, results)
     if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        record = {**summary, "sides": results, "machine": machine(load_at_start), "command": " ".join(["python", *sys.argv])}
-        args.out.write_text(json.dumps(record, indent=2) + "\n")
+        record = {**summary, "sides": results, "command": " ".join(["python", *sys.argv]),
+                  "machine": machine(load_at_start, packages=("torch", "transformers", "trl"))}
+        write_json(args.out, record)
     print(json.dumps(summary))
 
 
