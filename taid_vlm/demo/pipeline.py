@@ -11,6 +11,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import shutil
 import time
@@ -24,7 +26,7 @@ from ..models.composed import build_composed_vlm
 from ..models.text_lm import build_text_lm
 from ..models.tokenizer import train_bpe_tokenizer
 from ..train import distill, load_config
-from .presets import DemoPreset
+from .presets import DemoPreset, TrainBudget
 
 KEY_FILE = "demo_key.json"
 
@@ -72,24 +74,30 @@ def run_demo(out: str | Path, preset: DemoPreset, text: bool = False, seed: int 
     out.mkdir(parents=True, exist_ok=True)
     losses = tuple(losses or preset.losses)
     phases = _Phases(6, progress)
-    data_dir = phases.run("data", _data, out / "data", preset, text, seed)
-    init = phases.run("initial models", _initial_models, out / "init", data_dir, preset, text, seed)
-    teacher_dir, reused = phases.run("teacher training", _teacher, out / "teacher", init, data_dir, preset, text, seed, progress)
-    students = phases.run("student distillation", _students, out / "students", init, teacher_dir, data_dir, preset, seed, progress, losses)
-    models = {"teacher": teacher_dir, **{f"{loss} student": d / "student" for loss, d in students.items()}}
-    scores = phases.run("evaluation", _evaluate, out / "eval", models, data_dir, preset, progress)
+    data_dir = phases.run("data", prepare_data, out / "data", preset, text, seed)
+    init = phases.run("initial models", initial_models, out / "init", data_dir, preset, text, seed)
+    teacher_dir, reused = phases.run("teacher training", train_teacher, out / "teacher", init["teacher"], data_dir,
+                                     preset.teacher_budget, seed, progress)
+
+    def students() -> dict[str, Path]:
+        return {loss: distil_student(out / "students" / loss, init["student"], teacher_dir, data_dir, loss,
+                                     preset.student_budget, seed, preset.t_start, progress) for loss in losses}
+
+    runs = phases.run("student distillation", students)
+    models = {"teacher": teacher_dir, **{f"{loss} student": d / "student" for loss, d in runs.items()}}
+    scores = phases.run("evaluation", evaluate_models, out / "eval", models, data_dir, preset, progress)
     from .report import write_report
 
     result = DemoResult(out, preset.name, text, seed, scores["rows"], scores["by_family"], {}, out / "report.md", reused,
-                        extra={"students": {k: str(v) for k, v in students.items()}, "teacher_dir": str(teacher_dir),
-                               "data_dir": str(data_dir), "majority": _majority(data_dir)})
+                        extra={"students": {k: str(v) for k, v in runs.items()}, "teacher_dir": str(teacher_dir),
+                               "data_dir": str(data_dir), "majority": majority_baseline(data_dir)})
     phases.run("report", write_report, result, preset)
     result.phase_seconds = phases.seconds
     write_report(result, preset)  # again, now with the report phase's own time in the table
     return result
 
 
-# ---- phases ---------------------------------------------------------------------------------------
+# ---- building blocks (also used by scripts/bench_quality.py) --------------------------------------
 
 
 def _cached(directory: Path, key: dict[str, Any]) -> bool:
@@ -101,7 +109,22 @@ def _mark(directory: Path, key: dict[str, Any]) -> None:
     (directory / KEY_FILE).write_text(json.dumps(key, indent=1, sort_keys=True))
 
 
-def _data(directory: Path, preset: DemoPreset, text: bool, seed: int) -> Path:
+def _digest(model_dir: Path) -> str:
+    """Content hash of a (small) checkpoint: the cache key of whatever is trained from it."""
+    digest = hashlib.sha256()
+    for file in sorted(model_dir.iterdir()):
+        if file.is_file():
+            digest.update(file.name.encode())
+            digest.update(file.read_bytes())
+    return digest.hexdigest()
+
+
+def _key_of(directory: Path) -> dict[str, Any]:
+    return json.loads((directory / KEY_FILE).read_text())
+
+
+def prepare_data(directory: Path, preset: DemoPreset, text: bool, seed: int) -> Path:
+    """The shapes set for this preset (regenerated only when its settings change)."""
     key = {**preset.key("n_train", "n_test", "image_size", "qa_turns"), "text": text, "seed": seed}
     if not _cached(directory, key):
         shutil.rmtree(directory, ignore_errors=True)
@@ -111,38 +134,47 @@ def _data(directory: Path, preset: DemoPreset, text: bool, seed: int) -> Path:
     return directory
 
 
-def _initial_models(directory: Path, data_dir: Path, preset: DemoPreset, text: bool, seed: int) -> dict[str, Path]:
-    """Untrained teacher and student sharing one tokenizer, saved like any checkpoint."""
+def shared_tokenizer(data_dir: Path, vocab_size: int):
+    """One BPE trained on the training conversations: teacher and students share it."""
+    texts = [m["content"] for r in load_records(data_dir / "train.jsonl") for m in r.messages]
+    return train_bpe_tokenizer(texts, vocab_size=vocab_size)
+
+
+def save_initial_model(path: Path, spec: dict[str, Any], tokenizer, text: bool, image_size: int, seed: int) -> Path:
+    """An untrained model saved like any checkpoint: a causal LM (text) or a composed VLM."""
+    if text:
+        model, processor = build_text_lm(spec, tokenizer, seed=seed), tokenizer
+    else:
+        model, processor = build_composed_vlm({**spec, "image_size": image_size}, tokenizer=tokenizer, seed=seed)
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    return path
+
+
+def initial_models(directory: Path, data_dir: Path, preset: DemoPreset, text: bool, seed: int) -> dict[str, Path]:
+    """Untrained teacher and student sharing one tokenizer (cached by settings)."""
     key = {**preset.key("vocab_size", "teacher", "student", "text_teacher", "text_student", "image_size"),
-           "data": json.loads((data_dir / KEY_FILE).read_text()), "text": text, "seed": seed}
+           "data": _key_of(data_dir), "text": text, "seed": seed}
     paths = {"teacher": directory / "teacher", "student": directory / "student"}
     if _cached(directory, key):
         return paths
     shutil.rmtree(directory, ignore_errors=True)
     directory.mkdir(parents=True)
-    texts = [m["content"] for r in load_records(data_dir / "train.jsonl") for m in r.messages]
-    tokenizer = train_bpe_tokenizer(texts, vocab_size=preset.vocab_size)
-    for role, spec, model_seed in (("teacher", preset.teacher, seed + 101), ("student", preset.student, seed + 202)):
-        if text:
-            text_spec = preset.text_teacher if role == "teacher" else preset.text_student
-            model, processor = build_text_lm(text_spec, tokenizer, seed=model_seed), tokenizer
-        else:
-            model, processor = build_composed_vlm({**spec, "image_size": preset.image_size}, tokenizer=tokenizer, seed=model_seed)
-        model.save_pretrained(paths[role])
-        processor.save_pretrained(paths[role])
+    tokenizer = shared_tokenizer(data_dir, preset.vocab_size)
+    save_initial_model(paths["teacher"], preset.text_teacher if text else preset.teacher, tokenizer, text, preset.image_size, seed + 101)
+    save_initial_model(paths["student"], preset.text_student if text else preset.student, tokenizer, text, preset.image_size, seed + 202)
     _mark(directory, key)
     return paths
 
 
-def _teacher(directory: Path, init: dict[str, Path], data_dir: Path, preset: DemoPreset, text: bool, seed: int,
-             progress: bool) -> tuple[Path, bool]:
-    """Train the teacher from scratch with cross entropy (no teacher of its own)."""
-    key = {**preset.key("teacher_budget"), "init": json.loads((init["teacher"].parent / KEY_FILE).read_text()), "seed": seed}
+def train_teacher(directory: Path, init_dir: Path, data_dir: Path, budget: TrainBudget, seed: int,
+                  progress: bool) -> tuple[Path, bool]:
+    """Train the teacher from scratch with cross entropy; reuse it when nothing changed."""
+    key = {"budget": dataclasses.asdict(budget), "init": _digest(init_dir), "data": _key_of(data_dir), "seed": seed}
     if _cached(directory, key) and (directory / "student").is_dir():
         return directory / "student", True
-    budget = preset.teacher_budget
     config = load_config(None, dict(
-        student=str(init["teacher"]), data=str(data_dir / "train.jsonl"), output=str(directory), loss="sft",
+        student=str(init_dir), data=str(data_dir / "train.jsonl"), output=str(directory), loss="sft",
         max_steps=budget.steps, lr=budget.lr, batch_size=budget.batch_size, warmup_steps=budget.warmup_steps,
         save_every=budget.steps, log_every=5, seed=seed, progress=progress, overwrite=True,
     ))  # fmt: skip
@@ -151,25 +183,21 @@ def _teacher(directory: Path, init: dict[str, Path], data_dir: Path, preset: Dem
     return directory / "student", False
 
 
-def _students(directory: Path, init: dict[str, Path], teacher_dir: Path, data_dir: Path, preset: DemoPreset, seed: int,
-              progress: bool, losses: tuple[str, ...]) -> dict[str, Path]:
-    """One student per loss: same initial weights, data order, steps, batch, lr and seed."""
-    budget = preset.student_budget
-    runs = {}
-    for loss in losses:
-        run_dir = directory / loss
-        config = load_config(None, dict(
-            student=str(init["student"]), teacher=None if loss == "sft" else str(teacher_dir),
-            data=str(data_dir / "train.jsonl"), output=str(run_dir), loss=loss, max_steps=budget.steps, lr=budget.lr,
-            batch_size=budget.batch_size, warmup_steps=budget.warmup_steps, t_start=preset.t_start,
-            save_every=budget.steps, log_every=5, seed=seed, progress=progress, overwrite=True,
-        ))  # fmt: skip
-        distill(config)
-        runs[loss] = run_dir
-    return runs
+def distil_student(run_dir: Path, init_dir: Path, teacher_dir: Path | None, data_dir: Path, loss: str,
+                   budget: TrainBudget, seed: int, t_start: float, progress: bool, **config: Any) -> Path:
+    """One student run; every loss gets the same initial weights, data order and budget."""
+    distill(load_config(None, dict(
+        student=str(init_dir), teacher=None if loss == "sft" else str(teacher_dir), data=str(data_dir / "train.jsonl"),
+        output=str(run_dir), loss=loss, max_steps=budget.steps, lr=budget.lr, batch_size=budget.batch_size,
+        warmup_steps=budget.warmup_steps, t_start=t_start, save_every=budget.steps, log_every=5, seed=seed,
+        progress=progress, overwrite=True, **config,
+    )))  # fmt: skip
+    return run_dir
 
 
-def _evaluate(directory: Path, models: dict[str, Path], data_dir: Path, preset: DemoPreset, progress: bool) -> dict[str, Any]:
+def evaluate_models(directory: Path, models: dict[str, Path], data_dir: Path, preset: DemoPreset,
+                    progress: bool) -> dict[str, Any]:
+    """VQA accuracy (overall and per family) and caption metrics for every model, one table."""
     names, paths = list(models), [str(p) for p in models.values()]
     vqa = evaluate(paths, data_dir / "test_vqa.jsonl", "vqa", directory / "vqa", batch_size=preset.eval_batch_size,
                    limit=preset.eval_questions, labels=names, progress=progress)
@@ -201,7 +229,7 @@ def _params(model_dir: Path) -> int:
     return total
 
 
-def _majority(data_dir: Path) -> dict[str, Any]:
+def majority_baseline(data_dir: Path) -> dict[str, Any]:
     """Always answering each family's most common answer: the floor any model must beat."""
     summary = json.loads((data_dir / "summary.json").read_text())
     return {"overall": summary["majority_baseline"],

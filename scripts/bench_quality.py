@@ -1,0 +1,237 @@
+"""Quality benchmark on the synthetic shapes set: the loss zoo over seeds, and the capacity gap.
+
+Part 1, ``zoo``: one trained teacher; for every loss of the zoo (and TAID with the linear
+schedule only) and every seed, a student of the demo's student size is distilled under the
+same budget (steps, batch, lr); the seed sets the student's initial weights and data order.
+Reports mean +- std (over seeds) of VQA accuracy and CIDEr-D, and the share of the
+sft -> teacher gap each loss closes.
+
+Part 2, ``gap``: teachers of growing size (each trained from scratch, bigger ones for more
+steps), one student size; students distilled with taid, fkl and skew_fkl. TAID's central
+claim is that its student improves as the teacher grows while the others stall or degrade.
+
+Outputs under ``--out`` (default docs/results/quality): ``zoo.json``, ``zoo.md``, ``zoo.png``,
+``gap.json``, ``gap.md``, ``gap.png``; each JSON holds the exact command and the machine.
+CIDEr here uses the pure-Python CIDEr-D (identical to pycocoevalcap's to 1e-6 on our tests) so
+that no Java process starts per student; VQA accuracy is the official normalisation.
+
+Usage:
+  python scripts/bench_quality.py --preset default --seeds 0 1 2 --parts zoo gap
+  python scripts/bench_quality.py --preset quick --seeds 0 --losses sft fkl taid --parts zoo   # a smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchlib import machine, write_json  # noqa: E402
+
+ZOO = ("sft", "fkl", "rkl", "tvd", "gjsd", "skew_fkl", "skew_rkl", "akl", "ctkd", "dkd", "taid", "taid_linear")
+GAP_LOSSES = ("taid", "fkl", "skew_fkl")
+
+
+def loss_config(name: str) -> tuple[str, dict]:
+    """A zoo entry -> (loss name, extra config); ``taid_linear`` is TAID without the adaptive rule."""
+    if name == "taid_linear":
+        return "taid", {"taid_adaptive": False}
+    return name, {}
+
+
+def teacher_ladder(preset) -> list[tuple[str, dict, object]]:
+    """Three teachers of growing size around the preset's teacher, bigger ones trained longer."""
+    base = preset.teacher
+    text = base["text_config"]
+    ladder = []
+    for name, width, layers, steps_factor in (("S", 0.5, 0.5, 0.75), ("M", 0.75, 0.75, 1.0), ("L", 1.0, 1.0, 1.25)):
+        hidden = max(64, int(text["hidden_size"] * width) // 32 * 32)
+        heads = max(2, hidden // 64)
+        spec = {**base, "text_config": {**text, "hidden_size": hidden, "intermediate_size": hidden * 2,
+                                         "num_hidden_layers": max(1, round(text["num_hidden_layers"] * layers)),
+                                         "num_attention_heads": heads, "num_key_value_heads": max(1, heads // 2)}}
+        budget = dataclasses.replace(preset.teacher_budget, steps=int(preset.teacher_budget.steps * steps_factor))
+        ladder.append((name, spec, budget))
+    return ladder
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def run_zoo(args, preset, work: Path, data_dir: Path, tokenizer, teacher_dir: Path, teacher_row: dict) -> dict:
+    from taid_vlm.demo.pipeline import distil_student, evaluate_models, save_initial_model
+
+    per_loss: dict[str, list[dict]] = {name: [] for name in args.losses}
+    for seed in args.seeds:
+        init = save_initial_model(work / f"init-student-{seed}", preset.student, tokenizer, False, preset.image_size, 202 + seed)
+        students = {}
+        for name in args.losses:
+            loss, extra = loss_config(name)
+            run = distil_student(work / f"zoo-{name}-{seed}", init, teacher_dir, data_dir, loss, preset.student_budget,
+                                 seed, preset.t_start, progress=False, **extra)
+            students[name] = run / "student"
+            print(f"  zoo: {name} seed {seed} trained", flush=True)
+        scores = evaluate_models(work / f"zoo-eval-{seed}", students, data_dir, preset, progress=False)
+        for row in scores["rows"]:
+            per_loss[row["model"]].append(row)
+        print(f"  zoo: seed {seed}: " + ", ".join(f"{r['model']} {r['vqa_accuracy']:.1f}" for r in scores["rows"]), flush=True)
+    table = []
+    sft_mean = mean_std([r["vqa_accuracy"] for r in per_loss["sft"]])[0] if "sft" in per_loss else None
+    for name, rows in per_loss.items():
+        acc, acc_sd = mean_std([r["vqa_accuracy"] for r in rows])
+        cider, cider_sd = mean_std([r["CIDEr"] for r in rows])
+        gap = None
+        if sft_mean is not None and teacher_row["vqa_accuracy"] > sft_mean:
+            gap = (acc - sft_mean) / (teacher_row["vqa_accuracy"] - sft_mean)
+        table.append({"loss": name, "vqa_mean": acc, "vqa_std": acc_sd, "cider_mean": cider, "cider_std": cider_sd,
+                      "gap_closed": gap, "per_seed_vqa": [r["vqa_accuracy"] for r in rows]})
+    return {"teacher": teacher_row, "rows": table, "seeds": list(args.seeds)}
+
+
+def run_gap(args, preset, work: Path, data_dir: Path, tokenizer) -> dict:
+    from taid_vlm.demo.pipeline import distil_student, evaluate_models, save_initial_model, train_teacher
+
+    rows = []
+    for name, spec, budget in teacher_ladder(preset):
+        init = save_initial_model(work / f"init-teacher-{name}", spec, tokenizer, False, preset.image_size, 101)
+        teacher_dir, _ = train_teacher(work / f"gap-teacher-{name}", init, data_dir, budget, 0, progress=False)
+        teacher_score = evaluate_models(work / f"gap-eval-teacher-{name}", {"teacher": teacher_dir}, data_dir, preset, False)["rows"][0]
+        for seed in args.gap_seeds:
+            student_init = save_initial_model(work / f"init-student-{seed}", preset.student, tokenizer, False, preset.image_size, 202 + seed)
+            students = {loss: distil_student(work / f"gap-{name}-{loss}-{seed}", student_init, teacher_dir, data_dir, loss,
+                                             preset.student_budget, seed, preset.t_start, progress=False) / "student"
+                        for loss in GAP_LOSSES}
+            scores = evaluate_models(work / f"gap-eval-{name}-{seed}", students, data_dir, preset, progress=False)
+            for row in scores["rows"]:
+                rows.append({"teacher": name, "teacher_params": teacher_score["params"], "teacher_vqa": teacher_score["vqa_accuracy"],
+                             "loss": row["model"], "seed": seed, "vqa": row["vqa_accuracy"], "cider": row["CIDEr"]})
+            print(f"  gap: teacher {name} ({teacher_score['vqa_accuracy']:.1f}) seed {seed}: "
+                  + ", ".join(f"{r['model']} {r['vqa_accuracy']:.1f}" for r in scores["rows"]), flush=True)
+    return {"rows": rows, "seeds": list(args.gap_seeds)}
+
+
+def zoo_markdown(result: dict, header: str) -> str:
+    lines = [header, "", f"Teacher VQA accuracy {result['teacher']['vqa_accuracy']:.2f}; seeds {result['seeds']}.", "",
+             "| loss | VQA accuracy (mean +- std) | CIDEr-D (mean +- std) | gap closed |", "|---|---:|---:|---:|"]
+    for r in sorted(result["rows"], key=lambda r: -r["vqa_mean"]):
+        gap = "" if r["gap_closed"] is None else f"{r['gap_closed'] * 100:.0f}%"
+        lines.append(f"| {r['loss']} | {r['vqa_mean']:.2f} +- {r['vqa_std']:.2f} | {r['cider_mean']:.2f} +- {r['cider_std']:.2f} | {gap} |")
+    return "\n".join(lines) + "\n"
+
+
+def gap_markdown(result: dict, header: str) -> str:
+    teachers = sorted({(r["teacher_params"], r["teacher"], r["teacher_vqa"]) for r in result["rows"]})
+    lines = [header, "", "Student VQA accuracy (mean over seeds) against the teacher it was distilled from.", "",
+             "| loss | " + " | ".join(f"teacher {n} ({p / 1e6:.1f} M, {acc:.1f})" for p, n, acc in teachers) + " |",
+             "|---|" + "---:|" * len(teachers)]
+    for loss in GAP_LOSSES:
+        cells = []
+        for _, name, _ in teachers:
+            values = [r["vqa"] for r in result["rows"] if r["loss"] == loss and r["teacher"] == name]
+            m, s = mean_std(values)
+            cells.append(f"{m:.2f} +- {s:.2f}")
+        lines.append(f"| {loss} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_zoo(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = sorted(result["rows"], key=lambda r: -r["vqa_mean"])
+    fig, ax = plt.subplots(figsize=(8, 3.5))
+    colors = ["#1f77b4" if r["loss"].startswith("taid") else "#9ecae1" for r in rows]
+    ax.bar([r["loss"] for r in rows], [r["vqa_mean"] for r in rows], yerr=[r["vqa_std"] for r in rows], color=colors, capsize=3)
+    ax.axhline(result["teacher"]["vqa_accuracy"], color="#555555", linestyle="--", label="teacher")
+    ax.set_ylabel("VQA accuracy (x100)")
+    ax.set_title(f"Loss zoo, {len(result['seeds'])} seed(s), mean +- std")
+    ax.tick_params(axis="x", rotation=35)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_gap(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    teachers = sorted({(r["teacher_params"], r["teacher"]) for r in result["rows"]})
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for loss in GAP_LOSSES:
+        means, sds = [], []
+        for _, name in teachers:
+            m, s = mean_std([r["vqa"] for r in result["rows"] if r["loss"] == loss and r["teacher"] == name])
+            means.append(m)
+            sds.append(s)
+        ax.errorbar([p / 1e6 for p, _ in teachers], means, yerr=sds, marker="o", capsize=3, label=loss)
+    ax.set_xlabel("teacher parameters (M)")
+    ax.set_ylabel("student VQA accuracy (x100)")
+    ax.set_title("Capacity gap: one student size, growing teachers")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default="default", choices=["quick", "default", "full"])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--gap-seeds", type=int, nargs="+", default=None, help="seeds of the capacity-gap part (default: --seeds)")
+    parser.add_argument("--losses", nargs="+", default=list(ZOO), choices=list(ZOO))
+    parser.add_argument("--parts", nargs="+", default=["zoo", "gap"], choices=["zoo", "gap"])
+    parser.add_argument("--work", default="runs/bench-quality", help="where checkpoints and evaluations go")
+    parser.add_argument("--out", default="docs/results/quality", help="where the tables, plots and JSON go")
+    args = parser.parse_args()
+    args.gap_seeds = args.gap_seeds or args.seeds
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+    from transformers import AutoTokenizer
+
+    from taid_vlm.demo import PRESETS
+    from taid_vlm.demo.pipeline import evaluate_models, initial_models, prepare_data, train_teacher
+
+    preset = PRESETS[args.preset].with_overrides(caption_backend="python")
+    work, out = Path(args.work), Path(args.out)
+    work.mkdir(parents=True, exist_ok=True)
+    started, load_at_start = time.perf_counter(), os.getloadavg()
+    data_dir = prepare_data(work / "data", preset, False, 0)
+    init = initial_models(work / "init", data_dir, preset, False, 0)
+    tokenizer = AutoTokenizer.from_pretrained(init["teacher"])
+    command = " ".join(["python", *sys.argv])
+    header = f"Command: `{command}` (preset `{preset.name}`: {preset.student_budget.steps} student steps, batch {preset.student_budget.batch_size}, lr {preset.student_budget.lr}; {preset.eval_questions or 'all'} test questions)"
+
+    if "zoo" in args.parts:
+        teacher_dir, _ = train_teacher(work / "teacher", init["teacher"], data_dir, preset.teacher_budget, 0, progress=False)
+        teacher_row = evaluate_models(work / "eval-teacher", {"teacher": teacher_dir}, data_dir, preset, False)["rows"][0]
+        print(f"teacher: VQA {teacher_row['vqa_accuracy']:.2f}", flush=True)
+        zoo = run_zoo(args, preset, work, data_dir, tokenizer, teacher_dir, teacher_row)
+        write_json(out / "zoo.json", {**zoo, "command": command, "machine": machine(load_at_start),
+                                      "seconds": time.perf_counter() - started})
+        (out / "zoo.md").write_text(zoo_markdown(zoo, header))
+        plot_zoo(zoo, out / "zoo.png")
+        print(zoo_markdown(zoo, header))
+    if "gap" in args.parts:
+        gap = run_gap(args, preset, work, data_dir, tokenizer)
+        write_json(out / "gap.json", {**gap, "command": command, "machine": machine(load_at_start),
+                                      "seconds": time.perf_counter() - started})
+        (out / "gap.md").write_text(gap_markdown(gap, header))
+        plot_gap(gap, out / "gap.png")
+        print(gap_markdown(gap, header))
+    print(json.dumps({"seconds": round(time.perf_counter() - started, 1), "out": str(out)}))
+
+
+if __name__ == "__main__":
+    main()
