@@ -22,6 +22,8 @@ from collections import Counter
 from contextlib import contextmanager
 from typing import Any, Iterator, Mapping, Sequence
 
+from .text_metrics import lcs_length
+
 BACKENDS = ("auto", "pycocoevalcap", "python")
 SPICE_STATUS = "unavailable offline (needs CoreNLP download)"
 FALLBACK_METEOR_STATUS = "not computed: METEOR 1.5 is a Java program; the python fallback has none"
@@ -246,22 +248,12 @@ def _bleu(hyps: list[list[str]], refs: list[list[list[str]]]) -> list[float]:
     return scores
 
 
-def _lcs_length(a: Sequence[str], b: Sequence[str]) -> int:
-    previous = [0] * (len(b) + 1)
-    for x in a:
-        current = [0]
-        for j, y in enumerate(b):
-            current.append(previous[j] + 1 if x == y else max(previous[j + 1], current[j]))
-        previous = current
-    return previous[-1]
-
-
 def _rouge_l(hyp: list[str], hyp_refs: list[list[str]]) -> float:
     """COCO's ROUGE-L: best precision and best recall over the references (possibly from different
     references), combined with beta 1.2."""
     if not hyp:
         return 0.0
-    lcs = [_lcs_length(hyp, r) for r in hyp_refs]
+    lcs = [lcs_length(hyp, r) for r in hyp_refs]
     precision = max(l / len(hyp) for l in lcs)
     recall = max(l / len(r) for l, r in zip(lcs, hyp_refs) if r) if any(hyp_refs) else 0.0
     if precision == 0 or recall == 0:

@@ -23,7 +23,8 @@ def rouge_tokens(text: str) -> list[str]:
     return _TOKEN.findall(text.lower())
 
 
-def _lcs_length(a: Sequence[str], b: Sequence[str]) -> int:
+def lcs_length(a: Sequence[str], b: Sequence[str]) -> int:
+    """Longest common subsequence of two token lists (ROUGE-L), in O(len(a) * len(b))."""
     previous = [0] * (len(b) + 1)
     for x in a:
         current = [0]
@@ -49,7 +50,7 @@ def rouge_l(prediction: str | None, references: Sequence[str], beta: float = 1.0
     best = 0.0
     for reference in references:
         ref = rouge_tokens(reference)
-        lcs = _lcs_length(pred, ref) if pred and ref else 0
+        lcs = lcs_length(pred, ref) if pred and ref else 0
         if lcs == 0:
             continue
         precision, recall = lcs / len(pred), lcs / len(ref)
