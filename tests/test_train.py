@@ -223,3 +223,12 @@ def test_student_built_from_parts_takes_the_teachers_tokenizer(vlm_pair):
     student_tok = AutoTokenizer.from_pretrained(result.student_dir)
     teacher_tok = AutoTokenizer.from_pretrained(vlm_pair / "teacher")
     assert student_tok.get_vocab() == teacher_tok.get_vocab()
+
+
+def test_rank_digest_covers_zero_dim_buffers():
+    from taid_vlm.train.loop import _weights_digest
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))  # num_batches_tracked: 0-dim int64
+    before = _weights_digest(model)
+    model[1].num_batches_tracked += 1
+    assert _weights_digest(model) != before
