@@ -66,6 +66,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     data.add_argument("--n-test", type=int, default=200, help="test scenes (about 10 questions each)")
     data.add_argument("--qa-turns", type=int, default=3, help="QA turns per training record (plus one caption turn)")
     data.add_argument("--image-size", type=int, default=64)
+    data.add_argument("--min-objects", type=int, default=2)
+    data.add_argument("--max-objects", type=int, default=6)
     data.add_argument("--data-seed", type=int, default=0)
     models = p.add_argument_group("models (a size name, a 'composed:...' spec string or a JSON dict spec)")
     models.add_argument("--teacher", default="base")
@@ -219,8 +221,8 @@ def learning_curve(init_dir: Path, run_dir: Path, vqa, args: argparse.Namespace)
 def make_data(args: argparse.Namespace, work: Path) -> tuple[Path, float]:
     """Generate (or reuse, when the same configuration is already there) the synthetic set."""
     data = work / "data"
-    wanted = {"seed": args.data_seed, "n_train": args.n_train, "n_test": args.n_test,
-              "image_size": args.image_size, "qa_turns": args.qa_turns}
+    wanted = {"seed": args.data_seed, "n_train": args.n_train, "n_test": args.n_test, "image_size": args.image_size,
+              "qa_turns": args.qa_turns, "min_objects": args.min_objects, "max_objects": args.max_objects}
     summary = data / "summary.json"
     if summary.exists():
         have = json.loads(summary.read_text())["config"]
@@ -228,7 +230,7 @@ def make_data(args: argparse.Namespace, work: Path) -> tuple[Path, float]:
             return data, 0.0
     started = time.perf_counter()
     generate_shapes(data, args.n_train, args.n_test, seed=args.data_seed, image_size=args.image_size,
-                    qa_turns=args.qa_turns)
+                    qa_turns=args.qa_turns, min_objects=args.min_objects, max_objects=args.max_objects)
     return data, time.perf_counter() - started
 
 

@@ -114,11 +114,11 @@ def _add_demo(commands: argparse._SubParsersAction) -> None:
     size = demo.add_mutually_exclusive_group()
     size.add_argument("--quick", dest="preset", action="store_const", const="quick", help="~2 min smoke run (CI)")
     size.add_argument("--full", dest="preset", action="store_const", const="full", help="the quality benchmark's budget")
-    size.add_argument("--preset", dest="preset", choices=["quick", "default", "full"], default="default")
+    size.add_argument("--preset", dest="preset", choices=["quick", "default", "full"])
     demo.add_argument("--text", action="store_true", help="text-only LLMs on the scenes described in words")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--no-progress", dest="progress", action="store_false")
-    demo.set_defaults(func=_run_demo)
+    demo.set_defaults(func=_run_demo, preset="default")  # the group's first action would default it to None
 
 
 def _run_demo(args: argparse.Namespace) -> int:

@@ -43,3 +43,14 @@ def test_quick_text_demo_runs_on_causal_lms(tmp_path):
     config = json.loads((tmp_path / "init" / "teacher" / "config.json").read_text())
     assert config["model_type"] == "llama"  # a plain causal LM, not the composed VLM
     assert all(math.isfinite(r["vqa_accuracy"]) for r in result.rows)
+
+
+def test_demo_flags_pick_the_preset():
+    """No flag means the default preset (a mutually exclusive group once turned it into None)."""
+    from taid_vlm.cli import build_parser
+
+    parse = build_parser().parse_args
+    assert parse(["demo"]).preset == "default"
+    assert parse(["demo", "--quick"]).preset == "quick"
+    assert parse(["demo", "--full"]).preset == "full"
+    assert parse(["demo", "--preset", "quick"]).preset == "quick"
