@@ -46,19 +46,37 @@ def loss_config(name: str) -> tuple[str, dict]:
 
 
 def teacher_ladder(preset) -> list[tuple[str, dict, object]]:
-    """Three teachers of growing size around the preset's teacher, bigger ones trained longer."""
+    """Three teachers of growing size ending at the preset's teacher, bigger ones trained longer.
+
+    Both halves grow: the encoder's channels and the LM's width and depth (on the scenes the
+    encoder decides most of what a model can see, so growing the LM alone barely moves it).
+    """
     base = preset.teacher
     text = base["text_config"]
+    channels = base["vision_kwargs"].get("channels")
     ladder = []
-    for name, width, layers, steps_factor in (("S", 0.5, 0.5, 0.75), ("M", 0.75, 0.75, 1.0), ("L", 1.0, 1.0, 1.25)):
-        hidden = max(64, int(text["hidden_size"] * width) // 32 * 32)
-        heads = max(2, hidden // 64)
-        spec = {**base, "text_config": {**text, "hidden_size": hidden, "intermediate_size": hidden * 2,
-                                         "num_hidden_layers": max(1, round(text["num_hidden_layers"] * layers)),
-                                         "num_attention_heads": heads, "num_key_value_heads": max(1, heads // 2)}}
+    for name, scale, steps_factor in (("S", 0.5, 0.75), ("M", 0.75, 1.0), ("L", 1.0, 1.25)):
+        hidden = max(64, int(text["hidden_size"] * scale) // 32 * 32)
+        heads = 4 if hidden >= 96 else 2
+        vision_kwargs = dict(base["vision_kwargs"])
+        if channels:
+            vision_kwargs["channels"] = [max(8, int(c * scale) // 8 * 8) for c in channels]
+        spec = {**base, "vision_kwargs": vision_kwargs,
+                "text_config": {**text, "hidden_size": hidden, "intermediate_size": hidden * 8 // 3,
+                                "num_hidden_layers": max(1, round(text["num_hidden_layers"] * scale)),
+                                "num_attention_heads": heads, "num_key_value_heads": max(1, heads // 2)}}
         budget = dataclasses.replace(preset.teacher_budget, steps=int(preset.teacher_budget.steps * steps_factor))
         ladder.append((name, spec, budget))
     return ladder
+
+
+def distil_once(run: Path, *args, **kwargs) -> Path:
+    """A student run, skipped when a previous (interrupted) benchmark already finished it."""
+    from taid_vlm.demo.pipeline import distil_student
+
+    if not (run / "student" / "config.json").exists():
+        distil_student(run, *args, **kwargs)
+    return run / "student"
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -66,7 +84,7 @@ def mean_std(values: list[float]) -> tuple[float, float]:
 
 
 def run_zoo(args, preset, work: Path, data_dir: Path, tokenizer, teacher_dir: Path, teacher_row: dict) -> dict:
-    from taid_vlm.demo.pipeline import distil_student, evaluate_models, save_initial_model
+    from taid_vlm.demo.pipeline import evaluate_models, save_initial_model
 
     per_loss: dict[str, list[dict]] = {name: [] for name in args.losses}
     for seed in args.seeds:
@@ -74,9 +92,8 @@ def run_zoo(args, preset, work: Path, data_dir: Path, tokenizer, teacher_dir: Pa
         students = {}
         for name in args.losses:
             loss, extra = loss_config(name)
-            run = distil_student(work / f"zoo-{name}-{seed}", init, teacher_dir, data_dir, loss, preset.student_budget,
-                                 seed, preset.t_start, progress=False, **extra)
-            students[name] = run / "student"
+            students[name] = distil_once(work / f"zoo-{name}-{seed}", init, teacher_dir, data_dir, loss,
+                                         preset.student_budget, seed, preset.t_start, progress=False, **extra)
             print(f"  zoo: {name} seed {seed} trained", flush=True)
         scores = evaluate_models(work / f"zoo-eval-{seed}", students, data_dir, preset, progress=False)
         for row in scores["rows"]:
@@ -96,7 +113,7 @@ def run_zoo(args, preset, work: Path, data_dir: Path, tokenizer, teacher_dir: Pa
 
 
 def run_gap(args, preset, work: Path, data_dir: Path, tokenizer) -> dict:
-    from taid_vlm.demo.pipeline import distil_student, evaluate_models, save_initial_model, train_teacher
+    from taid_vlm.demo.pipeline import evaluate_models, save_initial_model, train_teacher
 
     rows = []
     for name, spec, budget in teacher_ladder(preset):
@@ -105,8 +122,8 @@ def run_gap(args, preset, work: Path, data_dir: Path, tokenizer) -> dict:
         teacher_score = evaluate_models(work / f"gap-eval-teacher-{name}", {"teacher": teacher_dir}, data_dir, preset, False)["rows"][0]
         for seed in args.gap_seeds:
             student_init = save_initial_model(work / f"init-student-{seed}", preset.student, tokenizer, False, preset.image_size, 202 + seed)
-            students = {loss: distil_student(work / f"gap-{name}-{loss}-{seed}", student_init, teacher_dir, data_dir, loss,
-                                             preset.student_budget, seed, preset.t_start, progress=False) / "student"
+            students = {loss: distil_once(work / f"gap-{name}-{loss}-{seed}", student_init, teacher_dir, data_dir, loss,
+                                          preset.student_budget, seed, preset.t_start, progress=False)
                         for loss in GAP_LOSSES}
             scores = evaluate_models(work / f"gap-eval-{name}-{seed}", students, data_dir, preset, progress=False)
             for row in scores["rows"]:
