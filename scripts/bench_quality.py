@@ -70,21 +70,12 @@ def teacher_ladder(preset) -> list[tuple[str, dict, object]]:
     return ladder
 
 
-def distil_once(run: Path, *args, **kwargs) -> Path:
-    """A student run, skipped when a previous (interrupted) benchmark already finished it."""
-    from taid_vlm.demo.pipeline import distil_student
-
-    if not (run / "student" / "config.json").exists():
-        distil_student(run, *args, **kwargs)
-    return run / "student"
-
-
 def mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
 def run_zoo(args, preset, work: Path, data_dir: Path, tokenizer, teacher_dir: Path, teacher_row: dict) -> dict:
-    from taid_vlm.demo.pipeline import evaluate_models, save_initial_model
+    from taid_vlm.demo.pipeline import distil_student, evaluate_models, save_initial_model
 
     per_loss: dict[str, list[dict]] = {name: [] for name in args.losses}
     for seed in args.seeds:
@@ -92,8 +83,9 @@ def run_zoo(args, preset, work: Path, data_dir: Path, tokenizer, teacher_dir: Pa
         students = {}
         for name in args.losses:
             loss, extra = loss_config(name)
-            students[name] = distil_once(work / f"zoo-{name}-{seed}", init, teacher_dir, data_dir, loss,
-                                         preset.student_budget, seed, preset.t_start, progress=False, **extra)
+            run = distil_student(work / f"zoo-{name}-{seed}", init, teacher_dir, data_dir, loss, preset.student_budget,
+                                 seed, preset.t_start, progress=False, reuse=True, **extra)
+            students[name] = run / "student"
             print(f"  zoo: {name} seed {seed} trained", flush=True)
         scores = evaluate_models(work / f"zoo-eval-{seed}", students, data_dir, preset, progress=False)
         for row in scores["rows"]:
@@ -113,7 +105,7 @@ def run_zoo(args, preset, work: Path, data_dir: Path, tokenizer, teacher_dir: Pa
 
 
 def run_gap(args, preset, work: Path, data_dir: Path, tokenizer) -> dict:
-    from taid_vlm.demo.pipeline import evaluate_models, save_initial_model, train_teacher
+    from taid_vlm.demo.pipeline import distil_student, evaluate_models, save_initial_model, train_teacher
 
     rows = []
     for name, spec, budget in teacher_ladder(preset):
@@ -122,8 +114,9 @@ def run_gap(args, preset, work: Path, data_dir: Path, tokenizer) -> dict:
         teacher_score = evaluate_models(work / f"gap-eval-teacher-{name}", {"teacher": teacher_dir}, data_dir, preset, False)["rows"][0]
         for seed in args.gap_seeds:
             student_init = save_initial_model(work / f"init-student-{seed}", preset.student, tokenizer, False, preset.image_size, 202 + seed)
-            students = {loss: distil_once(work / f"gap-{name}-{loss}-{seed}", student_init, teacher_dir, data_dir, loss,
-                                          preset.student_budget, seed, preset.t_start, progress=False)
+            students = {loss: distil_student(work / f"gap-{name}-{loss}-{seed}", student_init, teacher_dir, data_dir,
+                                             loss, preset.student_budget, seed, preset.t_start, progress=False,
+                                             reuse=True) / "student"
                         for loss in GAP_LOSSES}
             scores = evaluate_models(work / f"gap-eval-{name}-{seed}", students, data_dir, preset, progress=False)
             for row in scores["rows"]:

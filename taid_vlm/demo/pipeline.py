@@ -183,15 +183,32 @@ def train_teacher(directory: Path, init_dir: Path, data_dir: Path, budget: Train
     return directory / "student", False
 
 
+def student_run_key(init_dir: Path, teacher_dir: Path | None, data_dir: Path, loss: str, budget: TrainBudget,
+                    seed: int, t_start: float, **config: Any) -> dict[str, Any]:
+    """Everything that decides a student run's result: a finished run with this key can be reused."""
+    return {"loss": loss, "budget": dataclasses.asdict(budget), "seed": seed, "t_start": t_start, "config": config,
+            "init": _digest(init_dir), "teacher": None if loss == "sft" else _digest(teacher_dir),
+            "data": _key_of(data_dir)}
+
+
 def distil_student(run_dir: Path, init_dir: Path, teacher_dir: Path | None, data_dir: Path, loss: str,
-                   budget: TrainBudget, seed: int, t_start: float, progress: bool, **config: Any) -> Path:
-    """One student run; every loss gets the same initial weights, data order and budget."""
+                   budget: TrainBudget, seed: int, t_start: float, progress: bool, reuse: bool = False,
+                   **config: Any) -> Path:
+    """One student run; every loss gets the same initial weights, data order and budget.
+
+    ``reuse``: when the same run (same weights, teacher, data, budget, settings) already finished
+    in ``run_dir``, return it instead of training again (long benchmarks survive interruption).
+    """
+    key = student_run_key(init_dir, teacher_dir, data_dir, loss, budget, seed, t_start, **config)
+    if reuse and _cached(run_dir, key) and (run_dir / "student").is_dir():
+        return run_dir
     distill(load_config(None, dict(
         student=str(init_dir), teacher=None if loss == "sft" else str(teacher_dir), data=str(data_dir / "train.jsonl"),
         output=str(run_dir), loss=loss, max_steps=budget.steps, lr=budget.lr, batch_size=budget.batch_size,
         warmup_steps=budget.warmup_steps, t_start=t_start, save_every=budget.steps, log_every=5, seed=seed,
         progress=progress, overwrite=True, **config,
     )))  # fmt: skip
+    _mark(run_dir, key)
     return run_dir
 
 
