@@ -113,7 +113,7 @@ def _add_demo(commands: argparse._SubParsersAction) -> None:
     demo.add_argument("--out", default="taid-demo", help="output directory (default ./taid-demo)")
     size = demo.add_mutually_exclusive_group()
     size.add_argument("--quick", dest="preset", action="store_const", const="quick", help="~2 min smoke run (CI)")
-    size.add_argument("--full", dest="preset", action="store_const", const="full", help="the quality benchmark's budget")
+    size.add_argument("--full", dest="preset", action="store_const", const="full", help="a bigger budget (more data, 3x the steps)")
     size.add_argument("--preset", dest="preset", choices=["quick", "default", "full"])
     demo.add_argument("--text", action="store_true", help="text-only LLMs on the scenes described in words")
     demo.add_argument("--seed", type=int, default=0)

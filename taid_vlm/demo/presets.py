@@ -1,5 +1,5 @@
 """Budgets of the embedded demo: ``quick`` (CI smoke), ``default`` (<= 10 min on 2 CPU cores)
-and ``full`` (the quality benchmark's budget).
+and ``full`` (a bigger budget; scripts/bench_quality.py runs the default one).
 
 The quick and default numbers were measured on a 2-core CPU machine (README, "Results");
 ``full`` scales the default's data and steps for users with more time and has not been tuned.
