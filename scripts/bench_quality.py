@@ -10,8 +10,13 @@ Part 2, ``gap``: teachers of growing size (each trained from scratch, bigger one
 steps), one student size; students distilled with taid, fkl and skew_fkl. TAID's central
 claim is that its student improves as the teacher grows while the others stall or degrade.
 
-Outputs under ``--out`` (default docs/results/quality): ``zoo.json``, ``zoo.md``, ``zoo.png``,
-``gap.json``, ``gap.md``, ``gap.png``; each JSON holds the exact command and the machine.
+Part 3, ``taid``: TAID's own settings on the zoo's teacher and seeds (t_start 0.2 / 0.4 / 0.7,
+linear schedule only, an alpha large enough for the adaptive rule to act in a short run), to
+see which of them matters where TAID does not win.
+
+Outputs under ``--out`` (default docs/results/quality): ``{zoo,gap,taid}.{json,md,png}``; each
+JSON holds the exact command and the machine. Finished student runs are reused when nothing
+that decides them changed, so an interrupted benchmark resumes where it stopped.
 CIDEr here uses the pure-Python CIDEr-D (identical to pycocoevalcap's to 1e-6 on our tests) so
 that no Java process starts per student; VQA accuracy is the official normalisation.
 
@@ -38,10 +43,23 @@ ZOO = ("sft", "fkl", "rkl", "tvd", "gjsd", "skew_fkl", "skew_rkl", "akl", "ctkd"
 GAP_LOSSES = ("taid", "fkl", "skew_fkl")
 
 
+# Part 3, ``taid``: where TAID does not win at a short budget, which of its settings matters.
+# t_start decides how far from the student's own distribution the first targets are; alpha
+# decides whether the adaptive rule can move t at all in a run this short (alpha * N / 2 < 1
+# with the paper's alpha: t just follows the linear floor).
+TAID_VARIANTS = {
+    "taid_t0.2": {"t_start": 0.2},
+    "taid_t0.7": {"t_start": 0.7},
+    "taid_alpha_per_run4": {"taid_alpha_per_run": 4.0},
+}
+
+
 def loss_config(name: str) -> tuple[str, dict]:
     """A zoo entry -> (loss name, extra config); ``taid_linear`` is TAID without the adaptive rule."""
     if name == "taid_linear":
         return "taid", {"taid_adaptive": False}
+    if name in TAID_VARIANTS:
+        return "taid", dict(TAID_VARIANTS[name])
     return name, {}
 
 
@@ -74,20 +92,21 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
-def run_zoo(args, preset, work: Path, data_dir: Path, tokenizer, teacher_dir: Path, teacher_row: dict) -> dict:
+def run_zoo(part: str, names: list[str], seeds: list[int], preset, work: Path, data_dir: Path, tokenizer, teacher_dir: Path, teacher_row: dict) -> dict:
     from taid_vlm.demo.pipeline import distil_student, evaluate_models, save_initial_model
 
-    per_loss: dict[str, list[dict]] = {name: [] for name in args.losses}
-    for seed in args.seeds:
+    per_loss: dict[str, list[dict]] = {name: [] for name in names}
+    for seed in seeds:
         init = save_initial_model(work / f"init-student-{seed}", preset.student, tokenizer, False, preset.image_size, 202 + seed)
         students = {}
-        for name in args.losses:
+        for name in names:
             loss, extra = loss_config(name)
+            t_start = extra.pop("t_start", preset.t_start)
             run = distil_student(work / f"zoo-{name}-{seed}", init, teacher_dir, data_dir, loss, preset.student_budget,
-                                 seed, preset.t_start, progress=False, reuse=True, **extra)
+                                 seed, t_start, progress=False, reuse=True, **extra)
             students[name] = run / "student"
             print(f"  zoo: {name} seed {seed} trained", flush=True)
-        scores = evaluate_models(work / f"zoo-eval-{seed}", students, data_dir, preset, progress=False)
+        scores = evaluate_models(work / f"{part}-eval-{seed}", students, data_dir, preset, progress=False)
         for row in scores["rows"]:
             per_loss[row["model"]].append(row)
         print(f"  zoo: seed {seed}: " + ", ".join(f"{r['model']} {r['vqa_accuracy']:.1f}" for r in scores["rows"]), flush=True)
@@ -101,7 +120,7 @@ def run_zoo(args, preset, work: Path, data_dir: Path, tokenizer, teacher_dir: Pa
             gap = (acc - sft_mean) / (teacher_row["vqa_accuracy"] - sft_mean)
         table.append({"loss": name, "vqa_mean": acc, "vqa_std": acc_sd, "cider_mean": cider, "cider_std": cider_sd,
                       "gap_closed": gap, "per_seed_vqa": [r["vqa_accuracy"] for r in rows]})
-    return {"teacher": teacher_row, "rows": table, "seeds": list(args.seeds)}
+    return {"teacher": teacher_row, "rows": table, "seeds": list(seeds)}
 
 
 def run_gap(args, preset, work: Path, data_dir: Path, tokenizer) -> dict:
@@ -151,7 +170,7 @@ def gap_markdown(result: dict, header: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot_zoo(result: dict, path: Path) -> None:
+def plot_zoo(result: dict, path: Path, title: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -163,7 +182,7 @@ def plot_zoo(result: dict, path: Path) -> None:
     ax.bar([r["loss"] for r in rows], [r["vqa_mean"] for r in rows], yerr=[r["vqa_std"] for r in rows], color=colors, capsize=3)
     ax.axhline(result["teacher"]["vqa_accuracy"], color="#555555", linestyle="--", label="teacher")
     ax.set_ylabel("VQA accuracy (x100)")
-    ax.set_title(f"Loss zoo, {len(result['seeds'])} seed(s), mean +- std")
+    ax.set_title(f"{title}, {len(result['seeds'])} seed(s), mean +- std")
     ax.tick_params(axis="x", rotation=35)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -201,7 +220,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--gap-seeds", type=int, nargs="+", default=None, help="seeds of the capacity-gap part (default: --seeds)")
     parser.add_argument("--losses", nargs="+", default=list(ZOO), choices=list(ZOO))
-    parser.add_argument("--parts", nargs="+", default=["zoo", "gap"], choices=["zoo", "gap"])
+    parser.add_argument("--parts", nargs="+", default=["zoo", "gap", "taid"], choices=["zoo", "gap", "taid"])
     parser.add_argument("--work", default="runs/bench-quality", help="where checkpoints and evaluations go")
     parser.add_argument("--out", default="docs/results/quality", help="where the tables, plots and JSON go")
     args = parser.parse_args()
@@ -223,16 +242,19 @@ def main() -> None:
     command = " ".join(["python", *sys.argv])
     header = f"Command: `{command}` (preset `{preset.name}`: {preset.student_budget.steps} student steps, batch {preset.student_budget.batch_size}, lr {preset.student_budget.lr}; {preset.eval_questions or 'all'} test questions)"
 
-    if "zoo" in args.parts:
+    if "zoo" in args.parts or "taid" in args.parts:
         teacher_dir, _ = train_teacher(work / "teacher", init["teacher"], data_dir, preset.teacher_budget, 0, progress=False)
         teacher_row = evaluate_models(work / "eval-teacher", {"teacher": teacher_dir}, data_dir, preset, False)["rows"][0]
         print(f"teacher: VQA {teacher_row['vqa_accuracy']:.2f}", flush=True)
-        zoo = run_zoo(args, preset, work, data_dir, tokenizer, teacher_dir, teacher_row)
-        write_json(out / "zoo.json", {**zoo, "command": command, "machine": machine(load_at_start),
-                                      "seconds": time.perf_counter() - started})
-        (out / "zoo.md").write_text(zoo_markdown(zoo, header))
-        plot_zoo(zoo, out / "zoo.png")
-        print(zoo_markdown(zoo, header))
+    for part, names in (("zoo", list(args.losses)), ("taid", ["sft", "taid", "taid_linear", *TAID_VARIANTS])):
+        if part not in args.parts:
+            continue
+        result = run_zoo(part, names, args.seeds, preset, work, data_dir, tokenizer, teacher_dir, teacher_row)
+        write_json(out / f"{part}.json", {**result, "command": command, "machine": machine(load_at_start),
+                                          "seconds": time.perf_counter() - started})
+        (out / f"{part}.md").write_text(zoo_markdown(result, header))
+        plot_zoo(result, out / f"{part}.png", "Loss zoo" if part == "zoo" else "TAID settings")
+        print(zoo_markdown(result, header))
     if "gap" in args.parts:
         gap = run_gap(args, preset, work, data_dir, tokenizer)
         write_json(out / "gap.json", {**gap, "command": command, "machine": machine(load_at_start),
