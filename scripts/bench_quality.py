@@ -92,7 +92,8 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
-def run_zoo(part: str, names: list[str], seeds: list[int], preset, work: Path, data_dir: Path, tokenizer, teacher_dir: Path, teacher_row: dict) -> dict:
+def run_zoo(part: str, names: list[str], seeds: list[int], preset, work: Path, data_dir: Path, tokenizer,
+            teacher_dir: Path, teacher_row: dict) -> dict:
     from taid_vlm.demo.pipeline import distil_student, evaluate_models, save_initial_model
 
     per_loss: dict[str, list[dict]] = {name: [] for name in names}

@@ -1,0 +1,41 @@
+"""The quality benchmark's building blocks that decide what it measures (the runs themselves are
+benchmarks, not tests: see docs/results/quality)."""
+
+import importlib.util
+from pathlib import Path
+
+from taid_vlm.demo import PRESETS
+from taid_vlm.models.composed import build_composed_vlm
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_quality.py"
+
+
+def _bench_quality():
+    spec = importlib.util.spec_from_file_location("bench_quality", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_teacher_ladder_grows_and_ends_at_the_demo_teacher():
+    bench = _bench_quality()
+    preset = PRESETS["default"]
+    ladder = bench.teacher_ladder(preset)
+    assert [name for name, _, _ in ladder] == ["S", "M", "L"]
+    assert ladder[-1][1]["vision_kwargs"] == preset.teacher["vision_kwargs"]
+    assert ladder[-1][1]["text_config"]["hidden_size"] == preset.teacher["text_config"]["hidden_size"]
+    sizes = [sum(p.numel() for p in build_composed_vlm({**spec, "image_size": preset.image_size}, vocab_size=256)[0].parameters())
+             for _, spec, _ in ladder]
+    assert sizes == sorted(sizes) and len(set(sizes)) == 3
+    steps = [budget.steps for _, _, budget in ladder]
+    assert steps == sorted(steps) and steps[-1] > preset.teacher_budget.steps
+
+
+def test_every_zoo_and_taid_variant_resolves_to_a_loss_and_its_settings():
+    bench = _bench_quality()
+    assert bench.loss_config("taid_linear") == ("taid", {"taid_adaptive": False})
+    assert bench.loss_config("taid_t0.2") == ("taid", {"t_start": 0.2})
+    assert bench.loss_config("dkd") == ("dkd", {})
+    loss, extra = bench.loss_config("taid_t0.7")
+    extra.pop("t_start")
+    assert bench.TAID_VARIANTS["taid_t0.7"] == {"t_start": 0.7}  # popping a copy leaves the table intact
