@@ -69,20 +69,19 @@ def teacher_ladder(preset) -> list[tuple[str, dict, object]]:
     Both halves grow: the encoder's channels and the LM's width and depth (on the scenes the
     encoder decides most of what a model can see, so growing the LM alone barely moves it).
     """
+    from taid_vlm.demo.presets import text_config
+
     base = preset.teacher
     text = base["text_config"]
     channels = base["vision_kwargs"].get("channels")
     ladder = []
     for name, scale, steps_factor in (("S", 0.5, 0.75), ("M", 0.75, 1.0), ("L", 1.0, 1.25)):
         hidden = max(64, int(text["hidden_size"] * scale) // 32 * 32)
-        heads = 4 if hidden >= 96 else 2
         vision_kwargs = dict(base["vision_kwargs"])
         if channels:
             vision_kwargs["channels"] = [max(8, int(c * scale) // 8 * 8) for c in channels]
         spec = {**base, "vision_kwargs": vision_kwargs,
-                "text_config": {**text, "hidden_size": hidden, "intermediate_size": hidden * 8 // 3,
-                                "num_hidden_layers": max(1, round(text["num_hidden_layers"] * scale)),
-                                "num_attention_heads": heads, "num_key_value_heads": max(1, heads // 2)}}
+                "text_config": {**text, **text_config(hidden, max(1, round(text["num_hidden_layers"] * scale)))}}
         budget = dataclasses.replace(preset.teacher_budget, steps=int(preset.teacher_budget.steps * steps_factor))
         ladder.append((name, spec, budget))
     return ladder

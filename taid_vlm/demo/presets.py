@@ -30,11 +30,12 @@ def _vlm(channels: tuple[int, ...], image_tokens: int, hidden: int, layers: int)
         "vision": "timm:resnet10t",
         "vision_kwargs": {"channels": list(channels), "output_stride": 8},
         "num_image_tokens": image_tokens,
-        "text_config": _text(hidden, layers),
+        "text_config": text_config(hidden, layers),
     }
 
 
-def _text(hidden: int, layers: int) -> dict[str, Any]:
+def text_config(hidden: int, layers: int) -> dict[str, Any]:
+    """A small Llama-style LM config (also the capacity-gap ladder's LM, scripts/bench_quality.py)."""
     heads = 4 if hidden >= 96 else 2
     return {**_LM, "hidden_size": hidden, "intermediate_size": hidden * 8 // 3, "num_hidden_layers": layers,
             "num_attention_heads": heads, "num_key_value_heads": max(1, heads // 2)}
@@ -92,7 +93,7 @@ QUICK = DemoPreset(
     name="quick",
     n_train=96, n_test=12, image_size=32, qa_turns=2, vocab_size=384,
     teacher=_vlm((16, 32, 64, 64), 16, 96, 2), student=_vlm((8, 16, 32, 32), 4, 48, 1),
-    text_teacher=_text(96, 2), text_student=_text(48, 1),
+    text_teacher=text_config(96, 2), text_student=text_config(48, 1),
     teacher_budget=TrainBudget(steps=30, lr=3e-3, batch_size=8, warmup_steps=3),
     student_budget=TrainBudget(steps=12, lr=3e-3, batch_size=8, warmup_steps=2),
     eval_questions=60, eval_captions=12, eval_batch_size=32, caption_backend="python",
@@ -107,7 +108,7 @@ DEFAULT = DemoPreset(
     name="default",
     n_train=4000, n_test=150, image_size=64, qa_turns=3, vocab_size=1024,
     teacher=_vlm((32, 64, 128, 128), 64, 192, 4), student=_vlm((16, 32, 64, 64), 16, 96, 2),
-    text_teacher=_text(256, 4), text_student=_text(96, 2),
+    text_teacher=text_config(256, 4), text_student=text_config(96, 2),
     teacher_budget=TrainBudget(steps=400, lr=1e-3, batch_size=32, warmup_steps=20),
     student_budget=TrainBudget(steps=150, lr=2e-3, batch_size=32, warmup_steps=7),
     eval_questions=1500, eval_captions=100, eval_batch_size=64,
