@@ -105,11 +105,11 @@ def run_zoo(part: str, names: list[str], seeds: list[int], preset, work: Path, d
             run = distil_student(work / f"zoo-{name}-{seed}", init, teacher_dir, data_dir, loss, preset.student_budget,
                                  seed, t_start, progress=False, reuse=True, **extra)
             students[name] = run / "student"
-            print(f"  zoo: {name} seed {seed} trained", flush=True)
+            print(f"  {part}: {name} seed {seed} trained", flush=True)
         scores = evaluate_models(work / f"{part}-eval-{seed}", students, data_dir, preset, progress=False)
         for row in scores["rows"]:
             per_loss[row["model"]].append(row)
-        print(f"  zoo: seed {seed}: " + ", ".join(f"{r['model']} {r['vqa_accuracy']:.1f}" for r in scores["rows"]), flush=True)
+        print(f"  {part}: seed {seed}: " + ", ".join(f"{r['model']} {r['vqa_accuracy']:.1f}" for r in scores["rows"]), flush=True)
     table = []
     sft_mean = mean_std([r["vqa_accuracy"] for r in per_loss["sft"]])[0] if "sft" in per_loss else None
     for name, rows in per_loss.items():
