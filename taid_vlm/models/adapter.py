@@ -59,6 +59,11 @@ class RenderedBatch:
     def num_response_tokens(self) -> int:
         return int(self.response_mask.sum())
 
+    def to(self, device: torch.device | str, float_dtype: torch.dtype | None = None) -> "RenderedBatch":
+        """Move a batch rendered off the model's device (in a DataLoader worker) onto it."""
+        inputs = {k: v.to(device, dtype=float_dtype if v.is_floating_point() else None) for k, v in self.inputs.items()}
+        return RenderedBatch(inputs, self.response_mask.to(device), self.record_ids, self.texts)
+
 
 class ModelAdapter:
     """A model and its processor behind the interface the training loop and evaluation use."""
@@ -86,6 +91,9 @@ class ModelAdapter:
             (t.content for t in self.tokenizer.added_tokens_decoder.values() if t.special), key=len, reverse=True
         )
         self._linear_head = head_is_linear(model)
+        # What computes the final hidden states: the model itself, or a module wrapping it (an
+        # FSDP root must be called for its parameters to be gathered; train/parallel.py sets it).
+        self.hidden_module: torch.nn.Module | None = None
         if role == "teacher":
             model.eval()
             model.requires_grad_(False)
@@ -115,12 +123,15 @@ class ModelAdapter:
     # ---- rendering ------------------------------------------------------------------------------------
 
     def render(
-        self, records: Sequence[Record], add_generation_prompt: bool = False, max_length: int | None = None
+        self, records: Sequence[Record], add_generation_prompt: bool = False, max_length: int | None = None,
+        on_device: bool = True,
     ) -> RenderedBatch:
         """Tokenize records with this model's own processor and mark their response tokens.
 
         With ``add_generation_prompt`` the records are prompts (no response is marked) and the
         batch is left-padded for generation; otherwise it is right-padded for a forward pass.
+        ``on_device=False`` leaves the tensors on the CPU in the processor's dtypes (for
+        DataLoader workers; ``RenderedBatch.to`` moves them later).
         """
         if not records:
             raise ValueError("render() needs at least one record")
@@ -140,9 +151,10 @@ class ModelAdapter:
                 "responses are never truncated: trim the prompt or raise max_length"
             )
         mask = self._response_mask(encoded, texts, spans, records)
-        inputs = self._model_inputs(encoded)
+        inputs = self._model_inputs(encoded, on_device)
         ids = [r.id for r in records]
-        return RenderedBatch(inputs=inputs, response_mask=mask.to(self.device), record_ids=ids, texts=texts)
+        return RenderedBatch(inputs=inputs, response_mask=mask.to(self.device) if on_device else mask, record_ids=ids,
+                             texts=texts)
 
     def _render_text(self, record: Record, add_generation_prompt: bool) -> tuple[str, list[Span]]:
         conversation = template_messages(record, self.family_info, self.content_parts)
@@ -218,14 +230,15 @@ class ModelAdapter:
         mask[positions] = True
         return mask
 
-    def _model_inputs(self, encoded: Any) -> dict[str, torch.Tensor]:
+    def _model_inputs(self, encoded: Any, on_device: bool = True) -> dict[str, torch.Tensor]:
         names = set(getattr(self.processor, "model_input_names", []) or []) | {"input_ids", "attention_mask"}
         inputs = {}
         for key, value in encoded.items():
             if key not in names or not isinstance(value, torch.Tensor):
                 continue
-            floating = value.is_floating_point()
-            inputs[key] = value.to(self.device, dtype=self.dtype if floating else None)
+            if on_device:
+                value = value.to(self.device, dtype=self.dtype if value.is_floating_point() else None)
+            inputs[key] = value
         return inputs
 
     def _probe_end_of_turn(self) -> str:
@@ -255,7 +268,10 @@ class ModelAdapter:
         grad = torch.no_grad() if self.role == "teacher" else nullcontext()
         with grad:
             if return_hidden and self._linear_head:
-                hidden = final_hidden_states(self.model, batch.inputs, self.family_info)[predicting]
+                if self.hidden_module is not None:
+                    hidden = self.hidden_module(batch.inputs)[predicting]
+                else:
+                    hidden = final_hidden_states(self.model, batch.inputs, self.family_info)[predicting]
                 head = self.lm_head()
                 weight, bias = head.weight, head.bias
                 if self.role == "teacher":
@@ -301,11 +317,12 @@ class ModelAdapter:
 
     # ---- saving ----------------------------------------------------------------------------------------
 
-    def save(self, out_dir: str | Path) -> None:
+    def save(self, out_dir: str | Path, state_dict: dict[str, torch.Tensor] | None = None) -> None:
         """Save model and processor; the chat template in use is saved with them, so a default or
-        overridden template survives the round trip."""
+        overridden template survives the round trip. ``state_dict`` replaces the model's own
+        (a gathered FSDP state, or weights cast to the dtype to ship)."""
         out = Path(out_dir)
-        self.model.save_pretrained(out)
+        self.model.save_pretrained(out, state_dict=state_dict)
         self.processor.chat_template = self.chat_template
         self.processor.save_pretrained(out)
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_file, load_model, save_file, save_model
 
 CHECKPOINT_DIR = "checkpoints"
 STATE_FILE = "trainer_state.json"
@@ -75,8 +75,14 @@ def save_checkpoint(
     world_size: int = 1,
     barrier: Any = None,
     keep: int = 2,
+    model_state: dict[str, torch.Tensor] | None = None,
+    optimizer_state: dict[str, Any] | None = None,
 ) -> Path | None:
-    """Write ``run_dir/checkpoints/step-N`` atomically; every rank calls this (collective)."""
+    """Write ``run_dir/checkpoints/step-N`` atomically; every rank calls this (collective).
+
+    ``model_state`` / ``optimizer_state``: full states gathered by the caller when the model is
+    sharded (FSDP); the files are then the same as an unsharded run's.
+    """
     barrier = barrier or (lambda: None)
     root = run_dir / CHECKPOINT_DIR
     final = root / f"step-{state.step:07d}"
@@ -88,8 +94,11 @@ def save_checkpoint(
     torch.save(rng_state(), tmp / f"rng_rank{rank}.pt")
     barrier()
     if rank == 0:
-        save_model(model, str(tmp / "model.safetensors"))
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        if model_state is not None:
+            save_file({k: v.contiguous() for k, v in model_state.items()}, str(tmp / "model.safetensors"))
+        else:
+            save_model(model, str(tmp / "model.safetensors"))
+        torch.save(optimizer_state if optimizer_state is not None else optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save(lr_scheduler.state_dict(), tmp / "lr_scheduler.pt")
         for name, module in (extra_modules or {}).items():
             torch.save(module.state_dict(), tmp / f"{name}.pt")
@@ -139,7 +148,10 @@ def load_checkpoint(
     extra_modules: dict[str, torch.nn.Module] | None = None,
     rank: int = 0,
     world_size: int = 1,
+    load_state: Any = None,
 ) -> TrainerState:
+    """``load_state(model_state, optimizer_state) -> (missing, unexpected)`` replaces the plain
+    loading of model and optimizer when the model is sharded (every rank calls it)."""
     path = Path(path)
     if not (path / STATE_FILE).is_file():
         raise FileNotFoundError(f"{path} is not a complete checkpoint (no {STATE_FILE}); pass a checkpoints/step-N directory")
@@ -150,13 +162,18 @@ def load_checkpoint(
             f"checkpoint {path} was written by {saved_world} process(es) but this run has {world_size}; "
             "resume with the same number of processes so the data order and RNG streams continue exactly"
         )
-    missing, unexpected = load_model(model, str(path / "model.safetensors"), strict=False)
+    if load_state is not None:
+        optimizer_state = torch.load(path / "optimizer.pt", weights_only=False)
+        missing, unexpected = load_state(load_file(str(path / "model.safetensors")), optimizer_state)
+    else:
+        missing, unexpected = load_model(model, str(path / "model.safetensors"), strict=False)
     if missing or unexpected:
         raise ValueError(
             f"checkpoint {path} does not fit this student (missing {sorted(missing)[:5]}, "
             f"unexpected {sorted(unexpected)[:5]}); resume with the student the run started with"
         )
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=False))
+    if load_state is None:
+        optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=False))
     lr_scheduler.load_state_dict(torch.load(path / "lr_scheduler.pt", weights_only=False))
     for name, module in (extra_modules or {}).items():
         module.load_state_dict(torch.load(path / f"{name}.pt", weights_only=False))

@@ -1,20 +1,21 @@
 """The distillation loop: config -> models -> data -> steps -> checkpoints, metrics, student.
 
-What it gets right that peers are often asked to fix:
+``distill`` is ``setup`` (models, sharding, data, optimizer, resume), one ``step`` per optimizer
+step, and ``finish`` (rank check, saved student). What it gets right that peers are often asked
+to fix:
 - the loss is normalised by the response tokens of the whole optimizer step (every
   micro-batch, every rank), not per micro-batch;
 - TAID's t moves once per optimizer step, from the all-reduced training loss, so every rank
   holds the same t; both t and t_linear are logged;
 - the teacher runs in eval mode without gradients, in its own dtype/device, and its outputs are
   dropped right after each micro-batch's loss;
+- records are rendered for student and teacher in DataLoader workers (``num_workers``), off
+  the step, and the data position in checkpoints counts only batches the loop trained on;
+- mixed precision is autocast over fp32 master weights (train/precision.py); several
+  processes either replicate the student (ddp) or shard it with FSDP2 (train/parallel.py);
 - a non-finite loss skips the step (logged with its record ids) and the run stops with a clear
   message after ``max_bad_steps`` of them;
 - checkpoints are atomic and complete, and a resumed run continues exactly.
-
-Data parallelism: every rank holds the full student; after the backward passes of a step the
-gradients are summed across ranks (each rank's loss is already divided by the GLOBAL token
-count, so the sum is the gradient of the global mean). This works whatever module the adapter
-calls inside the model, which a wrapper-based DDP cannot promise.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -36,19 +38,24 @@ import yaml
 from transformers import get_scheduler
 
 from ..data import detect_format, load_records
-from ..data.truncate import fit_prompt
 from ..losses import CTKDTemperature, TAIDSchedule
 from ..models import ModelAdapter, check_alignment, check_vocab_compatible, is_composed_spec, load
-from .batches import BatchStream
+from ..models.checkpointing import enable_gradient_checkpointing
+from ..models.loading import resolve_dtype
 from .checkpoint import TrainerState, latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import DistillConfig
+from .data import MicroBatch, MicroBatches, RenderCollator
 from .metrics import MetricsLog, Progress
-from .objective import training_loss
+from .objective import LossParts, training_loss
+from .parallel import Distributed, HiddenStates, full_model_state, full_optimizer_state, load_full_state, shard
+from .precision import Precision
 from .responses import on_policy_batch, teacher_responses
 from .teacher import LiveTeacher
 
 VISION_MODULE_NAMES = ("vision_tower", "vision_model", "visual", "vision_encoder", "vision")
 RUN_MARKERS = ("config.yaml", "metrics.jsonl", "checkpoints", "student", "ranks.json")
+
+__all__ = ["DistillResult", "Distributed", "distill", "setup", "step", "finish"]
 
 
 @dataclass
@@ -62,57 +69,102 @@ class DistillResult:
     is_main: bool = True
 
 
-class Distributed:
-    """The few collectives the loop needs; a no-op on one process."""
+@dataclass
+class Run:
+    """Everything one distillation holds between steps (built by ``setup``)."""
 
-    def __init__(self) -> None:
-        from accelerate import PartialState
-
-        self.state = PartialState(cpu=not torch.cuda.is_available())
-        self.rank = self.state.process_index
-        self.world_size = self.state.num_processes
-        self.device = self.state.device
-        self.is_main = self.state.is_main_process
-
-    @property
-    def active(self) -> bool:
-        return self.world_size > 1 and dist.is_available() and dist.is_initialized()
-
-    def sum(self, value: torch.Tensor) -> torch.Tensor:
-        if self.active:
-            value = value.clone()
-            dist.all_reduce(value, op=dist.ReduceOp.SUM)
-        return value
-
-    def barrier(self) -> None:
-        if self.active:
-            dist.barrier()
-
-    def broadcast_parameters(self, module: torch.nn.Module) -> None:
-        if self.active:
-            for tensor in list(module.parameters()) + list(module.buffers()):
-                dist.broadcast(tensor.data, src=0)
-
-    def sum_gradients(self, params: list[torch.nn.Parameter]) -> None:
-        if not self.active:
-            return
-        for p in params:
-            if p.grad is None:
-                p.grad = torch.zeros_like(p)  # every rank must contribute the same tensors
-        grads = [p.grad for p in params]
-        flat = torch._utils._flatten_dense_tensors(grads)
-        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
-        for g, reduced in zip(grads, torch._utils._unflatten_dense_tensors(flat, grads)):
-            g.copy_(reduced)
+    config: DistillConfig
+    env: Distributed
+    out: Path
+    started: float
+    student: ModelAdapter
+    teacher: ModelAdapter | None
+    teacher_signal: Any  # a TeacherSignal (train/teacher.py) or None for sft
+    sharded: HiddenStates | None  # the FSDP root when distributed=fsdp
+    precision: Precision
+    params: list[torch.nn.Parameter]
+    optimizer: torch.optim.Optimizer
+    lr_scheduler: Any
+    schedule: TAIDSchedule | None
+    ctkd: CTKDTemperature | None
+    extra_modules: dict[str, Any]
+    state: TrainerState
+    data: MicroBatches
+    collator: RenderCollator
+    log: MetricsLog
+    progress: Progress
+    config_yaml: str
+    last_loss: float | None = None
 
 
 def distill(config: DistillConfig) -> DistillResult:
+    run = setup(config)
+    try:
+        while run.state.step < config.max_steps:
+            step(run)
+    finally:
+        run.data.close()
+    return finish(run)
+
+
+# ---- setup ----------------------------------------------------------------------------------------
+
+
+def setup(config: DistillConfig) -> Run:
     started = time.perf_counter()
     env = Distributed()
     out = Path(config.output)
     resume_from = _prepare_output(out, config, env)
     _seed_everything(config.seed)
 
+    teacher, student = _load_models(config, env)
+    records = _training_records(config)
+    if config.responses == "teacher":
+        cache = out / "teacher_responses.jsonl"
+        if env.is_main:
+            teacher_responses(teacher, records, cache, config.batch_size, config.generation_max_new_tokens, config.progress)
+        env.barrier()
+        records = teacher_responses(teacher, records, cache, config.batch_size, config.generation_max_new_tokens, False)
+    teacher_signal = LiveTeacher(teacher, env.device, return_hidden=config.chunked) if config.needs_teacher else None
+    sharded = _place(config, env, student, teacher)
+
+    params = [p for p in student.model.parameters() if p.requires_grad]
+    ctkd = CTKDTemperature(initial=max(config.temperature, 1.0) + 1e-3).to(env.device) if config.loss == "ctkd" else None
+    optimizer = _optimizer(student.model, config, ctkd)
+    lr_scheduler = get_scheduler(config.lr_scheduler, optimizer, num_warmup_steps=config.warmup_steps, num_training_steps=config.max_steps)
+    schedule = None
+    if config.loss == "taid":
+        schedule = TAIDSchedule(config.max_steps, t_start=config.t_start, t_end=config.t_end, alpha=config.taid_alpha,
+                                beta=config.taid_beta, adaptive=config.taid_adaptive, alpha_per_run=config.taid_alpha_per_run)
+    precision = Precision(config.mixed_precision, env.device)
+    extra_modules = {**({"ctkd_temperature": ctkd} if ctkd is not None else {}), **precision.checkpoint_modules()}
+
+    state = TrainerState()
+    if resume_from is not None:
+        load_state = (lambda m, o: load_full_state(sharded, optimizer, m, o)) if sharded is not None else None
+        state = load_checkpoint(resume_from, model=student.model, optimizer=optimizer, lr_scheduler=lr_scheduler,
+                                extra_modules=extra_modules, rank=env.rank, world_size=env.world_size, load_state=load_state)
+        if schedule is not None and state.schedule is not None:
+            schedule.load_state_dict(state.schedule)
+    else:
+        random.seed(config.seed + env.rank)
+        torch.manual_seed(config.seed + env.rank)  # samples differ per rank; weights were broadcast
+
+    config_yaml = yaml.safe_dump(config.to_dict(), sort_keys=False)
+    if env.is_main:
+        (out / "config.yaml").write_text(config_yaml)
+    renders_teacher = getattr(teacher_signal, "adapter", None)  # a live teacher: render its inputs in workers too
+    collator = RenderCollator(student, renders_teacher, config.max_length)
+    data = MicroBatches(records, collator, config.batch_size, config.seed, env.rank, env.world_size, state.epoch,
+                        state.position, num_workers=config.num_workers)
+    log = MetricsLog(out / "metrics.jsonl", resume_step=state.step, enabled=env.is_main,
+                     tensorboard_dir=out / "tensorboard" if config.tensorboard else None)
+    progress = Progress(config.max_steps, state.step, enabled=config.progress and env.is_main)
+    return Run(config, env, out, started, student, teacher, teacher_signal, sharded, precision, params, optimizer,
+               lr_scheduler, schedule, ctkd, extra_modules, state, data, collator, log, progress, config_yaml)
+
+
+def _load_models(config: DistillConfig, env: Distributed) -> tuple[ModelAdapter | None, ModelAdapter]:
     teacher = None
     if config.needs_teacher or config.responses == "teacher":
         teacher = load(config.teacher, role="teacher", dtype=None if config.teacher_dtype == "auto" else config.teacher_dtype,
@@ -123,131 +175,172 @@ def distill(config: DistillConfig) -> DistillResult:
                    chat_template=config.student_chat_template, **shared_tokenizer)
     if teacher is not None:
         check_vocab_compatible(teacher, student)
+    return teacher, student
+
+
+def _place(config: DistillConfig, env: Distributed, student: ModelAdapter, teacher: ModelAdapter | None) -> HiddenStates | None:
+    """Same weights on every rank, then freezing, checkpointing and (fsdp) sharding; the FSDP root."""
     env.broadcast_parameters(student.model)
     if config.freeze_vision:
         _freeze_vision(student.model)
+    if config.gradient_checkpointing:
+        enable_gradient_checkpointing(student.model)
     student.model.train()
+    sharded = None
+    if config.distributed == "fsdp" and env.active:
+        sharded = shard(student, env)
+        if config.teacher_shard and teacher is not None:
+            shard(teacher, env)
+    return sharded
 
-    records = _training_records(config)
-    if config.responses == "teacher":
-        cache = out / "teacher_responses.jsonl"
-        if env.is_main:
-            teacher_responses(teacher, records, cache, config.batch_size, config.generation_max_new_tokens, config.progress)
-        env.barrier()
-        records = teacher_responses(teacher, records, cache, config.batch_size, config.generation_max_new_tokens, False)
-    teacher_signal = LiveTeacher(teacher, env.device, return_hidden=config.chunked) if config.needs_teacher else None
 
-    params = [p for p in student.model.parameters() if p.requires_grad]
-    ctkd = CTKDTemperature(initial=max(config.temperature, 1.0) + 1e-3).to(env.device) if config.loss == "ctkd" else None
-    optimizer = _optimizer(student.model, config, ctkd)
-    lr_scheduler = get_scheduler(config.lr_scheduler, optimizer, num_warmup_steps=config.warmup_steps, num_training_steps=config.max_steps)
-    schedule = None
-    if config.loss == "taid":
-        schedule = TAIDSchedule(config.max_steps, t_start=config.t_start, t_end=config.t_end, alpha=config.taid_alpha,
-                                beta=config.taid_beta, adaptive=config.taid_adaptive, alpha_per_run=config.taid_alpha_per_run)
-    extra_modules = {"ctkd_temperature": ctkd} if ctkd is not None else {}
+# ---- one optimizer step ---------------------------------------------------------------------------
 
-    state = TrainerState()
-    if resume_from is not None:
-        state = load_checkpoint(resume_from, model=student.model, optimizer=optimizer, lr_scheduler=lr_scheduler,
-                                extra_modules=extra_modules, rank=env.rank, world_size=env.world_size)
-        if schedule is not None and state.schedule is not None:
-            schedule.load_state_dict(state.schedule)
+
+def step(run: Run) -> None:
+    """One optimizer step: take micro-batches, forward/backward each, reduce, update, record."""
+    config, env, state = run.config, run.env, run.state
+    step_started = time.perf_counter()
+    t_now = run.schedule.t if run.schedule is not None else None
+    t_linear_now = run.schedule.t_linear if run.schedule is not None else None
+
+    micro_batches = _take_micro_batches(run)
+    global_tokens = int(env.sum(torch.tensor(float(sum(mb.student.num_response_tokens for mb in micro_batches)),
+                                             device=env.device)).item())
+    temperature = (run.ctkd(config.ctkd_lambda_max * _ramp(state.step, config.max_steps)) if run.ctkd is not None
+                   else config.temperature)
+    sums = torch.zeros(3, dtype=torch.float64, device=env.device)  # total, kd, ce
+    for mb in micro_batches:
+        parts = _micro_batch_loss(run, mb, global_tokens, temperature, t_now)
+        run.precision.backward(parts.total)
+        sums += torch.stack([_value(parts.total), _value(parts.kd), _value(parts.ce)]).to(sums.device)
+        del parts
+    total, kd, ce = env.sum(sums).tolist()
+
+    row: dict[str, Any] = {"step": state.step + 1, "epoch": state.epoch}
+    if math.isfinite(total):
+        grad_norm = _apply_update(run, kd)
     else:
-        random.seed(config.seed + env.rank)
-        torch.manual_seed(config.seed + env.rank)  # samples differ per rank; weights were broadcast
+        grad_norm = _skip_step(run, total, micro_batches, row)
 
-    config_yaml = yaml.safe_dump(config.to_dict(), sort_keys=False)
+    state.step += 1
+    state.tokens_seen += global_tokens
+    state.epoch, state.position = run.data.epoch, run.data.position
+    state.schedule = run.schedule.state_dict() if run.schedule is not None else None
+    elapsed = time.perf_counter() - step_started
+    tokens_per_s = global_tokens / max(elapsed, 1e-9)
+    run.last_loss = total
+    row.update(loss=total, kd_loss=kd if parts_has(config, "kd") else None, ce_loss=ce if parts_has(config, "ce") else None,
+               lr=run.lr_scheduler.get_last_lr()[0], grad_norm=grad_norm, tokens=global_tokens, tokens_per_s=tokens_per_s,
+               seconds=elapsed)
+    if run.schedule is not None:
+        row.update(t=t_now, t_linear=t_linear_now, t_next=run.schedule.t)
+    if run.ctkd is not None:
+        row.update(temperature=float(temperature.detach()))
+    if state.step % config.log_every == 0 or state.step == config.max_steps or state.step == 1:
+        run.log.log(row)
+    run.progress.update(total, t_now, tokens_per_s)
+    if state.step % config.save_every == 0 or state.step == config.max_steps:
+        _save_checkpoint(run)
+
+
+def _take_micro_batches(run: Run) -> list[MicroBatch]:
+    """This step's rendered micro-batches on their devices (on-policy ones re-rendered here)."""
+    config, student, teacher = run.config, run.student, run.teacher
+    micro_batches = [run.data.next() for _ in range(config.grad_accum)]
+    if config.on_policy > 0 and _on_policy_this_step(config, run.state.step):
+        micro_batches = [run.collator(on_policy_batch(student, mb.records, config.generation_max_new_tokens,
+                                                      config.generation_temperature)) for mb in micro_batches]
+    teacher_device = teacher.device if teacher is not None else None
+    teacher_dtype = teacher.dtype if teacher is not None else None
+    return [mb.to(student.device, teacher_device, student.dtype, teacher_dtype) for mb in micro_batches]
+
+
+def _micro_batch_loss(run: Run, mb: MicroBatch, global_tokens: int, temperature: Any, t: float | None) -> LossParts:
+    """Student and teacher forward under autocast, then the loss (normalised by the step's global tokens)."""
+    config = run.config
+    with run.precision.autocast():
+        student_out = run.student.response_outputs(mb.student, return_hidden=config.chunked)
+        teacher_out = None
+        if run.teacher_signal is not None:
+            pre_rendered = {"batch": mb.teacher} if mb.teacher is not None else {}
+            teacher_out = run.teacher_signal.outputs(mb.records, **pre_rendered)
+            teacher_out = check_alignment(teacher_out, student_out, mb.records, tokenizer=run.student.tokenizer)
+        return training_loss(config.loss, student_out, teacher_out, num_tokens=max(global_tokens, 1),
+                             distil_ratio=config.distil_ratio, chunked=config.chunked, chunk_size=config.chunk_size,
+                             temperature=temperature, params=_loss_params(config, t))
+
+
+def _apply_update(run: Run, kd: float) -> float:
+    """Reduce gradients (ddp: summed by hand; fsdp: already reduce-scattered), clip, step; the grad norm."""
+    config = run.config
+    if run.sharded is None:
+        run.env.sum_gradients(run.params + (list(run.ctkd.parameters()) if run.ctkd is not None else []))
+    run.precision.unscale(run.optimizer)
+    grad_norm = float("nan")
+    if config.grad_clip > 0:
+        norm = torch.nn.utils.clip_grad_norm_(run.params, config.grad_clip)
+        grad_norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
+    run.precision.step(run.optimizer)
+    run.lr_scheduler.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    if run.schedule is not None:
+        run.schedule.step(kd)
+    return grad_norm
+
+
+def _skip_step(run: Run, total: float, micro_batches: list[MicroBatch], row: dict[str, Any]) -> float:
+    config, state = run.config, run.state
+    run.optimizer.zero_grad(set_to_none=True)
+    state.bad_steps += 1
+    ids = [r.id for mb in micro_batches for r in mb.records]
+    warnings.warn(f"step {state.step + 1}: non-finite loss {total}; step skipped (records {ids[:20]})", stacklevel=1)
+    row.update(skipped=True, records=ids, loss=total)
+    if state.bad_steps > config.max_bad_steps:
+        run.log.log(row)
+        raise RuntimeError(
+            f"{state.bad_steps} steps had a non-finite loss (limit max_bad_steps={config.max_bad_steps}); the "
+            f"last at step {state.step + 1} on records {ids[:20]}. Check those records, lower lr, or use "
+            "student_dtype=float32; metrics.jsonl lists every skipped step."
+        )
+    return float("nan")
+
+
+def _save_checkpoint(run: Run) -> None:
+    full: dict[str, Any] = {}
+    if run.sharded is not None:  # collective: every rank takes part in the gather
+        full = dict(model_state=full_model_state(run.sharded), optimizer_state=full_optimizer_state(run.sharded, run.optimizer))
+    save_checkpoint(run.out, model=run.student.model, optimizer=run.optimizer, lr_scheduler=run.lr_scheduler,
+                    state=run.state, extra_modules=run.extra_modules, config_yaml=run.config_yaml, rank=run.env.rank,
+                    world_size=run.env.world_size, barrier=run.env.barrier, keep=run.config.keep_checkpoints, **full)
+
+
+# ---- finish ---------------------------------------------------------------------------------------
+
+
+def finish(run: Run) -> DistillResult:
+    """Close logs, check that ranks agree, save the student atomically."""
+    run.progress.close()
+    run.log.close()
+    env = run.env
+    full_state = full_model_state(run.sharded) if run.sharded is not None else None
+    _check_ranks_agree(env, run.student.model, run.schedule, run.out, full_state)
+    student_dir = run.out / "student"
     if env.is_main:
-        (out / "config.yaml").write_text(config_yaml)
-    stream = BatchStream(records, config.batch_size, config.seed, env.rank, env.world_size, state.epoch, state.position)
-    log = MetricsLog(out / "metrics.jsonl", resume_step=state.step, enabled=env.is_main,
-                     tensorboard_dir=out / "tensorboard" if config.tensorboard else None)
-    progress = Progress(config.max_steps, state.step, enabled=config.progress and env.is_main)
-    last_loss = None
-
-    while state.step < config.max_steps:
-        step_started = time.perf_counter()
-        t_now = schedule.t if schedule is not None else None
-        t_linear_now = schedule.t_linear if schedule is not None else None
-        micro_batches = [stream.next_batch() for _ in range(config.grad_accum)]
-        if config.on_policy > 0 and _on_policy_this_step(config, state.step):
-            micro_batches = [on_policy_batch(student, mb, config.generation_max_new_tokens, config.generation_temperature)
-                             for mb in micro_batches]
-        if config.max_length:
-            micro_batches = [[_fit(r, student, teacher, config.max_length) for r in mb] for mb in micro_batches]
-        rendered = [student.render(mb, max_length=config.max_length) for mb in micro_batches]
-        local_tokens = sum(b.num_response_tokens for b in rendered)
-        global_tokens = int(env.sum(torch.tensor(float(local_tokens), device=env.device)).item())
-        temperature = ctkd(config.ctkd_lambda_max * _ramp(state.step, config.max_steps)) if ctkd is not None else config.temperature
-        sums = torch.zeros(3, dtype=torch.float64, device=env.device)  # total, kd, ce
-        for records_mb, batch in zip(micro_batches, rendered):
-            student_out = student.response_outputs(batch, return_hidden=config.chunked)
-            teacher_out = teacher_signal.outputs(records_mb) if teacher_signal is not None else None
-            if teacher_out is not None:
-                teacher_out = check_alignment(teacher_out, student_out, records_mb, tokenizer=student.tokenizer)
-            parts = training_loss(config.loss, student_out, teacher_out, num_tokens=max(global_tokens, 1),
-                                  distil_ratio=config.distil_ratio, chunked=config.chunked, chunk_size=config.chunk_size,
-                                  temperature=temperature, params=_loss_params(config, t_now))
-            parts.total.backward()
-            sums += torch.stack([_value(parts.total), _value(parts.kd), _value(parts.ce)]).to(sums.device)
-            del student_out, teacher_out, parts
-        env.sum_gradients(params + (list(ctkd.parameters()) if ctkd is not None else []))
-        total, kd, ce = env.sum(sums).tolist()
-
-        row = {"step": state.step + 1, "epoch": state.epoch}
-        if not math.isfinite(total):
-            optimizer.zero_grad(set_to_none=True)
-            state.bad_steps += 1
-            ids = [r.id for mb in micro_batches for r in mb]
-            warnings.warn(f"step {state.step + 1}: non-finite loss {total}; step skipped (records {ids[:20]})", stacklevel=1)
-            row.update(skipped=True, records=ids, loss=total)
-            if state.bad_steps > config.max_bad_steps:
-                log.log(row)
-                raise RuntimeError(
-                    f"{state.bad_steps} steps had a non-finite loss (limit max_bad_steps={config.max_bad_steps}); the "
-                    f"last at step {state.step + 1} on records {ids[:20]}. Check those records, lower lr, or use "
-                    "student_dtype=float32; metrics.jsonl lists every skipped step."
-                )
-            grad_norm = float("nan")
-        else:
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, config.grad_clip)) if config.grad_clip > 0 else float("nan")
-            optimizer.step()
-            lr_scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            if schedule is not None:
-                schedule.step(kd)
-        state.step += 1
-        state.tokens_seen += global_tokens
-        state.epoch, state.position = stream.epoch, stream.position
-        state.schedule = schedule.state_dict() if schedule is not None else None
-        elapsed = time.perf_counter() - step_started
-        tokens_per_s = global_tokens / max(elapsed, 1e-9)
-        last_loss = total
-        row.update(loss=total, kd_loss=kd if parts_has(config, "kd") else None, ce_loss=ce if parts_has(config, "ce") else None,
-                   lr=lr_scheduler.get_last_lr()[0], grad_norm=grad_norm, tokens=global_tokens, tokens_per_s=tokens_per_s,
-                   seconds=elapsed)
-        if schedule is not None:
-            row.update(t=t_now, t_linear=t_linear_now, t_next=schedule.t)
-        if ctkd is not None:
-            row.update(temperature=float(temperature.detach()))
-        if state.step % config.log_every == 0 or state.step == config.max_steps or state.step == 1:
-            log.log(row)
-        progress.update(total, t_now, tokens_per_s)
-        if state.step % config.save_every == 0 or state.step == config.max_steps:
-            save_checkpoint(out, model=student.model, optimizer=optimizer, lr_scheduler=lr_scheduler, state=state,
-                            extra_modules=extra_modules, config_yaml=config_yaml, rank=env.rank,
-                            world_size=env.world_size, barrier=env.barrier, keep=config.keep_checkpoints)
-    progress.close()
-    log.close()
-    _check_ranks_agree(env, student.model, schedule, out)
-
-    student_dir = out / "student"
-    if env.is_main:
-        _save_student_atomically(student, student_dir)
+        _save_student_atomically(run.student, student_dir, _state_to_save(run, full_state))
     env.barrier()
-    return DistillResult(out, student_dir, state.step, last_loss, schedule.t if schedule else None,
-                         time.perf_counter() - started, env.is_main)
+    return DistillResult(run.out, student_dir, run.state.step, run.last_loss, run.schedule.t if run.schedule else None,
+                         time.perf_counter() - run.started, env.is_main)
+
+
+def _state_to_save(run: Run, full_state: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor] | None:
+    """The student's weights to ship: gathered (fsdp) and/or cast to ``save_dtype``; None = as is."""
+    dtype = resolve_dtype(run.config.save_dtype)
+    if dtype is None:
+        return full_state
+    state = full_state if full_state is not None else run.student.model.state_dict()
+    cast: dict[int, torch.Tensor] = {}  # tied weights stay one tensor
+    return {k: cast.setdefault(id(v), v.to(dtype) if v.is_floating_point() else v) for k, v in state.items()}
 
 
 # ---- helpers ------------------------------------------------------------------------------------
@@ -286,16 +379,6 @@ def _training_records(config: DistillConfig) -> list:
     fmt = detect_format(config.data) if config.data_format == "auto" else config.data_format
     hf_options = {"split": config.data_split} if fmt == "hf" else {}
     return load_records(config.data, format=fmt, skip_bad=config.skip_bad, limit=config.data_limit, **hf_options)
-
-
-def _fit(record, student: ModelAdapter, teacher: ModelAdapter | None, max_length: int):
-    def longest(r) -> int:
-        lengths = [student.render([r]).input_ids.shape[1]]
-        if teacher is not None:
-            lengths.append(teacher.render([r]).input_ids.shape[1])
-        return max(lengths)
-
-    return fit_prompt(record, longest, max_length)
 
 
 def _optimizer(model: torch.nn.Module, config: DistillConfig, ctkd: CTKDTemperature | None) -> torch.optim.Optimizer:
@@ -353,34 +436,45 @@ def _prepare_output(out: Path, config: DistillConfig, env: Distributed) -> Path 
 
 
 def _weights_digest(model: torch.nn.Module) -> str:
+    return _state_digest(model.state_dict())
+
+
+def _state_digest(state: dict[str, torch.Tensor]) -> str:
     digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
+    for name, tensor in sorted(state.items()):
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
 
 
-def _check_ranks_agree(env: Distributed, model: torch.nn.Module, schedule: TAIDSchedule | None, out: Path) -> None:
+def _check_ranks_agree(env: Distributed, model: torch.nn.Module, schedule: TAIDSchedule | None, out: Path,
+                       full_state: dict[str, torch.Tensor] | None = None) -> None:
     """Every rank must end with the same weights and the same t; ``ranks.json`` records it.
 
     Drifting ranks are the silent failure of data-parallel distillation (the TAID reference
     kept t per GPU); a run that drifted stops here with an error instead of saving a student.
+    A sharded (fsdp) student exists once, gathered on rank 0 (``full_state``): its digest is
+    rank 0's alone, and the ranks must agree on t.
     """
-    mine = {"rank": env.rank, "weights_sha256": _weights_digest(model), "t": schedule.t if schedule else None}
+    if full_state is not None:
+        digest = _state_digest(full_state) if env.is_main else None
+    else:
+        digest = _weights_digest(model)
+    mine = {"rank": env.rank, "weights_sha256": digest, "t": schedule.t if schedule else None}
     everyone = [mine]
     if env.active:
         everyone = [None] * env.world_size
         dist.all_gather_object(everyone, mine)
     if env.is_main:
         (out / "ranks.json").write_text(json.dumps(everyone, indent=1))
-    if len({(r["weights_sha256"], r["t"]) for r in everyone}) > 1:
+    if len({r["weights_sha256"] for r in everyone if r["weights_sha256"]}) > 1 or len({r["t"] for r in everyone}) > 1:
         raise RuntimeError(f"ranks disagree at the end of the run (see {out / 'ranks.json'}): {everyone}")
 
 
-def _save_student_atomically(student: ModelAdapter, target: Path) -> None:
+def _save_student_atomically(student: ModelAdapter, target: Path, state_dict: dict[str, torch.Tensor] | None = None) -> None:
     tmp = target.parent / f".tmp-{target.name}"
     shutil.rmtree(tmp, ignore_errors=True)
-    student.save(tmp)
+    student.save(tmp, state_dict=state_dict)
     old = target.parent / f".old-{target.name}"
     if target.exists():
         shutil.rmtree(old, ignore_errors=True)

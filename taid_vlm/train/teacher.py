@@ -13,6 +13,7 @@ import torch
 
 from ..data import Record
 from ..models import ModelAdapter
+from ..models.adapter import RenderedBatch
 from ..models.outputs import ResponseOutputs
 
 
@@ -35,7 +36,9 @@ class LiveTeacher:
         adapter.model.eval()
         adapter.model.requires_grad_(False)
 
-    def outputs(self, records: Sequence[Record]) -> ResponseOutputs:
+    def outputs(self, records: Sequence[Record], batch: RenderedBatch | None = None) -> ResponseOutputs:
+        """``batch``: the records already rendered by this teacher's processor (in a DataLoader
+        worker, on its device); rendered here otherwise."""
         with torch.no_grad():
-            out = self.adapter.response_outputs(records, return_hidden=self.return_hidden)
+            out = self.adapter.response_outputs(batch if batch is not None else records, return_hidden=self.return_hidden)
         return out.to(device=self.device)
