@@ -50,3 +50,69 @@ def test_two_processes_hold_identical_weights_and_t_and_match_one_process(tmp_pa
     t_ddp = [json.loads(x)["t"] for x in (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()]
     t_one = [json.loads(x)["t"] for x in (tmp_path / "single" / "metrics.jsonl").read_text().splitlines()]
     assert t_ddp == pytest.approx(t_one, rel=1e-4)  # t follows the all-reduced loss
+
+
+def _launch_two(args: list[str], env: dict[str, str], **kwargs) -> list[str]:
+    return [str(Path(sys.executable).parent / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2",
+            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "taid_vlm.cli", *args]
+
+
+def _max_rel_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    """Largest per-tensor relative difference ||a - b|| / ||b|| over the whole student."""
+    assert a.keys() == b.keys()
+    return max(((a[k].double() - b[k].double()).norm() / b[k].double().norm().clamp_min(1e-30)).item() for k in a)
+
+
+@pytest.mark.skipif(shutil.which("accelerate", path=str(Path(sys.executable).parent)) is None, reason="accelerate CLI missing")
+def test_fsdp_two_processes_match_one_process_and_resume_exactly_after_sigkill(tmp_path):
+    """distributed=fsdp shards the student over 2 gloo ranks: the same student and t as one process
+    with the same global batch, and a run killed with SIGKILL and resumed ends where the whole run does."""
+    import signal
+    import time
+
+    generate_shapes(tmp_path / "shapes", 24, 2, seed=0, image_size=32)
+    texts = [m["content"] for r in load_records(tmp_path / "shapes" / "train.jsonl") for m in r.messages]
+    teacher, processor = build_composed_vlm("tiny", texts=texts, seed=1)
+    teacher.save_pretrained(tmp_path / "teacher")
+    processor.save_pretrained(tmp_path / "teacher")
+    args = ["distill", f"--teacher={tmp_path / 'teacher'}", "--student=composed:tiny?num_image_tokens=4&seed=2",
+            f"--data={tmp_path / 'shapes' / 'train.jsonl'}", "--max-steps=8", "--save-every=2", "--keep-checkpoints=10",
+            "--no-progress", "--log-every=1", "lr=0.003", "taid_alpha_per_run=2"]
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT), ACCELERATE_USE_CPU="true", OMP_NUM_THREADS="1")
+    fsdp = args + ["--distributed=fsdp", "--batch-size=2"]
+    whole = subprocess.run(_launch_two(fsdp + [f"--output={tmp_path / 'fsdp'}"], env), env=env, capture_output=True,
+                           text=True, timeout=600)
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    one = subprocess.run([sys.executable, "-m", "taid_vlm.cli"] + args + [f"--output={tmp_path / 'single'}", "--batch-size=4"],
+                         env=env, capture_output=True, text=True, timeout=600)
+    assert one.returncode == 0, one.stderr[-3000:]
+
+    a = load_file(str(tmp_path / "fsdp" / "student" / "model.safetensors"))
+    b = load_file(str(tmp_path / "single" / "student" / "model.safetensors"))
+    start = build_composed_vlm("tiny", texts=texts, num_image_tokens=4, seed=2)[0].state_dict()
+    assert max((b[k] - start[k]).abs().max().item() for k in b if k in start) > 1e-3  # training moved the weights
+    assert _max_rel_diff(a, b) < 1e-5
+    t_fsdp = [json.loads(x)["t"] for x in (tmp_path / "fsdp" / "metrics.jsonl").read_text().splitlines()]
+    t_one = [json.loads(x)["t"] for x in (tmp_path / "single" / "metrics.jsonl").read_text().splitlines()]
+    assert t_fsdp == pytest.approx(t_one, rel=1e-6) and t_fsdp[-1] > t_fsdp[0]
+    ranks = json.loads((tmp_path / "fsdp" / "ranks.json").read_text())
+    assert [r["t"] for r in ranks] == [ranks[0]["t"]] * 2
+
+    killed = tmp_path / "killed"
+    victim = subprocess.Popen(_launch_two(fsdp + [f"--output={killed}"], env), env=env, start_new_session=True,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    marker = killed / "checkpoints" / "step-0000004" / "trainer_state.json"
+    deadline = time.time() + 400
+    while not marker.exists() and time.time() < deadline and victim.poll() is None:
+        time.sleep(0.05)
+    os.killpg(victim.pid, signal.SIGKILL)  # the launcher and both ranks
+    victim.wait()
+    assert marker.exists(), "the fsdp run never reached its step-4 checkpoint"
+    assert not (killed / "student").exists()
+    resumed = subprocess.run(_launch_two(fsdp + [f"--output={killed}", "--resume"], env), env=env, capture_output=True,
+                             text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    c = load_file(str(killed / "student" / "model.safetensors"))
+    assert _max_rel_diff(c, a) < 1e-6
+    t_resumed = {json.loads(x)["step"]: json.loads(x)["t"] for x in (killed / "metrics.jsonl").read_text().splitlines()}
+    assert sorted(t_resumed) == list(range(1, 9)) and list(t_resumed.values()) == pytest.approx(t_fsdp, rel=1e-9)
