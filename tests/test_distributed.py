@@ -66,7 +66,9 @@ def _max_rel_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> flo
 @pytest.mark.skipif(shutil.which("accelerate", path=str(Path(sys.executable).parent)) is None, reason="accelerate CLI missing")
 def test_fsdp_two_processes_match_one_process_and_resume_exactly_after_sigkill(tmp_path):
     """distributed=fsdp shards the student over 2 gloo ranks: the same student and t as one process
-    with the same global batch, and a run killed with SIGKILL and resumed ends where the whole run does."""
+    with the same global batch, and a run killed with SIGKILL and resumed ends where the whole run does.
+    The whole run also shards its teacher (teacher_shard), the killed one keeps a teacher per rank:
+    where the teacher lives must not change what it says."""
     import signal
     import time
 
@@ -80,7 +82,7 @@ def test_fsdp_two_processes_match_one_process_and_resume_exactly_after_sigkill(t
             "--no-progress", "--log-every=1", "lr=0.003", "taid_alpha_per_run=2"]
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT), ACCELERATE_USE_CPU="true", OMP_NUM_THREADS="1")
     fsdp = args + ["--distributed=fsdp", "--batch-size=2"]
-    whole = subprocess.run(_launch_two(fsdp + [f"--output={tmp_path / 'fsdp'}"], env), env=env, capture_output=True,
+    whole = subprocess.run(_launch_two(fsdp + ["--teacher-shard", f"--output={tmp_path / 'fsdp'}"], env), env=env, capture_output=True,
                            text=True, timeout=600)
     assert whole.returncode == 0, whole.stderr[-3000:]
     one = subprocess.run([sys.executable, "-m", "taid_vlm.cli"] + args + [f"--output={tmp_path / 'single'}", "--batch-size=4"],

@@ -27,3 +27,15 @@ def test_recipe_resolves(recipe):
 def test_paper_t_start(name, t_start):
     recipe = next(p for p in RECIPES if p.stem == name)
     assert load_config(recipe, {"output": "runs/x"}).t_start == t_start
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.stem)
+def test_recipe_states_how_it_fits_its_hardware(recipe):
+    """Precision, parallelism, checkpointing and teacher placement are written down, never left to defaults."""
+    import yaml
+
+    written = yaml.safe_load(recipe.read_text())
+    assert {"mixed_precision", "distributed", "gradient_checkpointing", "teacher_dtype"} <= set(written)
+    config = load_config(recipe, {"output": "runs/x"})
+    assert config.mixed_precision == "bf16" and config.student_dtype == "float32"  # fp32 masters under autocast
+    assert config.teacher_dtype == "bfloat16"
