@@ -87,6 +87,8 @@ def test_scale_settings_are_validated():
         load_config(None, dict(base, distributed="zero3"))
     with pytest.raises(ConfigError, match="teacher_shard=true"):
         load_config(None, dict(base, teacher_shard=True))
+    with pytest.raises(ConfigError, match="use mixed_precision=bf16"):
+        load_config(None, dict(base, distributed="fsdp", mixed_precision="fp16"))
     with pytest.raises(ConfigError, match="keep chunked=true"):
         load_config(None, dict(base, distributed="fsdp", chunked=False))
 

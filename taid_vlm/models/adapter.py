@@ -110,6 +110,11 @@ class ModelAdapter:
         return next(self.model.parameters()).dtype
 
     @property
+    def head_is_linear(self) -> bool:
+        """Logits are exactly ``lm_head(final hidden)``: the chunked loss may read the head."""
+        return self._linear_head
+
+    @property
     def vocab_size(self) -> int:
         """The real vocabulary (``len(tokenizer)``), not the head's padded rows."""
         return len(self.tokenizer)

@@ -137,6 +137,9 @@ class DistillConfig:
             problems.append(f"distributed must be one of {DISTRIBUTED}, got {self.distributed!r}")
         if self.distributed == "fsdp" and self.on_policy > 0:
             problems.append("on_policy sampling needs the whole student on every rank: use distributed=ddp")
+        if self.distributed == "fsdp" and self.mixed_precision == "fp16":
+            problems.append("mixed_precision=fp16 (a loss scaler over sharded gradients) is not supported with "
+                            "distributed=fsdp: use mixed_precision=bf16")
         if self.distributed == "fsdp" and not self.chunked:
             problems.append("distributed=fsdp reads the LM head in the chunked loss: keep chunked=true")
         if self.distributed == "fsdp" and self.loss == "ctkd":

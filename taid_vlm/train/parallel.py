@@ -67,17 +67,33 @@ class Distributed:
             for tensor in list(module.parameters()) + list(module.buffers()):
                 dist.broadcast(tensor.data, src=0)
 
-    def sum_gradients(self, params: list[torch.nn.Parameter]) -> None:
+    def sum_gradients(self, params: list[torch.nn.Parameter], bucket_elements: int = 1 << 25) -> None:
+        """Sum gradients over ranks, a bucket of flattened gradients at a time (one all-reduce per
+        bucket of at most 128 MB in fp32, not one per tensor, and never a copy of all of them)."""
         if not self.active:
             return
         for p in params:
             if p.grad is None:
                 p.grad = torch.zeros_like(p)  # every rank must contribute the same tensors
-        grads = [p.grad for p in params]
-        flat = torch._utils._flatten_dense_tensors(grads)
-        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
-        for g, reduced in zip(grads, torch._utils._unflatten_dense_tensors(flat, grads)):
-            g.copy_(reduced)
+        bucket: list[torch.Tensor] = []
+        size = 0
+        for grad in [p.grad for p in params]:
+            if bucket and (size + grad.numel() > bucket_elements or grad.dtype != bucket[0].dtype):
+                _all_reduce_bucket(bucket)
+                bucket, size = [], 0
+            bucket.append(grad)
+            size += grad.numel()
+        if bucket:
+            _all_reduce_bucket(bucket)
+
+
+def _all_reduce_bucket(grads: list[torch.Tensor]) -> None:
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset : offset + g.numel()].view_as(g))
+        offset += g.numel()
 
 
 class HiddenStates(torch.nn.Module):
@@ -98,7 +114,7 @@ def shard(adapter: ModelAdapter, env: Distributed) -> HiddenStates:
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import FSDPModule, fully_shard
 
-    if not adapter._linear_head:
+    if not adapter.head_is_linear:
         raise ValueError(
             f"distributed=fsdp needs a plain linear LM head (the chunked loss reads it); {adapter.family} "
             "scales or caps its logits: use distributed=ddp"
