@@ -16,7 +16,8 @@ timed steps:
 ``peak_mb``: CUDA ``max_memory_allocated`` over the timed steps; on CPU the peak resident set
 sampled every 2 ms over them (the whole process: libraries, teacher, student, optimizer).
 ``transient_mb``: that peak minus the memory held just before the timed steps (what a step adds
-on top: activations, gradients, gathered shards, loss temporaries). ``param_optim_mb``: bytes of this rank's parameters plus AdamW
+on top: activations, gradients, gathered shards, loss temporaries). ``saved_activations_mb``:
+what autograd keeps from forward to backward (see ``SavedActivations``). ``param_optim_mb``: bytes of this rank's parameters plus AdamW
 state (local shards under fsdp), counted exactly. ``step_s``: median step wall time.
 
 The last line printed is ONE JSON object:
@@ -130,6 +131,38 @@ def build_pair(work: Path, args: argparse.Namespace) -> dict[str, Any]:
 # ---- one measured run (a subprocess, or one rank of a two-process launch) ------------------------
 
 
+class SavedActivations:
+    """Bytes autograd keeps from forward for backward, the largest over steps: parameters and their
+    autocast copies (tensors shaped like a parameter) are weights, not activations, and are left out.
+
+    Activation checkpointing shows here directly: a checkpointed layer keeps only its input (held
+    by the checkpoint itself, not counted) instead of every intermediate. The peak falls by less,
+    since backward recomputes one layer at a time; with few layers that layer is most of it.
+    """
+
+    def __init__(self, weight_shapes: set[tuple[int, ...]]) -> None:
+        self.largest, self._step, self._seen = 0, 0, set()
+        self.weight_shapes = weight_shapes
+
+    def hooks(self) -> Any:
+        import torch
+
+        return torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t)
+
+    def _pack(self, tensor: Any) -> Any:
+        import torch
+
+        if not isinstance(tensor, torch.nn.Parameter) and tuple(tensor.shape) not in self.weight_shapes:
+            key = (tensor.untyped_storage().data_ptr(), tensor.untyped_storage().nbytes())
+            if key not in self._seen:
+                self._seen.add(key)
+                self._step += key[1]
+        return tensor
+
+    def end_step(self) -> None:
+        self.largest, self._step, self._seen = max(self.largest, self._step), 0, set()
+
+
 class PeakSampler:
     """Peak memory over a window: CUDA's allocator peak, or the resident set sampled on CPU."""
 
@@ -186,17 +219,21 @@ def worker(args: argparse.Namespace) -> None:
     run = setup(config)
     step(run)  # warm-up: allocates AdamW's state
     times = []
+    saved = SavedActivations({tuple(p.shape) for p in run.student.model.parameters()})
     with PeakSampler(args.device) as peak:
         for _ in range(args.steps):
             if args.device == "cuda":
                 torch.cuda.synchronize()
             start = time.perf_counter()
-            step(run)
+            with saved.hooks():
+                step(run)
             if args.device == "cuda":
                 torch.cuda.synchronize()
             times.append(time.perf_counter() - start)
+            saved.end_step()
     run.data.close()
-    result = {"peak_mb": round(peak.peak, 1), "transient_mb": round(peak.peak - peak.start, 1), "step_s": round(statistics.median(times), 3),
+    result = {"peak_mb": round(peak.peak, 1), "transient_mb": round(peak.peak - peak.start, 1),
+              "saved_activations_mb": round(saved.largest / 2**20, 1), "step_s": round(statistics.median(times), 3),
               "all_step_s": [round(t, 3) for t in times],
               "param_optim_mb": round(local_state_bytes(run.params, run.optimizer) / 2**20, 1),
               "torch_threads": torch.get_num_threads(), "records_per_rank": config.batch_size}
@@ -231,6 +268,7 @@ def launch(args: argparse.Namespace, work: Path, mode: str) -> dict[str, Any]:
         return results[0]
     return {"per_rank": results, "peak_mb": max(r["peak_mb"] for r in results),
             "transient_mb": max(r["transient_mb"] for r in results),
+            "saved_activations_mb": max(r["saved_activations_mb"] for r in results),
             "param_optim_mb": max(r["param_optim_mb"] for r in results), "step_s": max(r["step_s"] for r in results)}
 
 
@@ -265,7 +303,7 @@ def main() -> None:
             results[mode] = launch(args, work, mode)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    line = {**{m: {k: v for k, v in r.items() if k in ("peak_mb", "transient_mb", "step_s", "param_optim_mb", "skipped")} for m, r in results.items()},
+    line = {**{m: {k: v for k, v in r.items() if k in ("peak_mb", "transient_mb", "saved_activations_mb", "step_s", "param_optim_mb", "skipped")} for m, r in results.items()},
             "model": model, "device": args.device}
     payload = {**line, "details": results, "steps": args.steps,
                "notes": ("ddp/fsdp run 2 processes with half the threads each (CPU) and half the records each: compare "
