@@ -1,16 +1,26 @@
-"""TAID forward+backward: plain full-logits path vs the chunked fused-linear engine.
+"""Distillation loss forward+backward: plain full logits vs the chunked engine vs the GEMM floor.
 
-Each variant runs in its own subprocess so that its peak memory is its own:
+Each configuration runs in its own subprocess so that its peak memory is its own:
 - CPU: growth of the process's max resident set size over the resident size just before the
-  loss (inputs already allocated);
+  loss (inputs allocated, kernels warmed up on a few tokens);
 - CUDA: torch.cuda.max_memory_allocated over the allocation just before the loss.
-Time is the best of ``--repeats`` forward+backward passes (wall clock, synchronised on CUDA).
-The teacher is given as hidden states + LM head in both variants, as a live teacher would be.
+The teacher is given as hidden states + LM head, as a live teacher would be.
 
-The last line printed is ONE JSON object:
-  {"naive_peak_mb": .., "chunked_peak_mb": .., "naive_s": .., "chunked_s": .., "device": ..}
+The floor is the four GEMMs no fused loss avoids (student logits, teacher logits, gradient
+w.r.t. the hidden states, gradient w.r.t. the head), each one full-size matmul into
+preallocated outputs. It is timed in the SAME process as the chunked engine, alternating with
+it, and ``ratio = chunked_s / floor_s`` compares medians: on a shared machine only same-process
+ratios mean anything. Each chunked row also times its parts (where the time goes):
+``gemm_at_chunk_s`` (the four GEMMs at the chunk's shape) and ``kernel_s`` (the loss + gradient
+kernel alone, over all chunks).
 
-Usage: python scripts/bench_loss.py [--tokens 2048] [--hidden 1024] [--vocab 151936] [--device cpu|cuda]
+The last line printed is ONE JSON object, the summary of the first configuration (the default
+chunk size unless --chunk-sizes says otherwise); --out writes every row, the command and the
+machine (its load average included).
+
+Usage: python scripts/bench_loss.py [--tokens 2048] [--hidden 1024] [--vocab 151936]
+         [--losses taid fkl] [--dtypes float32 bfloat16] [--chunk-sizes auto 128 256]
+         [--compile] [--skip-naive | --naive-from FILE] [--out FILE]
 """
 
 from __future__ import annotations
@@ -18,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -26,55 +37,159 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchlib import current_rss_mb, machine, max_rss_mb, write_json  # noqa: E402
 
+WARMUP_TOKENS = 8
 
-def run_variant(args: argparse.Namespace) -> dict:
+
+def make_inputs(args: argparse.Namespace, tokens: int):
     import torch
 
-    from taid_vlm.losses import chunked_divergence, divergence
-
-    device = torch.device(args.device)
-    dtype = getattr(torch, args.dtype)
+    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     g = torch.Generator(device="cpu").manual_seed(0)
 
     def randn(*shape, scale=1.0):
         return (torch.randn(*shape, generator=g) * scale).to(device=device, dtype=dtype)
 
-    hidden = randn(args.tokens, args.hidden).requires_grad_()
+    hidden = randn(tokens, args.hidden).requires_grad_()
     weight = randn(args.vocab, args.hidden, scale=args.hidden**-0.5).requires_grad_()
-    teacher_hidden = randn(args.tokens, args.hidden)
+    teacher_hidden = randn(tokens, args.hidden)
     teacher_weight = randn(args.vocab, args.hidden, scale=args.hidden**-0.5)
+    return hidden, weight, teacher_hidden, teacher_weight
 
-    def step() -> None:
-        hidden.grad = weight.grad = None
-        if args.variant == "naive":
-            with torch.no_grad():
-                teacher_logits = teacher_hidden @ teacher_weight.t()
-            loss = divergence("taid", hidden @ weight.t(), teacher_logits, t=0.5)
-        else:
-            loss = chunked_divergence(
-                "taid", hidden, weight, teacher_hidden=teacher_hidden, teacher_weight=teacher_weight,
-                t=0.5, chunk_size=args.chunk_size,
-            )
-        loss.backward()
 
-    times = []
+def loss_params(loss: str) -> dict:
+    return {"t": 0.5} if loss == "taid" else {}
+
+
+def one_step(args: argparse.Namespace, inputs, variant: str) -> None:
+    import torch
+
+    from taid_vlm.losses import chunked_divergence, divergence
+
+    hidden, weight, teacher_hidden, teacher_weight = inputs
+    hidden.grad = weight.grad = None
+    if variant == "naive":
+        with torch.no_grad():
+            teacher_logits = teacher_hidden @ teacher_weight.t()
+        loss = divergence(args.loss, hidden @ weight.t(), teacher_logits, **loss_params(args.loss))
+    else:
+        loss = chunked_divergence(
+            args.loss, hidden, weight, teacher_hidden=teacher_hidden, teacher_weight=teacher_weight,
+            chunk_size=args.chunk_size, chunk_memory_mb=args.chunk_memory_mb, compile=args.compile,
+            **loss_params(args.loss),
+        )
+    loss.backward()
+
+
+def gemm_floor(inputs, chunk: int | None = None) -> float:
+    """Seconds for the four unavoidable GEMMs, full-size (chunk None) or chunk rows at a time."""
+    import torch
+
+    hidden, weight, teacher_hidden, teacher_weight = (x.detach() for x in inputs)
+    n, vocab = hidden.shape[0], weight.shape[0]
+    rows = chunk or n
+    logits = torch.empty(rows, vocab, dtype=hidden.dtype, device=hidden.device)
+    teacher_logits = torch.empty_like(logits)
+    grad_h = torch.empty_like(hidden)
+    grad_w = torch.zeros_like(weight)
+    sync(hidden.device)
+    start = time.perf_counter()
+    for s in range(0, n, rows):
+        e = min(s + rows, n)
+        torch.mm(hidden[s:e], weight.t(), out=logits[: e - s])
+        torch.mm(teacher_hidden[s:e], teacher_weight.t(), out=teacher_logits[: e - s])
+        torch.mm(logits[: e - s], weight, out=grad_h[s:e])
+        grad_w.addmm_(logits[: e - s].t(), hidden[s:e])
+    sync(hidden.device)
+    return time.perf_counter() - start
+
+
+def kernel_only(args: argparse.Namespace, inputs, chunk: int) -> float:
+    """Seconds for the loss + gradient kernel alone over all chunks (fresh logits each chunk)."""
+    import torch
+
+    from taid_vlm.losses.fused_kl import compiled_interpolated_kl_, interpolated_kl_
+
+    kernel = compiled_interpolated_kl_ if args.compile else interpolated_kl_
+    t = loss_params(args.loss).get("t", 1.0)
+    hidden, weight = inputs[0].detach(), inputs[1].detach()
+    source = (hidden[:chunk] @ weight.t()).float()
+    student, teacher = torch.empty_like(source), torch.empty_like(source)
+    elapsed = 0.0
+    for s in range(0, hidden.shape[0], chunk):
+        rows = min(chunk, hidden.shape[0] - s)
+        student[:rows].copy_(source[:rows])
+        teacher[:rows].copy_(source[:rows].flip(-1))
+        sync(hidden.device)
+        start = time.perf_counter()
+        kernel(student[:rows], teacher[:rows], t, 1.0)
+        sync(hidden.device)
+        elapsed += time.perf_counter() - start
+    return elapsed
+
+
+def sync(device) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def run_variant(args: argparse.Namespace) -> dict:
+    import torch
+
+    from taid_vlm.losses.chunked import DEFAULT_CHUNK_MEMORY_MB, _ROWS_CLOSED_FORM, _ROWS_LOW_PRECISION_EXTRA, auto_chunk_size
+
+    device = torch.device(args.device)
+    if args.variant == "chunked":
+        one_step(args, make_inputs(args, WARMUP_TOKENS), "chunked")  # kernels (and compile) warm
+    inputs = make_inputs(args, args.tokens)
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
     else:
         base = current_rss_mb()
-    for _ in range(args.repeats):
+    times = []
+    start = time.perf_counter()
+    one_step(args, inputs, args.variant)
+    sync(device)
+    times.append(time.perf_counter() - start)
+    peak = (torch.cuda.max_memory_allocated() - base) / 2**20 if device.type == "cuda" else max_rss_mb() - base
+    result = {"peak_mb": round(peak, 1)}
+    if args.variant == "naive":
+        for _ in range(args.repeats - 1):
+            start = time.perf_counter()
+            one_step(args, inputs, "naive")
+            sync(device)
+            times.append(time.perf_counter() - start)
+        result.update(seconds=round(statistics.median(times), 4), all_seconds=[round(t, 4) for t in times])
+        return result
+    rows = _ROWS_CLOSED_FORM + (_ROWS_LOW_PRECISION_EXTRA if inputs[1].dtype.itemsize < 4 else 0)
+    chunk = args.chunk_size or auto_chunk_size(args.vocab, args.chunk_memory_mb, device=device, rows_per_token=rows)
+    floors = []
+    for _ in range(args.repeats):  # alternate, so that both see the same load
+        floors.append(gemm_floor(inputs))
         start = time.perf_counter()
-        step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        one_step(args, inputs, "chunked")
+        sync(device)
         times.append(time.perf_counter() - start)
-    if device.type == "cuda":
-        peak = (torch.cuda.max_memory_allocated() - base) / 2**20
-    else:
-        peak = max_rss_mb() - base
-    return {"peak_mb": round(peak, 1), "seconds": round(min(times), 4), "all_seconds": [round(t, 4) for t in times]}
+    chunked_s, floor_s = statistics.median(times[1:]), statistics.median(floors)
+    result.update(
+        chunk_size=chunk, chunk_memory_mb=args.chunk_memory_mb or DEFAULT_CHUNK_MEMORY_MB.get(device.type),
+        seconds=round(chunked_s, 4), floor_s=round(floor_s, 4), ratio=round(chunked_s / floor_s, 3),
+        gemm_at_chunk_s=round(gemm_floor(inputs, chunk), 4), kernel_s=round(kernel_only(args, inputs, chunk), 4),
+        all_seconds=[round(t, 4) for t in times], all_floor_s=[round(t, 4) for t in floors],
+        load_average_1min_at_end=round(os.getloadavg()[0], 2),
+    )
+    return result
+
+
+def subprocess_run(args_list: list[str]) -> dict:
+    cmd = [sys.executable, __file__] + args_list
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        sys.exit(f"bench_loss: {' '.join(args_list)} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
@@ -83,11 +198,21 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, default=1024)
     parser.add_argument("--vocab", type=int, default=151936)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--chunk-size", type=int, default=None, help="tokens per chunk (default: auto from the vocabulary)")
-    parser.add_argument("--out", help="also write the summary, the command and the machine to this JSON file")
+    parser.add_argument("--losses", nargs="+", default=["taid"], choices=["taid", "fkl"])
+    parser.add_argument("--dtypes", nargs="+", default=["float32"], choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--chunk-sizes", nargs="+", default=["auto"],
+                        help="tokens per chunk to measure; 'auto' = the engine's default (from chunk_memory_mb)")
+    parser.add_argument("--chunk-memory-mb", type=float, default=None, help="budget behind 'auto' (default: the engine's)")
+    parser.add_argument("--compile", action="store_true", help="run the loss kernel through torch.compile")
+    parser.add_argument("--repeats", type=int, default=3, help="timed passes per configuration (median; the chunked pass that measured the peak is not among them)")
+    parser.add_argument("--skip-naive", action="store_true", help="do not run the plain full-logits path (it peaks at ~17 GB at the default shape)")
+    parser.add_argument("--naive-from", help="take the plain path's measurements from this earlier --out JSON instead of running them")
+    parser.add_argument("--naive-only", action="store_true", help="measure only the plain path (for a later --naive-from)")
+    parser.add_argument("--out", help="write every row, the command and the machine to this JSON file")
     parser.add_argument("--variant", choices=["naive", "chunked"], help=argparse.SUPPRESS)
+    parser.add_argument("--loss", default="taid", help=argparse.SUPPRESS)
+    parser.add_argument("--dtype", default="float32", help=argparse.SUPPRESS)
+    parser.add_argument("--chunk-size", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args.variant:
@@ -95,24 +220,53 @@ def main() -> None:
         return
 
     load_at_start = os.getloadavg()
-    results = {}
-    for variant in ("naive", "chunked"):
-        cmd = [sys.executable, __file__, "--variant", variant] + sys.argv[1:]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        if proc.returncode != 0:
-            sys.exit(f"{variant} variant failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
-        results[variant] = json.loads(proc.stdout.strip().splitlines()[-1])
-        print(f"{variant:8s} peak {results[variant]['peak_mb']:9.1f} MB   time {results[variant]['seconds']:8.3f} s   (runs: {results[variant]['all_seconds']})", flush=True)
+    shape = ["--tokens", str(args.tokens), "--hidden", str(args.hidden), "--vocab", str(args.vocab),
+             "--device", args.device, "--repeats", str(args.repeats)]
+    naive = {}
+    if args.naive_from:
+        previous = json.loads(Path(args.naive_from).read_text())
+        naive = {key: dict(value, source=args.naive_from) for key, value in previous.get("naive", {}).items()}
+    rows = []
+    for dtype in args.dtypes:
+        for loss in args.losses:
+            key = f"{loss}/{dtype}"
+            if not args.skip_naive and key not in naive:
+                naive[key] = subprocess_run(shape + ["--variant", "naive", "--loss", loss, "--dtype", dtype])
+                print(f"{key:16s} naive      peak {naive[key]['peak_mb']:9.1f} MB  time {naive[key]['seconds']:8.3f} s", flush=True)
+            if args.naive_only:
+                continue
+            # The plain path's peak barely depends on the loss (logits, softmaxes, gradients):
+            # without a run of its own, a loss is compared with another loss's plain run.
+            reference = key if key in naive else next((k for k in naive if k.endswith("/" + dtype)), None)
+            for chunk in args.chunk_sizes:
+                extra = [] if chunk == "auto" else ["--chunk-size", chunk]
+                extra += ["--chunk-memory-mb", str(args.chunk_memory_mb)] if args.chunk_memory_mb else []
+                extra += ["--compile"] if args.compile else []
+                row = subprocess_run(shape + ["--variant", "chunked", "--loss", loss, "--dtype", dtype] + extra)
+                row.update(loss=loss, dtype=dtype, requested_chunk=chunk, compile=args.compile)
+                if reference is not None:
+                    row["naive_reference"] = reference
+                    row["naive_over_chunked_peak"] = round(naive[reference]["peak_mb"] / max(row["peak_mb"], 1e-9), 2)
+                rows.append(row)
+                print(f"{key:16s} chunk {row['chunk_size']:5d} peak {row['peak_mb']:9.1f} MB  time {row['seconds']:8.3f} s  "
+                      f"floor {row['floor_s']:8.3f} s  ratio {row['ratio']:.3f}  (GEMMs at chunk {row['gemm_at_chunk_s']:.3f} s, "
+                      f"kernel {row['kernel_s']:.3f} s)", flush=True)
+    if args.naive_only:
+        if args.out:
+            write_json(args.out, {"naive": naive, "command": " ".join(sys.argv), "machine": machine(load_at_start)})
+        print(json.dumps(naive))
+        return
+    first = rows[0]
+    key = first.get("naive_reference", "")
     summary = {
-        "naive_peak_mb": results["naive"]["peak_mb"],
-        "chunked_peak_mb": results["chunked"]["peak_mb"],
-        "naive_s": results["naive"]["seconds"],
-        "chunked_s": results["chunked"]["seconds"],
-        "device": args.device,
-        "tokens": args.tokens, "hidden": args.hidden, "vocab": args.vocab, "dtype": args.dtype,
+        "loss": first["loss"], "dtype": first["dtype"], "chunk_size": first["chunk_size"], "compile": args.compile,
+        "naive_peak_mb": naive.get(key, {}).get("peak_mb"), "chunked_peak_mb": first["peak_mb"],
+        "naive_over_chunked_peak": first.get("naive_over_chunked_peak"), "naive_reference": key or None,
+        "naive_s": naive.get(key, {}).get("seconds"), "chunked_s": first["seconds"], "floor_s": first["floor_s"],
+        "ratio": first["ratio"], "device": args.device, "tokens": args.tokens, "hidden": args.hidden, "vocab": args.vocab,
     }
     if args.out:
-        write_json(args.out, {"summary": summary, "variants": results, "command": " ".join(sys.argv),
+        write_json(args.out, {"summary": summary, "naive": naive, "rows": rows, "command": " ".join(sys.argv),
                               "machine": machine(load_at_start)})
     print(json.dumps(summary))
 

@@ -30,16 +30,16 @@ from .vocab import shared_vocab_size
 Tensor = torch.Tensor
 
 # Budget (MiB) for a chunk's [chunk, V] buffers when neither chunk_size nor chunk_memory_mb is
-# given. CPU: measured in scripts/bench_loss.py (README, "Speed and memory of the loss").
-# CUDA: big enough for ~1,700-token chunks at V = 152k, where GPU GEMMs are efficient; not
-# measured here.
-DEFAULT_CHUNK_MEMORY_MB = {"cpu": 160.0, "cuda": 2048.0}
+# given. CPU: ~220-token chunks at V = 152k, where the chunk GEMMs run within ~6% of full-size
+# ones (scripts/bench_loss.py; README, "Speed and memory of the loss"). CUDA: ~1,750-token
+# chunks at V = 152k, where GPU GEMMs are efficient; not measured here.
+DEFAULT_CHUNK_MEMORY_MB = {"cpu": 512.0, "cuda": 4096.0}
 MIN_CHUNK, MAX_CHUNK = 8, 8192
 
 # fp32 [V] rows the engine holds per token of a chunk: the closed-form path keeps the student
-# and teacher buffers (+ a half-width one for a bf16/fp16 head); autograd keeps the graph's
-# softmaxes, log-softmaxes and their gradients alive (about 8 rows, measured on gjsd/akl).
-_ROWS_CLOSED_FORM, _ROWS_LOW_PRECISION_EXTRA, _ROWS_AUTOGRAD = 2.0, 0.5, 8.0
+# and teacher buffers and the kernel's two temporaries (+ a half-width one for a bf16/fp16
+# head); autograd keeps the graph's softmaxes, log-softmaxes and their gradients alive.
+_ROWS_CLOSED_FORM, _ROWS_LOW_PRECISION_EXTRA, _ROWS_AUTOGRAD = 4.0, 0.5, 8.0
 
 
 def auto_chunk_size(

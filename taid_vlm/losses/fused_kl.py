@@ -4,11 +4,11 @@ The chunked engine spends its non-GEMM time here: per token, two softmaxes over 
 vocabulary, the interpolation of TAID's target and the closed-form gradient
 ``temperature * (q - p_t)``. Done naively that is ~20 passes over ``[n, V]`` fp32 and as many
 freshly allocated temporaries. Here the student's logits buffer becomes the gradient, the
-teacher's buffer is the scratch space, only two exponentials per element are computed (q and
-p are rescaled exponentials, never recomputed from log-probabilities), and the work runs over
-small row blocks so that the temporaries stay in cache.
+teacher's buffer is the scratch space, and only two exponentials per element are computed (q and
+p are rescaled exponentials, never recomputed from log-probabilities).
 
-``interpolated_kl_`` is the eager kernel; ``compiled_interpolated_kl_`` hands the same math to
+Besides the two buffers it is given, the kernel holds two [n, V] temporaries (exp of the
+student's logits, p). ``interpolated_kl_`` is the eager kernel; ``compiled_interpolated_kl_`` hands the same math to
 ``torch.compile`` (one generated loop nest per row instead of a dozen library calls) and falls
 back to the eager kernel when compilation is unavailable.
 """
@@ -26,14 +26,15 @@ Tensor = torch.Tensor
 # Stand-in for -inf logits (masked vocabulary entries): interpolating -inf with -inf is NaN.
 NEG_LARGE = torch.finfo(torch.float32).min / 4
 
-# Rows per block of the eager kernel: a block's ~3 live [rows, V] fp32 temporaries stay in a
-# few MB of cache at V = 150k (4 rows: 2.4 MB each) while each library call still has enough
-# elements to amortise its dispatch and split across threads.
-EAGER_BLOCK_ROWS = 4
+# Rows per call of the eager kernel's library ops (None: the whole chunk at once). Smaller
+# blocks keep the two [rows, V] temporaries in cache, but each op is an OpenMP region: on the
+# shared 2-core machine (load 12-16) the whole 128-token chunk took 1.8 s where 16-row blocks
+# took 3.1 s and 32-row blocks 3.8 s (same process, medians of 3).
+EAGER_BLOCK_ROWS: int | None = None
 
 
 def interpolated_kl_(
-    student: Tensor, teacher: Tensor, t: float = 1.0, temperature: float = 1.0, block_rows: int = EAGER_BLOCK_ROWS
+    student: Tensor, teacher: Tensor, t: float = 1.0, temperature: float = 1.0, block_rows: int | None = EAGER_BLOCK_ROWS
 ) -> Tensor:
     """Per-token ``KL(p_t || q) * temperature**2``; ``student`` is overwritten with the gradient.
 
@@ -44,7 +45,7 @@ def interpolated_kl_(
     """
     _check_buffers(student, teacher)
     per_token = torch.empty(student.shape[0], dtype=student.dtype, device=student.device)
-    rows = max(1, block_rows) if student.device.type == "cpu" else student.shape[0]
+    rows = max(1, block_rows) if block_rows and student.device.type == "cpu" else max(1, student.shape[0])
     for start in range(0, student.shape[0], rows):
         end = start + rows
         _kl_block_(student[start:end], teacher[start:end], per_token[start:end], float(t), float(temperature))
