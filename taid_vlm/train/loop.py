@@ -188,6 +188,7 @@ def distill(config: DistillConfig) -> DistillResult:
                 teacher_out = check_alignment(teacher_out, student_out, records_mb, tokenizer=student.tokenizer)
             parts = training_loss(config.loss, student_out, teacher_out, num_tokens=max(global_tokens, 1),
                                   distil_ratio=config.distil_ratio, chunked=config.chunked, chunk_size=config.chunk_size,
+                                  chunk_memory_mb=config.chunk_memory_mb, chunk_compile=config.chunk_compile,
                                   temperature=temperature, params=_loss_params(config, t_now))
             parts.total.backward()
             sums += torch.stack([_value(parts.total), _value(parts.kd), _value(parts.ce)]).to(sums.device)
