@@ -88,7 +88,7 @@ def gemm_floor(inputs, chunk: int | None = None) -> float:
     n, vocab = hidden.shape[0], weight.shape[0]
     rows = chunk or n
     logits = torch.empty(rows, vocab, dtype=hidden.dtype, device=hidden.device)
-    teacher_logits = torch.empty_like(logits)
+    teacher_logits = logits if chunk is None else torch.empty_like(logits)  # full size: one buffer, half the memory
     grad_h = torch.empty_like(hidden)
     grad_w = torch.zeros_like(weight)
     sync(hidden.device)
