@@ -11,8 +11,8 @@ w.r.t. the hidden states, gradient w.r.t. the head), each one full-size matmul i
 preallocated outputs. It is timed in the SAME process as the chunked engine, alternating with
 it, and ``ratio = chunked_s / floor_s`` compares medians: on a shared machine only same-process
 ratios mean anything. Each chunked row also times its parts (where the time goes):
-``gemm_at_chunk_s`` (the four GEMMs at the chunk's shape) and ``kernel_s`` (the loss + gradient
-kernel alone, over all chunks).
+``gemm_at_chunk_s`` (the four GEMMs at the chunk's shape), ``kernel_s`` (the loss + gradient
+kernel alone, over all chunks) and ``one_chunk_profile_s`` (each step of one chunk, timed alone).
 
 The last line printed is ONE JSON object, the summary of the first configuration (the default
 chunk size unless --chunk-sizes says otherwise); --out writes every row, the command and the
@@ -21,6 +21,8 @@ machine (its load average included).
 Usage: python scripts/bench_loss.py [--tokens 2048] [--hidden 1024] [--vocab 151936]
          [--losses taid fkl] [--dtypes float32 bfloat16] [--chunk-sizes auto 128 256]
          [--compile] [--skip-naive | --naive-from FILE] [--out FILE]
+       python scripts/bench_loss.py --naive-only --out NAIVE.json      (the plain path alone, ~17 GB)
+       python scripts/bench_loss.py --combine RUN.json --naive-from NAIVE.json --out FILE
 """
 
 from __future__ import annotations
@@ -127,6 +129,43 @@ def kernel_only(args: argparse.Namespace, inputs, chunk: int) -> float:
     return elapsed
 
 
+def chunk_profile(args: argparse.Namespace, inputs, chunk: int, chunks: int = 3) -> dict:
+    """Seconds per step of one chunk through the engine's own steps (median over a few chunks)."""
+    import torch
+
+    from taid_vlm.losses.chunked import _linear_into, _Scratch
+    from taid_vlm.losses.fused_kl import compiled_interpolated_kl_, interpolated_kl_
+
+    kernel = compiled_interpolated_kl_ if args.compile else interpolated_kl_
+    t = loss_params(args.loss).get("t", 1.0)
+    hidden, weight, teacher_hidden, teacher_weight = (x.detach() for x in inputs)
+    chunk = min(chunk, hidden.shape[0])
+    math = torch.promote_types(weight.dtype, torch.float32)
+    student = torch.empty(chunk, weight.shape[0], dtype=math, device=hidden.device)
+    teacher = torch.empty_like(student)
+    scratch = _Scratch(chunk, weight.shape[0], hidden.device)
+    grad_h = torch.empty(chunk, hidden.shape[1], dtype=hidden.dtype, device=hidden.device)
+    grad_w = torch.zeros(weight.shape, dtype=math, device=hidden.device)
+    steps = {
+        "student_logits": lambda h, th: _linear_into(student, h, weight, None, scratch),
+        "teacher_logits": lambda h, th: _linear_into(teacher, th, teacher_weight, None, scratch),
+        "loss_and_grad_kernel": lambda h, th: kernel(student, teacher, t, 1.0),
+        "cast_grad_to_head_dtype": (lambda h, th: scratch.get(h.dtype, chunk).copy_(student)) if weight.dtype != math else None,
+        "grad_hidden_gemm": lambda h, th: torch.mm(student.to(h.dtype), weight, out=grad_h),
+        "grad_head_gemm": lambda h, th: grad_w.addmm_(student.t(), h.to(math)),
+    }
+    times = {name: [] for name, fn in steps.items() if fn is not None}
+    for i in range(min(chunks, hidden.shape[0] // chunk)):
+        h, th = hidden[i * chunk:(i + 1) * chunk], teacher_hidden[i * chunk:(i + 1) * chunk]
+        for name in times:
+            sync(hidden.device)
+            start = time.perf_counter()
+            steps[name](h, th)
+            sync(hidden.device)
+            times[name].append(time.perf_counter() - start)
+    return {name: round(statistics.median(v), 4) for name, v in times.items() if v}
+
+
 def sync(device) -> None:
     import torch
 
@@ -178,10 +217,69 @@ def run_variant(args: argparse.Namespace) -> dict:
         chunk_size=chunk, chunk_memory_mb=args.chunk_memory_mb or DEFAULT_CHUNK_MEMORY_MB.get(device.type),
         seconds=round(chunked_s, 4), floor_s=round(floor_s, 4), ratio=round(chunked_s / floor_s, 3),
         gemm_at_chunk_s=round(gemm_floor(inputs, chunk), 4), kernel_s=round(kernel_only(args, inputs, chunk), 4),
+        one_chunk_profile_s=chunk_profile(args, inputs, chunk),
         all_seconds=[round(t, 4) for t in times], all_floor_s=[round(t, 4) for t in floors],
         load_average_1min_at_end=round(os.getloadavg()[0], 2),
     )
     return result
+
+
+def load_naive(path: str) -> dict:
+    """Plain-path measurements from an earlier --out JSON (this script's, or its first version's
+    single-summary format, which measured taid)."""
+    previous = json.loads(Path(path).read_text())
+    if "naive" in previous:
+        shape = previous.get("shape") or {k: previous["summary"][k] for k in ("tokens", "hidden", "vocab")}
+        return {key: dict(value, source=path, **shape) for key, value in previous["naive"].items()}
+    old = previous["summary"]
+    return {f"taid/{old['dtype']}": {"peak_mb": old["naive_peak_mb"], "seconds": old["naive_s"], "source": path,
+                                     "tokens": old["tokens"], "hidden": old["hidden"], "vocab": old["vocab"]}}
+
+
+def attach_naive(rows: list[dict], naive: dict) -> None:
+    """Compare each chunked row's peak with the plain path's (same loss, else same dtype)."""
+    for row in rows:
+        key = f"{row['loss']}/{row['dtype']}"
+        # The plain path's peak barely depends on the loss (logits, softmaxes, gradients):
+        # without a run of its own, a loss is compared with another loss's plain run.
+        reference = key if key in naive else next((k for k in naive if k.endswith("/" + row["dtype"])), None)
+        if reference is not None:
+            row["naive_reference"] = reference
+            row["naive_over_chunked_peak"] = round(naive[reference]["peak_mb"] / max(row["peak_mb"], 1e-9), 2)
+
+
+def summarize(rows: list[dict], naive: dict, args: argparse.Namespace) -> dict:
+    first = rows[0]
+    key = first.get("naive_reference", "")
+    return {
+        "loss": first["loss"], "dtype": first["dtype"], "chunk_size": first["chunk_size"], "compile": first["compile"],
+        "naive_peak_mb": naive.get(key, {}).get("peak_mb"), "chunked_peak_mb": first["peak_mb"],
+        "naive_over_chunked_peak": first.get("naive_over_chunked_peak"), "naive_reference": key or None,
+        "naive_s": naive.get(key, {}).get("seconds"), "chunked_s": first["seconds"], "floor_s": first["floor_s"],
+        "ratio": first["ratio"], "device": args.device, "tokens": args.tokens, "hidden": args.hidden, "vocab": args.vocab,
+    }
+
+
+def combine(args: argparse.Namespace) -> None:
+    """Rows of an earlier run + plain-path measurements taken apart (when memory allowed)."""
+    run = json.loads(Path(args.combine).read_text())
+    naive = load_naive(args.naive_from) if args.naive_from else run.get("naive", {})
+    shape = {k: run["summary"][k] for k in ("tokens", "hidden", "vocab")}
+    for key, value in naive.items():
+        if {k: value.get(k) for k in shape} != shape:
+            print(f"bench_loss: error: --naive-from {args.naive_from}: {key} was measured at "
+                  f"{ {k: value.get(k) for k in shape} }, the run at {shape}; measure the plain path at the run's shape",
+                  file=sys.stderr)
+            sys.exit(2)
+    rows = run["rows"]
+    attach_naive(rows, naive)
+    for key in ("tokens", "hidden", "vocab", "device"):
+        setattr(args, key, run["summary"][key])
+    payload = dict(run, summary=summarize(rows, naive, args), naive=naive, rows=rows,
+                   combined=f"rows: {args.combine} ({run['command']}); plain path: {args.naive_from}")
+    if args.out:
+        write_json(args.out, payload)
+    print(json.dumps(payload["summary"]))
 
 
 def subprocess_run(args_list: list[str]) -> dict:
@@ -208,6 +306,7 @@ def main() -> None:
     parser.add_argument("--skip-naive", action="store_true", help="do not run the plain full-logits path (it peaks at ~17 GB at the default shape)")
     parser.add_argument("--naive-from", help="take the plain path's measurements from this earlier --out JSON instead of running them")
     parser.add_argument("--naive-only", action="store_true", help="measure only the plain path (for a later --naive-from)")
+    parser.add_argument("--combine", metavar="RUN_JSON", help="no measuring: join RUN_JSON's rows with --naive-from's plain path into --out")
     parser.add_argument("--out", help="write every row, the command and the machine to this JSON file")
     parser.add_argument("--variant", choices=["naive", "chunked"], help=argparse.SUPPRESS)
     parser.add_argument("--loss", default="taid", help=argparse.SUPPRESS)
@@ -218,14 +317,16 @@ def main() -> None:
     if args.variant:
         print(json.dumps(run_variant(args)))
         return
+    if args.combine:
+        combine(args)
+        return
 
     load_at_start = os.getloadavg()
     shape = ["--tokens", str(args.tokens), "--hidden", str(args.hidden), "--vocab", str(args.vocab),
              "--device", args.device, "--repeats", str(args.repeats)]
     naive = {}
     if args.naive_from:
-        previous = json.loads(Path(args.naive_from).read_text())
-        naive = {key: dict(value, source=args.naive_from) for key, value in previous.get("naive", {}).items()}
+        naive = load_naive(args.naive_from)
     rows = []
     for dtype in args.dtypes:
         for loss in args.losses:
@@ -235,36 +336,24 @@ def main() -> None:
                 print(f"{key:16s} naive      peak {naive[key]['peak_mb']:9.1f} MB  time {naive[key]['seconds']:8.3f} s", flush=True)
             if args.naive_only:
                 continue
-            # The plain path's peak barely depends on the loss (logits, softmaxes, gradients):
-            # without a run of its own, a loss is compared with another loss's plain run.
-            reference = key if key in naive else next((k for k in naive if k.endswith("/" + dtype)), None)
             for chunk in args.chunk_sizes:
                 extra = [] if chunk == "auto" else ["--chunk-size", chunk]
                 extra += ["--chunk-memory-mb", str(args.chunk_memory_mb)] if args.chunk_memory_mb else []
                 extra += ["--compile"] if args.compile else []
                 row = subprocess_run(shape + ["--variant", "chunked", "--loss", loss, "--dtype", dtype] + extra)
                 row.update(loss=loss, dtype=dtype, requested_chunk=chunk, compile=args.compile)
-                if reference is not None:
-                    row["naive_reference"] = reference
-                    row["naive_over_chunked_peak"] = round(naive[reference]["peak_mb"] / max(row["peak_mb"], 1e-9), 2)
+                attach_naive([row], naive)
                 rows.append(row)
                 print(f"{key:16s} chunk {row['chunk_size']:5d} peak {row['peak_mb']:9.1f} MB  time {row['seconds']:8.3f} s  "
                       f"floor {row['floor_s']:8.3f} s  ratio {row['ratio']:.3f}  (GEMMs at chunk {row['gemm_at_chunk_s']:.3f} s, "
                       f"kernel {row['kernel_s']:.3f} s)", flush=True)
     if args.naive_only:
         if args.out:
-            write_json(args.out, {"naive": naive, "command": " ".join(sys.argv), "machine": machine(load_at_start)})
+            write_json(args.out, {"naive": naive, "shape": {"tokens": args.tokens, "hidden": args.hidden, "vocab": args.vocab},
+                                  "command": " ".join(sys.argv), "machine": machine(load_at_start)})
         print(json.dumps(naive))
         return
-    first = rows[0]
-    key = first.get("naive_reference", "")
-    summary = {
-        "loss": first["loss"], "dtype": first["dtype"], "chunk_size": first["chunk_size"], "compile": args.compile,
-        "naive_peak_mb": naive.get(key, {}).get("peak_mb"), "chunked_peak_mb": first["peak_mb"],
-        "naive_over_chunked_peak": first.get("naive_over_chunked_peak"), "naive_reference": key or None,
-        "naive_s": naive.get(key, {}).get("seconds"), "chunked_s": first["seconds"], "floor_s": first["floor_s"],
-        "ratio": first["ratio"], "device": args.device, "tokens": args.tokens, "hidden": args.hidden, "vocab": args.vocab,
-    }
+    summary = summarize(rows, naive, args)
     if args.out:
         write_json(args.out, {"summary": summary, "naive": naive, "rows": rows, "command": " ".join(sys.argv),
                               "machine": machine(load_at_start)})
