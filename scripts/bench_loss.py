@@ -204,7 +204,7 @@ def run_variant(args: argparse.Namespace) -> dict:
         result.update(seconds=round(statistics.median(times), 4), all_seconds=[round(t, 4) for t in times])
         return result
     rows = _ROWS_CLOSED_FORM + (_ROWS_LOW_PRECISION_EXTRA if inputs[1].dtype.itemsize < 4 else 0)
-    chunk = args.chunk_size or auto_chunk_size(args.vocab, args.chunk_memory_mb, device=device, rows_per_token=rows)
+    chunk = min(args.tokens, args.chunk_size or auto_chunk_size(args.vocab, args.chunk_memory_mb, device=device, rows_per_token=rows))
     floors = []
     for _ in range(args.repeats):  # alternate, so that both see the same load
         floors.append(gemm_floor(inputs))
