@@ -255,7 +255,7 @@ def summarize(rows: list[dict], naive: dict, args: argparse.Namespace) -> dict:
         "loss": first["loss"], "dtype": first["dtype"], "chunk_size": first["chunk_size"], "compile": first["compile"],
         "naive_peak_mb": naive.get(key, {}).get("peak_mb"), "chunked_peak_mb": first["peak_mb"],
         "naive_over_chunked_peak": first.get("naive_over_chunked_peak"), "naive_reference": key or None,
-        "naive_s": naive.get(key, {}).get("seconds"), "chunked_s": first["seconds"], "floor_s": first["floor_s"],
+        "naive_s": naive.get(key, {}).get("seconds"), "naive_source": naive.get(key, {}).get("source", "this run"), "chunked_s": first["seconds"], "floor_s": first["floor_s"],
         "ratio": first["ratio"], "device": args.device, "tokens": args.tokens, "hidden": args.hidden, "vocab": args.vocab,
     }
 
@@ -276,7 +276,7 @@ def combine(args: argparse.Namespace) -> None:
     for key in ("tokens", "hidden", "vocab", "device"):
         setattr(args, key, run["summary"][key])
     payload = dict(run, summary=summarize(rows, naive, args), naive=naive, rows=rows,
-                   combined=f"rows: {args.combine} ({run['command']}); plain path: {args.naive_from}")
+                   combined=f"rows measured by: {run['command']}; plain path from: {args.naive_from} (a separate run: compare its memory, not its time)")
     if args.out:
         write_json(args.out, payload)
     print(json.dumps(payload["summary"]))
