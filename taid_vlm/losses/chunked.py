@@ -30,15 +30,17 @@ from .vocab import shared_vocab_size
 Tensor = torch.Tensor
 
 # Budget (MiB) for a chunk's [chunk, V] buffers when neither chunk_size nor chunk_memory_mb is
-# given. CPU: ~220-token chunks at V = 152k, where the chunk GEMMs run within ~6% of full-size
-# ones (scripts/bench_loss.py; README, "Speed and memory of the loss"). CUDA: ~1,750-token
-# chunks at V = 152k, where GPU GEMMs are efficient; not measured here.
+# given. CPU: ~220-token chunks at V = 152k, where the chunk GEMMs ran at the full-size GEMMs'
+# speed and TAID at 1.15x that floor; 96-token chunks cost 1.66x (docs/results/bench_loss*.json,
+# README "Speed and memory of the loss"). CUDA: ~1,750-token chunks at V = 152k, where GPU
+# GEMMs are efficient; not measured here.
 DEFAULT_CHUNK_MEMORY_MB = {"cpu": 512.0, "cuda": 4096.0}
 MIN_CHUNK, MAX_CHUNK = 8, 8192
 
 # fp32 [V] rows the engine holds per token of a chunk: the closed-form path keeps the student
 # and teacher buffers and the kernel's two temporaries (+ a half-width one for a bf16/fp16
-# head); autograd keeps the graph's softmaxes, log-softmaxes and their gradients alive.
+# head); autograd keeps the graph's softmaxes, log-softmaxes and their gradients alive (8 is an
+# estimate for the zoo's losses, not a measurement).
 _ROWS_CLOSED_FORM, _ROWS_LOW_PRECISION_EXTRA, _ROWS_AUTOGRAD = 4.0, 0.5, 8.0
 
 
