@@ -175,3 +175,80 @@ def test_closed_form_handles_masked_vocabulary():
     assert torch.isfinite(loss) and torch.isfinite(gh).all() and torch.isfinite(gw).all()
     ref = divergence("fkl", h @ w.t(), teacher_logits)
     assert loss.item() == pytest.approx(ref.item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("name", LOSS_NAMES)
+@pytest.mark.parametrize("budget", [None, 0.001])
+def test_default_and_budgeted_chunk_sizes_match_plain_path(name, budget):
+    # None: the device's default budget (one chunk here); 0.001 MiB: the 8-token minimum, 4 chunks.
+    h, w, b, th, tw, labels, mask = make(seed=8)
+    params = PARAMS.get(name, {})
+    ref = plain(name, h, w, b, th, tw, labels, mask, **params)
+    got = chunked_divergence(name, h, w, student_bias=b, teacher_hidden=th, teacher_weight=tw, mask=mask,
+                             labels=labels, chunk_memory_mb=budget, **params)
+    assert got.item() == pytest.approx(ref.item(), rel=1e-5)
+    for a, r in zip(grads(got, (h, w, b)), grads(ref, (h, w, b))):
+        assert_close_rel(a, r, 1e-5)
+
+
+def test_chunk_size_follows_the_memory_budget():
+    from taid_vlm.losses.chunked import DEFAULT_CHUNK_MEMORY_MB, MAX_CHUNK, MIN_CHUNK, auto_chunk_size
+
+    # 4 fp32 rows of 151,936 per token on the closed-form path: 512 MiB -> 220 tokens.
+    assert auto_chunk_size(151936, 512) == 512 * 2**20 // (4 * 4 * 151936) == 220
+    assert auto_chunk_size(151936) == auto_chunk_size(151936, DEFAULT_CHUNK_MEMORY_MB["cpu"])
+    assert auto_chunk_size(151936, device="cuda") > auto_chunk_size(151936, device="cpu")
+    assert auto_chunk_size(151936, 512, rows_per_token=8) == 110
+    assert auto_chunk_size(151936, 0.01) == MIN_CHUNK and auto_chunk_size(16, 1e6) == MAX_CHUNK
+    with pytest.raises(ValueError, match="chunk_memory_mb must be positive"):
+        auto_chunk_size(1000, 0)
+
+
+def test_engine_uses_the_budgeted_chunk_and_chunk_size_overrides_it(monkeypatch):
+    import taid_vlm.losses.chunked as chunked
+
+    seen = []
+    real = chunked.interpolated_kl_
+    monkeypatch.setattr(chunked, "interpolated_kl_", lambda s, u, *a: seen.append(s.shape[0]) or real(s, u, *a))
+    h, w, b, th, tw, labels, mask = make(seed=9)
+    budget = 12 * 4 * 4 * V / 2**20  # room for 12 tokens of 4 fp32 rows
+    chunked_divergence("taid", h, w, teacher_hidden=th, teacher_weight=tw, t=0.5, chunk_memory_mb=budget)
+    assert seen == [12, 12, 5]
+    seen.clear()
+    chunked_divergence("taid", h, w, teacher_hidden=th, teacher_weight=tw, t=0.5, chunk_memory_mb=budget, chunk_size=10)
+    assert seen == [10, 10, 9]
+    with pytest.raises(ValueError, match="chunk_size must be a positive"):
+        chunked_divergence("taid", h, w, teacher_hidden=th, teacher_weight=tw, t=0.5, chunk_size=0)
+
+
+@pytest.mark.parametrize("name", ["taid", "fkl"])
+def test_bf16_head_with_bias_on_the_closed_form_path(name):
+    h, w, b, th, tw, labels, mask = make(dtype=torch.bfloat16, seed=10)
+    params = PARAMS.get(name, {})
+    ref = plain(name, h, w, b, th, tw, labels, mask, **params)
+    got = chunked_divergence(name, h, w, student_bias=b, teacher_hidden=th, teacher_weight=tw, mask=mask, chunk_size=6, **params)
+    assert got.item() == pytest.approx(ref.item(), rel=1e-4)
+    for a, r in zip(grads(got, (h, w, b)), grads(ref, (h, w, b))):
+        assert a.dtype == torch.bfloat16
+        assert_close_rel(a.float(), r.float(), 2e-2)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["taid", "fkl"])
+def test_compiled_kernel_matches_plain_path(name):
+    import warnings
+
+    from taid_vlm.losses.fused_kl import compiler_available
+
+    if not compiler_available("cpu"):
+        pytest.skip("torch.compile needs a C++ compiler on CPU")
+    h, w, b, th, tw, labels, mask = make(seed=11)
+    params = PARAMS.get(name, {})
+    ref = plain(name, h, w, b, th, tw, labels, mask, temperature=1.3, **params)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # a silent eager fallback would pass
+        got = chunked_divergence(name, h, w, student_bias=b, teacher_hidden=th, teacher_weight=tw, mask=mask,
+                                 chunk_size=8, temperature=1.3, compile=True, **params)
+    assert got.item() == pytest.approx(ref.item(), rel=1e-5)
+    for a, r in zip(grads(got, (h, w, b)), grads(ref, (h, w, b))):
+        assert_close_rel(a, r, 1e-5)

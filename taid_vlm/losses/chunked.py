@@ -5,11 +5,15 @@ softmaxes and gradients) are the memory wall. The engine walks over the tokens i
 for each chunk it computes the student's (and the teacher's) logits, the per-token divergence,
 and, right there in the forward pass, the gradient w.r.t. that chunk's logits; it then folds
 that gradient into the gradients of the hidden states and of the head weight and throws the
-chunk away. Backward only scales the stored gradients. Peak extra memory is a handful of
-``[chunk, V]`` fp32 tensors plus the head's gradient, whatever N is.
+chunk away. Backward only scales the stored gradients. Peak extra memory is the head's gradient
+plus a few ``[chunk, V]`` buffers, whatever N is.
 
-The math on a chunk is exactly the plain path's (same divergence function, same dtype for the
-matmul, fp32 after it), so values and gradients agree with ``divergence()`` on full logits.
+The chunk size comes from a memory budget for those buffers (``chunk_memory_mb``): the GEMMs
+of a chunk run near full speed once a chunk has ~100 tokens, so the budget buys speed up to a
+point and only memory after it (the measured table is in the README). For ``taid`` and ``fkl``
+a chunk costs the four GEMMs no fused loss avoids plus one in-place pass kernel
+(``fused_kl.py``) over two preallocated fp32 buffers; the other losses differentiate each
+chunk with autograd. Values and gradients agree with ``divergence()`` on full logits.
 """
 
 from __future__ import annotations
@@ -20,17 +24,43 @@ import torch
 
 from .api import reduce_tokens, resolve_params, upcast
 from .divergences import FUSED
+from .fused_kl import compiled_interpolated_kl_, interpolated_kl_
 from .vocab import shared_vocab_size
 
 Tensor = torch.Tensor
 
-# Elements of one [chunk, V] fp32 tensor the engine aims for (32 MiB); with V = 151,936 that
-# is ~55 tokens a chunk, which still keeps the chunk matmuls large enough to run at speed.
-TARGET_CHUNK_ELEMENTS = 1 << 23
+# Budget (MiB) for a chunk's [chunk, V] buffers when neither chunk_size nor chunk_memory_mb is
+# given. CPU: ~220-token chunks at V = 152k, where the chunk GEMMs ran at the full-size GEMMs'
+# speed and TAID at 1.15x that floor; 96-token chunks cost 1.66x (docs/results/bench_loss*.json,
+# README "Speed and memory of the loss"). CUDA: ~1,750-token chunks at V = 152k, where GPU
+# GEMMs are efficient; not measured here.
+DEFAULT_CHUNK_MEMORY_MB = {"cpu": 512.0, "cuda": 4096.0}
+MIN_CHUNK, MAX_CHUNK = 8, 8192
+
+# fp32 [V] rows the engine holds per token of a chunk: the closed-form path keeps the student
+# and teacher buffers and the kernel's two temporaries (+ a half-width one for a bf16/fp16
+# head); autograd keeps the graph's softmaxes, log-softmaxes and their gradients alive (8 is an
+# estimate for the zoo's losses, not a measurement).
+_ROWS_CLOSED_FORM, _ROWS_LOW_PRECISION_EXTRA, _ROWS_AUTOGRAD = 4.0, 0.5, 8.0
 
 
-def auto_chunk_size(vocab_size: int) -> int:
-    return max(8, min(4096, TARGET_CHUNK_ELEMENTS // max(vocab_size, 1)))
+def auto_chunk_size(
+    vocab_size: int,
+    chunk_memory_mb: float | None = None,
+    *,
+    device: torch.device | str = "cpu",
+    rows_per_token: float = _ROWS_CLOSED_FORM,
+) -> int:
+    """Tokens per chunk whose ``[chunk, V]`` buffers fit in ``chunk_memory_mb`` MiB.
+
+    Without a budget the device's default (``DEFAULT_CHUNK_MEMORY_MB``) applies.
+    """
+    if chunk_memory_mb is None:
+        chunk_memory_mb = DEFAULT_CHUNK_MEMORY_MB.get(torch.device(device).type, DEFAULT_CHUNK_MEMORY_MB["cpu"])
+    if not chunk_memory_mb > 0:
+        raise ValueError(f"chunk_memory_mb must be positive, got {chunk_memory_mb}")
+    per_token = rows_per_token * 4 * max(vocab_size, 1)
+    return max(MIN_CHUNK, min(MAX_CHUNK, int(chunk_memory_mb * 2**20 // per_token)))
 
 
 @dataclass
@@ -42,6 +72,12 @@ class _TeacherSignal:
     weight: Tensor | None
     bias: Tensor | None
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype of its logits after upcasting (fp32, or fp64 for fp64 inputs)."""
+        source = self.logits if self.logits is not None else self.weight
+        return torch.promote_types(source.dtype, torch.float32)
+
     def chunk(self, start: int, end: int, vocab: int) -> Tensor:
         """A fresh fp32 (or wider) tensor: callers may modify it in place."""
         with torch.no_grad():
@@ -52,6 +88,41 @@ class _TeacherSignal:
             if self.bias is not None:
                 out = out + self.bias[:vocab]
             return upcast(out)
+
+    def chunk_into(self, out: Tensor, start: int, end: int, scratch: "_Scratch") -> None:
+        """The teacher's logits for tokens [start, end) written into ``out`` [end - start, V]."""
+        vocab = out.shape[1]
+        if self.logits is not None:
+            out.copy_(self.logits[start:end, :vocab])
+            return
+        b = self.bias[:vocab] if self.bias is not None else None
+        _linear_into(out, self.hidden[start:end], self.weight[:vocab], b, scratch)
+
+
+class _Scratch:
+    """Reused head-dtype buffers for bf16/fp16 matmuls whose result lands in an fp32 buffer."""
+
+    def __init__(self, rows: int, cols: int, device: torch.device):
+        self.rows, self.cols, self.device, self.buffers = rows, cols, device, {}
+
+    def get(self, dtype: torch.dtype, rows: int) -> Tensor:
+        if dtype not in self.buffers:
+            self.buffers[dtype] = torch.empty(self.rows, self.cols, dtype=dtype, device=self.device)
+        return self.buffers[dtype][:rows]
+
+
+def _linear_into(out: Tensor, x: Tensor, weight: Tensor, bias: Tensor | None, scratch: _Scratch) -> None:
+    """out = x @ weight.T + bias, the matmul in the head's dtype, the result in out's dtype."""
+    if x.dtype == out.dtype:
+        torch.mm(x, weight.t(), out=out)
+        if bias is not None:
+            out.add_(bias)
+        return
+    low = scratch.get(x.dtype, x.shape[0])
+    torch.mm(x, weight.t(), out=low)
+    if bias is not None:
+        low.add_(bias)
+    out.copy_(low)
 
 
 @dataclass
@@ -66,6 +137,7 @@ class _Spec:
     chunk_size: int
     num_tokens: float | Tensor | None
     fused: tuple | None = None
+    compile: bool = False
 
 
 def _student_chunk_logits(h: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
@@ -91,44 +163,18 @@ class _ChunkedDivergence(torch.autograd.Function):
         # Low-precision heads: the chunk's [V, H] product lands in one reused buffer, then is
         # added to the fp32 accumulator; never a fresh [V, H] temporary per chunk.
         product_buffer = torch.empty_like(w) if want_w and w.dtype != acc else None
+        grads = (grad_h, grad_w, grad_b, product_buffer)
 
         n = hidden.shape[0]
-        for start in range(0, n, spec.chunk_size):
-            end = min(start + spec.chunk_size, n)
-            h_chunk = hidden[start:end]
-            with torch.no_grad():
-                z_chunk = upcast(_student_chunk_logits(h_chunk, w, b))
-            teacher_chunk = spec.teacher.chunk(start, end, vocab) if spec.teacher is not None else None
-            if spec.fused is not None:
-                fused_fn, fixed = spec.fused
-                per_token, grad_logits = fused_fn(z_chunk, teacher_chunk, **{**spec.params, **fixed})
-                total += per_token.sum()
-                del z_chunk, teacher_chunk, per_token
-                _fold_chunk_gradient(grad_logits.to(h_chunk.dtype), h_chunk, w, start, end, grad_h, grad_w, product_buffer)
-                if want_b:
-                    grad_b += grad_logits.sum(0)
-                del grad_logits
-                continue
-            with torch.enable_grad():
-                z_leaf = z_chunk.requires_grad_(True)
-                kwargs = dict(spec.params)
-                if temperature is not None:
-                    t_leaf = temperature.detach().requires_grad_(want_t)
-                    kwargs["temperature"] = t_leaf
-                if spec.needs_labels:
-                    kwargs["labels"] = spec.labels[start:end]
-                chunk_loss = spec.fn(z_leaf, teacher_chunk, **kwargs).sum()
-                inputs = [z_leaf] + ([t_leaf] if want_t else [])
-                grads = torch.autograd.grad(chunk_loss, inputs) if (want_h or want_w or want_b or want_t) else ()
-            total += chunk_loss.detach()
-            if not grads:
-                continue
-            _fold_chunk_gradient(grads[0].to(h_chunk.dtype), h_chunk, w, start, end, grad_h, grad_w, product_buffer)
-            if want_b:
-                grad_b += grads[0].sum(0)
-            if want_t:
-                grad_t += grads[1]
-            del z_leaf, teacher_chunk, grads
+        if spec.fused is not None and n > 0:
+            total += _closed_form_chunks(hidden, w, b, spec, grads)
+        else:
+            for start in range(0, n, spec.chunk_size):
+                end = min(start + spec.chunk_size, n)
+                chunk_loss, grad_t_chunk = _autograd_chunk(hidden, w, b, temperature, spec, start, end, grads, want_t)
+                total += chunk_loss
+                if grad_t_chunk is not None:
+                    grad_t += grad_t_chunk
 
         loss = reduce_tokens(total, spec.num_tokens, n)
         scale = reduce_tokens(torch.ones_like(total), spec.num_tokens, n)  # 1 / denominator
@@ -160,10 +206,69 @@ class _ChunkedDivergence(torch.autograd.Function):
         return grad_h, grad_w, grad_b, grad_t, None
 
 
+def _closed_form_chunks(hidden: Tensor, w: Tensor, b: Tensor | None, spec: _Spec, grads: tuple) -> Tensor:
+    """taid / fkl: logits into two reused buffers, loss + gradient in place, fold. Returns the sum."""
+    grad_h, grad_w, grad_b, product_buffer = grads
+    n, vocab = hidden.shape[0], spec.vocab
+    math_dtype = torch.promote_types(torch.promote_types(w.dtype, torch.float32), spec.teacher.dtype)
+    rows = min(spec.chunk_size, n)
+    student_buf = torch.empty(rows, vocab, dtype=math_dtype, device=hidden.device)
+    teacher_buf = torch.empty(rows, vocab, dtype=math_dtype, device=hidden.device)
+    scratch = _Scratch(rows, vocab, hidden.device)
+    _, fixed = spec.fused
+    params = {**spec.params, **fixed}
+    kernel = compiled_interpolated_kl_ if spec.compile else interpolated_kl_
+    total = torch.zeros((), dtype=math_dtype, device=hidden.device)
+    with torch.no_grad():
+        for start in range(0, n, rows):
+            end = min(start + rows, n)
+            h_chunk = hidden[start:end]
+            logits = student_buf[: end - start]
+            _linear_into(logits, h_chunk, w, b, scratch)
+            target = teacher_buf[: end - start]
+            spec.teacher.chunk_into(target, start, end, scratch)
+            total += kernel(logits, target, params["t"], params["temperature"]).sum()
+            grad_logits = logits  # the kernel left d(loss)/d(logits) in the student's buffer
+            if grad_logits.dtype != h_chunk.dtype:
+                grad_logits = scratch.get(h_chunk.dtype, end - start).copy_(logits)
+            _fold_chunk_gradient(grad_logits, h_chunk, w, start, end, grad_h, grad_w, product_buffer)
+            if grad_b is not None:
+                grad_b += logits.sum(0)
+    return total
+
+
+def _autograd_chunk(hidden, w, b, temperature, spec: _Spec, start: int, end: int, grads: tuple, want_t: bool):
+    """Any loss: differentiate one chunk's loss w.r.t. its logits (and the temperature)."""
+    grad_h, grad_w, grad_b, product_buffer = grads
+    h_chunk = hidden[start:end]
+    with torch.no_grad():
+        z_chunk = upcast(_student_chunk_logits(h_chunk, w, b))
+    teacher_chunk = spec.teacher.chunk(start, end, spec.vocab) if spec.teacher is not None else None
+    with torch.enable_grad():
+        z_leaf = z_chunk.requires_grad_(True)
+        kwargs = dict(spec.params)
+        t_leaf = None
+        if temperature is not None:
+            t_leaf = temperature.detach().requires_grad_(want_t)
+            kwargs["temperature"] = t_leaf
+        if spec.needs_labels:
+            kwargs["labels"] = spec.labels[start:end]
+        chunk_loss = spec.fn(z_leaf, teacher_chunk, **kwargs).sum()
+        inputs = [z_leaf] + ([t_leaf] if want_t else [])
+        wanted = any(g is not None for g in (grad_h, grad_w, grad_b)) or want_t
+        chunk_grads = torch.autograd.grad(chunk_loss, inputs) if wanted else ()
+    if not chunk_grads:
+        return chunk_loss.detach(), None
+    _fold_chunk_gradient(chunk_grads[0].to(h_chunk.dtype), h_chunk, w, start, end, grad_h, grad_w, product_buffer)
+    if grad_b is not None:
+        grad_b += chunk_grads[0].sum(0)
+    return chunk_loss.detach(), chunk_grads[1] if want_t else None
+
+
 def _fold_chunk_gradient(grad_logits, h_chunk, w, start, end, grad_h, grad_w, product_buffer) -> None:
     """Chain rule through the head for one chunk: dL/dh = g @ W, dL/dW += g.T @ h."""
     if grad_h is not None:
-        grad_h[start:end] = grad_logits @ w
+        torch.mm(grad_logits, w, out=grad_h[start:end])
     if grad_w is not None:
         _accumulate_outer(grad_w, grad_logits, h_chunk, product_buffer)
 
@@ -209,7 +314,9 @@ def chunked_divergence(
     num_tokens: float | Tensor | None = None,
     temperature: float | Tensor = 1.0,
     chunk_size: int | None = None,
+    chunk_memory_mb: float | None = None,
     use_closed_form: bool = True,
+    compile: bool = False,
     **params: float,
 ) -> Tensor:
     """Same value and gradients as ``divergence(name, h @ W.T + b, teacher_logits, mask)``.
@@ -219,6 +326,10 @@ def chunked_divergence(
     a tensor that requires grad (CTKD's learned temperature): its gradient is returned too.
     ``taid`` and ``fkl`` use their closed-form logits gradient (fewer buffers, no autograd
     graph per chunk) unless ``use_closed_form=False``; the others differentiate each chunk.
+
+    Chunk size: ``chunk_size`` tokens if given, else as many as fit ``chunk_memory_mb`` MiB of
+    ``[chunk, V]`` buffers (default ``DEFAULT_CHUNK_MEMORY_MB`` for the device). ``compile=True``
+    runs the closed-form kernel through ``torch.compile`` (falls back to eager if unavailable).
     """
     fn, needs_labels, resolved = resolve_params(name, params)
     for tensor, what in ((student_hidden, "student_hidden"), (student_weight, "student_weight"),
@@ -260,6 +371,14 @@ def chunked_divergence(
     temperature_tensor = temperature if isinstance(temperature, Tensor) else None
     if temperature_tensor is None:
         resolved = dict(resolved, temperature=temperature)
+    fused = FUSED.get(name) if temperature_tensor is None and use_closed_form else None
+    if chunk_size is not None and chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive number of tokens, got {chunk_size}")
+    if chunk_size is None:
+        rows = _ROWS_AUTOGRAD if fused is None else _ROWS_CLOSED_FORM
+        if fused is not None and student_weight.dtype.itemsize < 4:
+            rows += _ROWS_LOW_PRECISION_EXTRA
+        chunk_size = auto_chunk_size(vocab, chunk_memory_mb, device=student_hidden.device, rows_per_token=rows)
     spec = _Spec(
         name=name,
         fn=fn,
@@ -268,8 +387,9 @@ def chunked_divergence(
         labels=pick(labels.to(student_hidden.device)) if needs_labels else None,
         teacher=teacher,
         vocab=vocab,
-        chunk_size=chunk_size or auto_chunk_size(vocab),
+        chunk_size=chunk_size,
         num_tokens=num_tokens,
-        fused=FUSED.get(name) if temperature_tensor is None and use_closed_form else None,
+        fused=fused,
+        compile=compile,
     )
     return _ChunkedDivergence.apply(hidden, student_weight, student_bias, temperature_tensor, spec)

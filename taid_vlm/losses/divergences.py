@@ -20,6 +20,8 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from .fused_kl import interpolated_kl_
+
 Tensor = torch.Tensor
 
 # Interpolation and skew mixtures need finite stand-ins for -inf logits: 0 * -inf is NaN.
@@ -151,25 +153,12 @@ def fused_interpolated_kl(
     """Per-token KL(p_t || q) AND its gradient w.r.t. the student logits, in closed form.
 
     Used by the chunked engine for ``taid`` (any t) and ``fkl`` (t = 1): the gradient is
-    ``temperature * (q - p_t)``, so no autograd graph is built and only a few ``[n, V]``
-    buffers live at once. Both inputs are consumed (modified in place): pass fresh tensors.
-    Values and gradients equal ``taid_kl`` / ``forward_kl`` under autograd.
+    ``temperature * (q - p_t)``, so no autograd graph is built. Both inputs are consumed (the
+    gradient is returned in ``student``'s storage): pass fresh contiguous tensors. Values and
+    gradients equal ``taid_kl`` / ``forward_kl`` under autograd; the kernel is ``fused_kl.py``.
     """
-    if temperature != 1.0:
-        student.div_(temperature)
-        teacher.div_(temperature)
-    log_q = F.log_softmax(student, dim=-1)
-    target = teacher.clamp_min_(_NEG_LARGE)
-    if t < 1.0:
-        target.mul_(t).add_(student.clamp_min_(_NEG_LARGE), alpha=1.0 - t)
-    del student
-    log_p = target.sub_(target.logsumexp(-1, keepdim=True))
-    p = log_p.exp()
-    log_ratio = log_p.sub_(log_q).masked_fill_(p == 0, 0.0)
-    per_token = torch.linalg.vecdot(p, log_ratio) * temperature**2
-    del log_ratio
-    grad = log_q.exp_().sub_(p).mul_(temperature)
-    return per_token, grad
+    per_token = interpolated_kl_(student, teacher, float(t), float(temperature))
+    return per_token, student
 
 
 # Divergences with a closed-form logits gradient, which the chunked engine uses when the

@@ -54,7 +54,9 @@ class DistillConfig:
     temperature: float = 1.0
     loss_params: dict[str, float] = field(default_factory=dict)  # e.g. {beta: 0.5} for gjsd
     chunked: bool = True  # the chunked fused-linear engine; False = plain full logits (for comparison)
-    chunk_size: int | None = None
+    chunk_size: int | None = None  # tokens per chunk; overrides chunk_memory_mb
+    chunk_memory_mb: float | None = None  # budget for a chunk's [chunk, V] buffers (None: device default)
+    chunk_compile: bool = False  # torch.compile the taid/fkl chunk kernel (pays a one-off compile)
     # TAID schedule (TAID.md)
     t_start: float = 0.4
     t_end: float = 1.0
@@ -122,6 +124,10 @@ class DistillConfig:
         for name in ("batch_size", "grad_accum", "max_steps", "save_every", "log_every"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.chunk_size is not None and self.chunk_size < 1:
+            problems.append(f"chunk_size must be >= 1 token, got {self.chunk_size}")
+        if self.chunk_memory_mb is not None and not self.chunk_memory_mb > 0:
+            problems.append(f"chunk_memory_mb must be positive (MiB), got {self.chunk_memory_mb}")
         if problems:
             raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(problems))
         return self

@@ -30,6 +30,8 @@ def response_divergence(
     num_tokens: float | torch.Tensor,
     chunked: bool = True,
     chunk_size: int | None = None,
+    chunk_memory_mb: float | None = None,
+    chunk_compile: bool = False,
     temperature: float | torch.Tensor = 1.0,
     **params: float,
 ) -> torch.Tensor:
@@ -44,7 +46,8 @@ def response_divergence(
                 teacher_kwargs = dict(teacher_logits=teacher.logits)
         return chunked_divergence(
             name, student.hidden, student.head_weight, student_bias=student.head_bias, labels=labels,
-            num_tokens=num_tokens, temperature=temperature, chunk_size=chunk_size, **teacher_kwargs, **params,
+            num_tokens=num_tokens, temperature=temperature, chunk_size=chunk_size, chunk_memory_mb=chunk_memory_mb,
+            compile=chunk_compile, **teacher_kwargs, **params,
         )
     teacher_logits = teacher.full_logits() if teacher is not None else None
     return divergence(name, student.full_logits(), teacher_logits, labels=labels, num_tokens=num_tokens,
@@ -60,10 +63,13 @@ def training_loss(
     distil_ratio: float = 1.0,
     chunked: bool = True,
     chunk_size: int | None = None,
+    chunk_memory_mb: float | None = None,
+    chunk_compile: bool = False,
     temperature: float | torch.Tensor = 1.0,
     params: dict[str, float] | None = None,
 ) -> LossParts:
-    common = dict(num_tokens=num_tokens, chunked=chunked, chunk_size=chunk_size)
+    common = dict(num_tokens=num_tokens, chunked=chunked, chunk_size=chunk_size, chunk_memory_mb=chunk_memory_mb,
+                  chunk_compile=chunk_compile)
     kd = ce = None
     if loss != "sft" and distil_ratio > 0:
         kd = response_divergence(loss, student, teacher, temperature=temperature, **common, **(params or {}))
