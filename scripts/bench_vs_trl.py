@@ -301,6 +301,7 @@ def _our_side(teacher_model, student_model, batch, optimizer, tokenizer):
 def run_side(args: argparse.Namespace) -> dict:
     import torch
 
+    load_at_start = [round(x, 2) for x in os.getloadavg()]  # sides run one after another: each records its own load
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype)
     teacher = build_model(args.teacher_hidden, args.teacher_layers, args.vocab, TEACHER_SEED, dtype, device)
@@ -332,6 +333,7 @@ def run_side(args: argparse.Namespace) -> dict:
     return {
         "step_s": round(min(times), 4), "all_step_s": [round(t, 4) for t in times], "peak_mb": round(peak, 1),
         "loss": loss, "grad_norm": first_grad_norm, "weights_fingerprint": weights,
+        "load_average_1_5_15min": {"start": load_at_start, "end": [round(x, 2) for x in os.getloadavg()]},
         "response_tokens": int((batch["labels"][:, 1:] != -100).sum()),
         "params": {"teacher": sum(p.numel() for p in teacher.parameters()), "student": sum(p.numel() for p in student.parameters())},
     }  # fmt: skip

@@ -53,7 +53,7 @@ class DistillConfig:
     loss_params: dict[str, float] = field(default_factory=dict)  # e.g. {beta: 0.5} for gjsd
     chunked: bool = True  # the chunked fused-linear engine; False = plain full logits (for comparison)
     chunk_size: int | None = None
-    # TAID schedule (TAID.md)
+    # TAID schedule (docs/TAID.md)
     t_start: float = 0.4
     t_end: float = 1.0
     taid_alpha: float = 5e-4
