@@ -28,8 +28,9 @@ from typing import Any, Callable
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "docs" / "results"
+SCRIPT = "scripts/readme_tables.py"
 BLOCK = re.compile(
-    r"(<!-- generated: (?P<name>[\w-]+) \(scripts/readme_tables\.py\) -->\n)(?P<body>.*?)(<!-- end generated: (?P=name) -->)",
+    r"(<!-- generated: (?P<name>[\w-]+) \(" + re.escape(SCRIPT) + r"\) -->\n)(?P<body>.*?)(<!-- end generated: (?P=name) -->)",
     re.S,
 )
 
