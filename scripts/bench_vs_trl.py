@@ -37,6 +37,9 @@ What is compared
   its padding) and ``num_items_in_batch`` (the response tokens). Everything else is TRL's own
   ``training_step -> compute_loss -> _compute_loss -> _chunked_divergence_loss`` with beta=0
   (forward KL), i.e. the same loss and normalisation as ours.
+  Off a Triton device TRL's ``_chunked_divergence_loss`` projects every position (prompt and
+  padding too, masked afterwards) to keep tile shapes fixed; on a GPU it projects only the
+  completion tokens. CPU figures therefore understate that side relative to a GPU run.
 
   Our side: ``taid_vlm.models.adapt`` wraps the same two models; one step is what
   ``taid_vlm.train.loop`` does per micro-batch: ``student.response_outputs(batch)`` (final

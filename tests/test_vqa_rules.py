@@ -114,8 +114,8 @@ def test_summaries_name_the_rules():
     lmms = score_vqa_samples(samples, rules="lmms-eval")
     assert (official.scores, lmms.scores) == ([0.0, 1.0], [1.0, 1.0])
     assert official.summary["vqa_rules"] == "official" and lmms.summary["vqa_rules"] == "lmms-eval"
-    assert official.summary["normalizer_version"].startswith("vqa-official/")
-    assert lmms.summary["normalizer_version"].startswith("vqa-lmms-eval/")
+    assert official.summary["normalizer_version"].startswith("vqav2-official/")
+    assert lmms.summary["normalizer_version"].startswith("vqav2-lmms-eval/")
 
 
 # ---- the command line --------------------------------------------------------------------------------------
@@ -141,7 +141,7 @@ def test_eval_vqa_rules_flag_reaches_results_json(tmp_path, capsys):
         assert results["meta"]["vqa_rules"] == expected
         (entry,) = results["models"].values()
         assert entry["metrics"]["vqa_rules"] == expected
-        assert entry["normalizer_version"].startswith(f"vqa-{expected}/")
+        assert entry["normalizer_version"].startswith(f"vqav2-{expected}/")
     capsys.readouterr()
     with pytest.raises(SystemExit):
         _parse(["--model", "m", "--data", "d", "--task", "vqa", "--output", "o", "--vqa-rules", "vqav2"])

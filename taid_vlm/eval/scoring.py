@@ -92,7 +92,6 @@ def score_text(
         metrics["perplexity"] = perplexity_from_nll(total, count)
         extra["reference_tokens"] = count
     metrics["n_empty"] = summary["n_empty"]
-    metrics["vqa_rules"] = rules
     rows = []
     for k, (item, pred, each) in enumerate(zip(items, predictions, per_sample)):
         row = {**_row(item, pred, each["rouge_l"]), **each, "empty": not pred.strip()}

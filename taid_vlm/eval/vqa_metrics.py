@@ -174,7 +174,7 @@ def vqa_score(prediction: str | None, answers: Sequence[str], rules: str = DEFAU
 
 def normalizer_version(rules: str = DEFAULT_VQA_RULES) -> str:
     """What a results file records: the rule set and this module's version of it."""
-    return f"vqa-{check_rules(rules)}/{NORMALIZER_VERSION}"
+    return f"vqav2-{check_rules(rules)}/{NORMALIZER_VERSION}"
 
 
 def answer_type(answers: Sequence[str]) -> str:
