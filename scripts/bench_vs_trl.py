@@ -191,8 +191,6 @@ def _tokenizer():
 def _trl_side(args, teacher, student, batch, optimizer, tokenizer, liger: bool = False):
     import warnings
 
-    from datasets import Dataset
-
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
