@@ -8,7 +8,7 @@ scores, so a number is only comparable if the same script's quirks are reproduce
   (``Yes`` vs ten ``yes`` scores 0, ``t-shirt`` vs ten ``t-shirt`` scores 1); a prediction
   that normalises to the empty string is still scored by the agreement formula; its period
   strip removes at most 32 periods because ``re.UNICODE`` (= 32) lands in ``sub``'s ``count``.
-- ``lmms-eval``: lmms-eval's VQAv2 ``process_results`` (what most papers' local numbers come
+- ``lmms-eval``: lmms-eval's VQAv2 ``process_results`` (what many papers' local numbers come
   from). It always normalises both sides, and its digit-comma test accepts ``1,,000``; the
   same 32-period limit applies.
 
