@@ -143,12 +143,15 @@ def trl_block() -> str:
             side_load = side.get("load_average_1_5_15min")
             side_load = "" if side_load is None else f"{side_load['start'][0]:.1f}"
             lines.append(f"| {shape} | {label} | {side['step_s']:.2f} s | {side['peak_mb']:,.0f} MB | {diff} | {side_load} |")
+        ran = {k: v for k, v in sides.items() if k != "ours_chunked_fkl" and v.get("ran", True) is not False}
+        leanest = min(ran, key=lambda k: ran[k]["peak_mb"])
         strongest = d.get("strongest_trl_side", "trl_gkd_full_logits")
         notes.append(
             f"vocabulary {d['vocab']:,}: against the strongest TRL side that ran ({SIDE_NAMES.get(strongest, strongest)}), "
             f"ours is {_speed(d['trl_step_s'], d['ours_step_s'])} and uses {_ratio(d['trl_peak_mb'], d['ours_peak_mb'])} "
-            f"less memory; {_load_text(d['machine'])} at the start, TRL {d['machine'].get('trl', '?')} "
-            f"([{name}](docs/results/{name}))"
+            f"less memory (against TRL's leanest side, {SIDE_NAMES.get(leanest, leanest)}: "
+            f"{_ratio(ran[leanest]['peak_mb'], ours['peak_mb'])}); {_load_text(d['machine'])} at the start, "
+            f"TRL {d['machine'].get('trl', '?')} ([{name}](docs/results/{name}))"
         )
     return "\n".join(lines + [""] + [f"- {n}" for n in notes])
 
