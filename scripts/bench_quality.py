@@ -17,8 +17,10 @@ see which of them matters where TAID does not win.
 Outputs under ``--out`` (default docs/results/quality): ``{zoo,gap,taid}.{json,md,png}``; each
 JSON holds the exact command and the machine. Finished student runs are reused when nothing
 that decides them changed, so an interrupted benchmark resumes where it stopped.
-CIDEr here uses the pure-Python CIDEr-D (identical to pycocoevalcap's to 1e-6 on our tests) so
-that no Java process starts per student; VQA accuracy is the official normalisation.
+Captions are scored by pycocoevalcap whenever Java runs (``--caption-backend auto``, the default)
+and by the python fallback only without Java or when asked for; the backend actually used is
+recorded in every JSON and named in every table. VQA accuracy uses the official rules
+(docs/EVALUATION.md); the question counts in the tables are those actually scored.
 
 Usage:
   python scripts/bench_quality.py --preset default --seeds 0 1 2 --parts zoo gap
@@ -119,8 +121,14 @@ def run_zoo(part: str, names: list[str], seeds: list[int], preset, work: Path, d
         if sft_mean is not None and teacher_row["vqa_accuracy"] > sft_mean:
             gap = (acc - sft_mean) / (teacher_row["vqa_accuracy"] - sft_mean)
         table.append({"loss": name, "vqa_mean": acc, "vqa_std": acc_sd, "cider_mean": cider, "cider_std": cider_sd,
-                      "gap_closed": gap, "per_seed_vqa": [r["vqa_accuracy"] for r in rows]})
-    return {"teacher": teacher_row, "rows": table, "seeds": list(seeds)}
+                      "gap_closed": gap, "per_seed_vqa": [r["vqa_accuracy"] for r in rows],
+                      "vqa_n": sorted({r["vqa_n"] for r in rows}), "caption_backend": sorted({r["caption_backend"] for r in rows})})
+    return {"teacher": teacher_row, "rows": table, "seeds": list(seeds), "caption_backends": caption_backends(per_loss)}
+
+
+def caption_backends(per_loss: dict[str, list[dict]]) -> list[str]:
+    """Every caption backend that scored a row of this part (one, unless Java came and went)."""
+    return sorted({r["caption_backend"] for rows in per_loss.values() for r in rows})
 
 
 def run_gap(args, preset, work: Path, data_dir: Path, tokenizer) -> dict:
@@ -140,15 +148,19 @@ def run_gap(args, preset, work: Path, data_dir: Path, tokenizer) -> dict:
             scores = evaluate_models(work / f"gap-eval-{name}-{seed}", students, data_dir, preset, progress=False)
             for row in scores["rows"]:
                 rows.append({"teacher": name, "teacher_params": teacher_score["params"], "teacher_vqa": teacher_score["vqa_accuracy"],
-                             "loss": row["model"], "seed": seed, "vqa": row["vqa_accuracy"], "cider": row["CIDEr"]})
+                             "loss": row["model"], "seed": seed, "vqa": row["vqa_accuracy"], "vqa_n": row["vqa_n"],
+                             "cider": row["CIDEr"], "caption_backend": row["caption_backend"]})
             print(f"  gap: teacher {name} ({teacher_score['vqa_accuracy']:.1f}) seed {seed}: "
                   + ", ".join(f"{r['model']} {r['vqa_accuracy']:.1f}" for r in scores["rows"]), flush=True)
     return {"rows": rows, "seeds": list(args.gap_seeds)}
 
 
 def zoo_markdown(result: dict, header: str) -> str:
-    lines = [header, "", f"Teacher VQA accuracy {result['teacher']['vqa_accuracy']:.2f}; seeds {result['seeds']}.", "",
-             "| loss | VQA accuracy (mean +- std) | CIDEr-D (mean +- std) | gap closed |", "|---|---:|---:|---:|"]
+    # Results written before the backend was recorded per part: the teacher row, scored by the same preset, names it.
+    backends = ", ".join(result.get("caption_backends") or [result["teacher"]["caption_backend"]])
+    lines = [header, "", f"Teacher VQA accuracy {result['teacher']['vqa_accuracy']:.2f} on {result['teacher']['vqa_n']:,} "
+             f"questions; seeds {result['seeds']}; captions scored by {backends}.", "",
+             f"| loss | VQA accuracy (mean +- std) | CIDEr-D, {backends} (mean +- std) | gap closed |", "|---|---:|---:|---:|"]
     for r in sorted(result["rows"], key=lambda r: -r["vqa_mean"]):
         gap = "" if r["gap_closed"] is None else f"{r['gap_closed'] * 100:.0f}%"
         lines.append(f"| {r['loss']} | {r['vqa_mean']:.2f} +- {r['vqa_std']:.2f} | {r['cider_mean']:.2f} +- {r['cider_std']:.2f} | {gap} |")
@@ -214,6 +226,23 @@ def plot_gap(result: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def render_existing(out: Path, parts: list[str]) -> None:
+    """Tables and plots from committed JSON, with the header naming the command that produced it."""
+    for part in parts:
+        path = out / f"{part}.json"
+        if not path.is_file():
+            sys.exit(f"bench_quality: --render-only needs {path}; run the benchmark for part {part!r} first")
+        result = json.loads(path.read_text())
+        header = f"Command: `{result['command']}`"
+        if part == "gap":
+            (out / "gap.md").write_text(gap_markdown(result, header))
+            plot_gap(result, out / "gap.png")
+        else:
+            (out / f"{part}.md").write_text(zoo_markdown(result, header))
+            plot_zoo(result, out / f"{part}.png", "Loss zoo" if part == "zoo" else "TAID settings")
+        print(f"rewrote {out / part}.md and .png from {path}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="default", choices=["quick", "default", "full"])
@@ -221,10 +250,17 @@ def main() -> None:
     parser.add_argument("--gap-seeds", type=int, nargs="+", default=None, help="seeds of the capacity-gap part (default: --seeds)")
     parser.add_argument("--losses", nargs="+", default=list(ZOO), choices=list(ZOO))
     parser.add_argument("--parts", nargs="+", default=["zoo", "gap", "taid"], choices=["zoo", "gap", "taid"])
+    parser.add_argument("--caption-backend", default="auto", choices=["auto", "pycocoevalcap", "python"],
+                        help="auto: pycocoevalcap when Java runs, else the python fallback (named in every table)")
     parser.add_argument("--work", default="runs/bench-quality", help="where checkpoints and evaluations go")
     parser.add_argument("--out", default="docs/results/quality", help="where the tables, plots and JSON go")
+    parser.add_argument("--render-only", action="store_true",
+                        help="rewrite the .md tables and plots from the JSON already in --out (no training)")
     args = parser.parse_args()
     args.gap_seeds = args.gap_seeds or args.seeds
+    if args.render_only:
+        render_existing(Path(args.out), args.parts)
+        return
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
     from transformers import AutoTokenizer
@@ -232,7 +268,7 @@ def main() -> None:
     from taid_vlm.demo import PRESETS
     from taid_vlm.demo.pipeline import evaluate_models, initial_models, prepare_data, train_teacher
 
-    preset = PRESETS[args.preset].with_overrides(caption_backend="python")
+    preset = PRESETS[args.preset].with_overrides(caption_backend=args.caption_backend)
     work, out = Path(args.work), Path(args.out)
     work.mkdir(parents=True, exist_ok=True)
     started, load_at_start = time.perf_counter(), os.getloadavg()
@@ -240,7 +276,7 @@ def main() -> None:
     init = initial_models(work / "init", data_dir, preset, False, 0)
     tokenizer = AutoTokenizer.from_pretrained(init["teacher"])
     command = " ".join(["python", *sys.argv])
-    header = f"Command: `{command}` (preset `{preset.name}`: {preset.student_budget.steps} student steps, batch {preset.student_budget.batch_size}, lr {preset.student_budget.lr}; {preset.eval_questions or 'all'} test questions)"
+    header = f"Command: `{command}` (preset `{preset.name}`: {preset.student_budget.steps} student steps, batch {preset.student_budget.batch_size}, lr {preset.student_budget.lr}; at most {preset.eval_questions or 'all'} test questions)"
 
     if "zoo" in args.parts or "taid" in args.parts:
         teacher_dir, _ = train_teacher(work / "teacher", init["teacher"], data_dir, preset.teacher_budget, 0, progress=False)

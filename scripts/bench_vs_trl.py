@@ -1,4 +1,14 @@
-"""One off-policy forward-KL distillation step: taid-vlm vs TRL's GKD trainer, on the same models.
+"""One off-policy forward-KL distillation step: taid-vlm vs TRL's distillation paths, on the same models.
+
+Sides (each in its own process, keyed in the JSON's ``sides`` by these names):
+  ours_chunked_fkl             taid-vlm's chunked fused-linear engine (``training_loss("fkl")``)
+  trl_gkd_full_logits          trl.experimental.gkd.GKDTrainer, beta=0, lmbda=0 (full [B, T, V] logits)
+  trl_distillation_chunked     trl.DistillationTrainer (stable API), beta=0: TRL's chunked divergence
+                               (``ChunkedDivergenceFunction``), fed the same batch as its completions
+  trl_gkd_liger                GKDTrainer with ``use_liger_kernel=True``: Liger's kernels applied to the
+                               student the way ``Trainer.train`` applies them (TRL 1.16's GKD keeps its own
+                               full-logit JSD; Liger's fused-linear loss is switched off by TRL itself)
+The summary's ``trl_*`` fields are those of the strongest TRL side that ran: the fastest step.
 
 What is compared
   Teacher and student are ``Qwen2ForCausalLM`` built from ``Qwen2Config`` with fixed seeds
@@ -17,10 +27,19 @@ What is compared
   ``compute_loss`` (student forward, teacher forward under no_grad, full ``[B, T, V]`` logits,
   causal shift, ``generalized_jsd_loss`` with the labels mask) and ``accelerator.backward``.
   ``num_items_in_batch`` is computed by the trainer's own ``_get_num_items_in_batch`` as
-  ``train()`` does. Nothing of TRL's math is reimplemented here. (TRL's stable
-  ``DistillationTrainer`` has a chunked loss too, but it always generates its completions,
-  i.e. it is on-policy only, so it is not the off-policy path compared here.) The trainer
+  ``train()`` does. Nothing of TRL's math is reimplemented here. The trainer
   insists on a ``train_dataset``: a one-conversation placeholder that is never read.
+
+  TRL's stable ``DistillationTrainer`` always generates its completions in ``_prepare_inputs``
+  (on-policy). To run its loss off-policy on the same batch, that one method is replaced on the
+  instance by the identity, and the step receives what generation would have produced:
+  ``prompt_ids/prompt_mask`` (the prompt), ``completion_ids/completion_mask`` (the response and
+  its padding) and ``num_items_in_batch`` (the response tokens). Everything else is TRL's own
+  ``training_step -> compute_loss -> _compute_loss -> _chunked_divergence_loss`` with beta=0
+  (forward KL), i.e. the same loss and normalisation as ours.
+  Off a Triton device TRL's ``_chunked_divergence_loss`` projects every position (prompt and
+  padding too, masked afterwards) to keep tile shapes fixed; on a GPU it projects only the
+  completion tokens. CPU figures therefore understate that side relative to a GPU run.
 
   Our side: ``taid_vlm.models.adapt`` wraps the same two models; one step is what
   ``taid_vlm.train.loop`` does per micro-batch: ``student.response_outputs(batch)`` (final
@@ -85,7 +104,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchlib import current_rss_mb, machine, max_rss_mb, write_json  # noqa: E402
 
-SIDES = ("trl", "ours")
+OURS = "ours_chunked_fkl"
+TRL_SIDES = ("trl_gkd_full_logits", "trl_distillation_chunked", "trl_gkd_liger")
+SIDES = (*TRL_SIDES, OURS)
 TEACHER_SEED, STUDENT_SEED = 1, 2
 LEARNING_RATE = 1e-5
 
@@ -150,8 +171,12 @@ def build_side(args: argparse.Namespace, teacher, student, batch: dict, optimize
     """A ``step(measure)`` closure running one full training step of this side; ``measure``
     makes it also return the loss and the pre-update gradient norm."""
     tokenizer = _tokenizer()
-    if args.side == "trl":
+    if args.side == "trl_gkd_full_logits":
         return _trl_side(args, teacher, student, batch, optimizer, tokenizer)
+    if args.side == "trl_gkd_liger":
+        return _trl_side(args, teacher, student, batch, optimizer, tokenizer, liger=True)
+    if args.side == "trl_distillation_chunked":
+        return _trl_distillation_side(args, teacher, student, batch, optimizer, tokenizer)
     return _our_side(teacher, student, batch, optimizer, tokenizer)
 
 
@@ -163,10 +188,8 @@ def _tokenizer():
     return tiny_tokenizer(QWEN2_TEMPLATE)
 
 
-def _trl_side(args, teacher, student, batch, optimizer, tokenizer):
+def _trl_side(args, teacher, student, batch, optimizer, tokenizer, liger: bool = False):
     import warnings
-
-    from datasets import Dataset
 
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
     with warnings.catch_warnings():
@@ -178,11 +201,16 @@ def _trl_side(args, teacher, student, batch, optimizer, tokenizer):
         beta=0.0, lmbda=0.0, temperature=1.0, seq_kd=False,
         gradient_checkpointing=False, bf16=False, fp16=False, use_cpu=args.device == "cpu",
         per_device_train_batch_size=args.batch_size, learning_rate=LEARNING_RATE, seed=args.seed,
+        use_liger_kernel=liger,
     )  # fmt: skip
-    # Never read: the step is fed the prepared batch directly (collation excluded on both sides).
-    placeholder = Dataset.from_list([{"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "OK"}]}])
-    trainer = GKDTrainer(model=student, teacher_model=teacher, args=config, train_dataset=placeholder,
-                         processing_class=tokenizer, optimizers=(optimizer, None))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer = GKDTrainer(model=student, teacher_model=teacher, args=config, train_dataset=_placeholder(),
+                             processing_class=tokenizer, optimizers=(optimizer, None))
+    if liger:  # Trainer.train applies the kernels before its first step; training_step alone would not
+        from transformers.integrations.liger import apply_liger_kernel
+
+        apply_liger_kernel(trainer.model, trainer.args.liger_kernel_config)
     trainer.current_gradient_accumulation_steps = 1  # what train() sets with gradient_accumulation_steps=1
     model = trainer.model_wrapped
     device = trainer.args.device
@@ -191,6 +219,51 @@ def _trl_side(args, teacher, student, batch, optimizer, tokenizer):
         inputs = {k: v.clone() for k, v in batch.items()}  # training_step may rewrite inputs in place
         num_items = trainer._get_num_items_in_batch([inputs], device)
         loss = trainer.training_step(model, inputs, num_items)
+        result = (float(loss.detach()), grad_norm(student)) if measure else None
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return result
+
+    return step
+
+
+def _placeholder():
+    """Never read: every step is fed the prepared batch directly (collation excluded on all sides)."""
+    from datasets import Dataset
+
+    return Dataset.from_list([{"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "OK"}]}])
+
+
+def _trl_distillation_side(args, teacher, student, batch, optimizer, tokenizer):
+    import warnings
+
+    from trl import DistillationConfig, DistillationTrainer
+
+    config = DistillationConfig(
+        output_dir=tempfile.mkdtemp(prefix="bench-vs-trl-"), report_to="none", save_strategy="no",
+        beta=0.0, temperature=1.0, gradient_checkpointing=False, bf16=False, fp16=False,
+        use_cpu=args.device == "cpu", per_device_train_batch_size=args.batch_size, learning_rate=LEARNING_RATE,
+        seed=args.seed, max_completion_length=args.seq_len - args.prompt_len,
+    )  # fmt: skip
+    placeholder = _placeholder().map(lambda row: {"prompt": row["messages"][:1]}, remove_columns=["messages"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer = DistillationTrainer(model=student, teacher_model=teacher, args=config, train_dataset=placeholder,
+                                      processing_class=tokenizer, optimizers=(optimizer, None))
+    trainer._prepare_inputs = lambda inputs: inputs  # off-policy: the batch below stands in for generation
+    trainer.current_gradient_accumulation_steps = 1
+    model = trainer.model_wrapped
+    prompt = args.prompt_len
+    completion_mask = (batch["labels"][:, prompt:] != -100).long()
+    prepared = {
+        "prompt_ids": batch["input_ids"][:, :prompt], "prompt_mask": batch["attention_mask"][:, :prompt],
+        "completion_ids": batch["input_ids"][:, prompt:], "completion_mask": completion_mask,
+        "num_items_in_batch": completion_mask.sum(),
+    }  # fmt: skip
+
+    def step(measure: bool):
+        inputs = {k: v.clone() for k, v in prepared.items()}
+        loss = trainer.training_step(model, inputs, inputs["num_items_in_batch"])
         result = (float(loss.detach()), grad_norm(student)) if measure else None
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -229,6 +302,7 @@ def _our_side(teacher_model, student_model, batch, optimizer, tokenizer):
 def run_side(args: argparse.Namespace) -> dict:
     import torch
 
+    load_at_start = [round(x, 2) for x in os.getloadavg()]  # sides run one after another: each records its own load
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype)
     teacher = build_model(args.teacher_hidden, args.teacher_layers, args.vocab, TEACHER_SEED, dtype, device)
@@ -260,6 +334,7 @@ def run_side(args: argparse.Namespace) -> dict:
     return {
         "step_s": round(min(times), 4), "all_step_s": [round(t, 4) for t in times], "peak_mb": round(peak, 1),
         "loss": loss, "grad_norm": first_grad_norm, "weights_fingerprint": weights,
+        "load_average_1_5_15min": {"start": load_at_start, "end": [round(x, 2) for x in os.getloadavg()]},
         "response_tokens": int((batch["labels"][:, 1:] != -100).sum()),
         "params": {"teacher": sum(p.numel() for p in teacher.parameters()), "student": sum(p.numel() for p in student.parameters())},
     }  # fmt: skip
@@ -269,28 +344,49 @@ def run_side(args: argparse.Namespace) -> dict:
 
 
 def run_subprocess(side: str) -> dict:
+    """One side's result; a TRL side that cannot run here is recorded with its reason, ours must run."""
     proc = subprocess.run([sys.executable, __file__, "--side", side] + sys.argv[1:], capture_output=True, text=True)
     if proc.returncode != 0:
-        sys.exit(f"{side} side failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+        if side == OURS:
+            sys.exit(f"{side} side failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
+        lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
+        return {"ran": False, "error": lines[-1] if lines else f"exit {proc.returncode}", "exit_code": proc.returncode}
+    return {"ran": True, **json.loads(proc.stdout.strip().splitlines()[-1])}
 
 
 def summarise(args: argparse.Namespace, results: dict) -> dict:
-    ours, theirs = results["ours"], results["trl"]
-    if ours["weights_fingerprint"] != theirs["weights_fingerprint"]:
-        sys.exit(f"the two sides did not start from the same weights: {ours['weights_fingerprint']} vs {theirs['weights_fingerprint']}")
+    ours = results[OURS]
+    ran = {name: r for name, r in results.items() if name != OURS and r["ran"]}
+    if not ran:
+        sys.exit("no TRL side ran: " + "; ".join(f"{n}: {r['error']}" for n, r in results.items() if n != OURS))
+    for name, r in ran.items():
+        if r["weights_fingerprint"] != ours["weights_fingerprint"]:
+            sys.exit(f"{name} did not start from our weights: {r['weights_fingerprint']} vs {ours['weights_fingerprint']}")
+    strongest = min(ran, key=lambda name: ran[name]["step_s"])
+    theirs = ran[strongest]
     diff = abs(ours["loss"] - theirs["loss"])
     return {
+        "strongest_trl_side": strongest, "strongest_by": "fastest step among the TRL sides that ran",
         "ours_step_s": ours["step_s"], "trl_step_s": theirs["step_s"],
         "ours_peak_mb": ours["peak_mb"], "trl_peak_mb": theirs["peak_mb"],
         "loss_abs_diff": diff,
         "loss_rel_diff": diff / max(abs(theirs["loss"]), 1e-30),
         "loss_ours": ours["loss"], "loss_trl_raw": theirs["loss"],
+        "loss_abs_diff_per_side": {name: abs(ours["loss"] - r["loss"]) for name, r in ran.items()},
         "loss_normalisation": "both: sum over response tokens / number of response tokens (TRL value used as is)",
         "grad_norm_ours": ours["grad_norm"], "grad_norm_trl": theirs["grad_norm"],
         "device": args.device, "dtype": args.dtype, "vocab": args.vocab, "batch_size": args.batch_size,
         "seq_len": args.seq_len, "prompt_len": args.prompt_len, "response_tokens": ours["response_tokens"],
     }  # fmt: skip
+
+
+def _version(distribution: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(distribution)
+    except PackageNotFoundError:
+        return None
 
 
 def parse_args() -> argparse.Namespace:
@@ -308,6 +404,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=3, help="timed steps after the warm-up; the best is kept")
     parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic batch")
     parser.add_argument("--out", type=Path, default=None, help="also write the result JSON (with the machine) here")
+    parser.add_argument("--sides", nargs="+", choices=SIDES, default=list(SIDES), help="which sides to run (ours always)")
     parser.add_argument("--side", choices=SIDES, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.prompt_len is None:
@@ -329,14 +426,18 @@ def main() -> None:
         return
     load_at_start = os.getloadavg()  # another job on the machine skews the times: recorded with them
     results = {}
-    for side in SIDES:
+    for side in dict.fromkeys([*args.sides, OURS]):
         results[side] = r = run_subprocess(side)
-        print(f"{side:5s} step {r['step_s']:.3f} s (runs {r['all_step_s']})   peak {r['peak_mb']:.1f} MB   "
+        if not r["ran"]:
+            print(f"{side:26s} could not run here: {r['error']}", flush=True)
+            continue
+        print(f"{side:26s} step {r['step_s']:.3f} s (runs {r['all_step_s']})   peak {r['peak_mb']:.1f} MB   "
               f"loss {r['loss']:.8f}   grad norm {r['grad_norm']:.6f}", flush=True)
     summary = summarise(args, results)
     if args.out is not None:
         record = {**summary, "sides": results, "command": " ".join(["python", *sys.argv]),
                   "machine": machine(load_at_start, packages=("torch", "transformers", "trl"))}
+        record["machine"]["liger_kernel"] = _version("liger-kernel")
         write_json(args.out, record)
     print(json.dumps(summary))
 

@@ -108,7 +108,7 @@ def _add_demo(commands: argparse._SubParsersAction) -> None:
     demo = commands.add_parser(
         "demo", help="the whole pipeline offline on synthetic data: teacher, sft/fkl/taid students, evaluation, report",
         description="Generates the shapes set, trains a teacher, distils students with sft, fkl and taid under one "
-                    "budget, evaluates all of them and writes OUT/report.md. Default preset: <= 10 min on 2 CPU cores.",
+                    "budget, evaluates all of them and writes OUT/report.md. Default preset: aimed at about 10 min on 2 quiet CPU cores.",
     )
     demo.add_argument("--out", default="taid-demo", help="output directory (default ./taid-demo)")
     size = demo.add_mutually_exclusive_group()

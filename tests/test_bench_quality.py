@@ -39,3 +39,22 @@ def test_every_zoo_and_taid_variant_resolves_to_a_loss_and_its_settings():
     loss, extra = bench.loss_config("taid_t0.7")
     extra.pop("t_start")
     assert bench.TAID_VARIANTS["taid_t0.7"] == {"t_start": 0.7}  # popping a copy leaves the table intact
+
+
+def test_tables_name_the_caption_backend_and_the_questions_actually_scored(tmp_path):
+    """Re-rendered from the committed JSON: the fallback that scored those runs is named, and the
+    question count is the one scored (the teacher row's), not the preset's cap."""
+    import json
+    import shutil
+
+    bench = _bench_quality()
+    source = SCRIPT.parents[1] / "docs" / "results" / "quality"
+    for name in ("zoo.json", "taid.json", "gap.json"):
+        shutil.copy(source / name, tmp_path / name)
+    bench.render_existing(tmp_path, ["zoo", "taid"])
+    zoo = json.loads((tmp_path / "zoo.json").read_text())
+    table = (tmp_path / "zoo.md").read_text()
+    assert f"on {zoo['teacher']['vqa_n']:,} questions" in table
+    assert f"CIDEr-D, {zoo['teacher']['caption_backend']}" in table
+    fresh = bench.zoo_markdown({**zoo, "caption_backends": ["pycocoevalcap"]}, "header")
+    assert "CIDEr-D, pycocoevalcap" in fresh and "python-fallback" not in fresh

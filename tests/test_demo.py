@@ -26,6 +26,13 @@ def test_quick_demo_writes_a_complete_report_and_reuses_its_teacher(tmp_path, ca
     report = (tmp_path / "report.md").read_text()
     for needle in ("| teacher |", "| taid student |", "## Settings", "## Run time", "taid-vlm demo --preset quick"):
         assert needle in report
+    # the report states what the run used, read from the run: the quick preset's python fallback,
+    # the official VQA rules, the counts scored, and the t vs t_linear summary from metrics.jsonl
+    assert results["caption_backends"] == ["python-fallback"] and "scored by python-fallback" in report
+    assert "pycocoevalcap" not in report
+    assert results["vqa_rules"] == ["official"] and f"on {results['rows'][0]['vqa_n']} questions" in report
+    assert results["command"].startswith("taid-vlm demo --preset quick") and results["machine"]["cores"] >= 1
+    assert results["taid_schedule"]["logged_steps"] >= 2 and "t_linear" in report
     for plot in ("accuracy.png", "loss_curves.png", "taid_t.png"):
         assert (tmp_path / plot).stat().st_size > 1000
     t_rows = [json.loads(x) for x in (tmp_path / "students" / "taid" / "metrics.jsonl").read_text().splitlines()]

@@ -9,7 +9,7 @@ from taid_vlm.losses import TAIDSchedule
 
 
 def reference_trajectory(losses, total, t_start=0.4, t_end=1.0, alpha=5e-4, beta=0.99, adaptive=True):
-    """TAID.md, line by line, written independently of the implementation."""
+    """docs/TAID.md, line by line, written independently of the implementation."""
     t, m, prev, out = t_start, 0.0, None, []
     for n, loss in enumerate(losses, start=1):
         t_lin = t_start + (t_end - t_start) * min(n, total) / total
@@ -41,7 +41,7 @@ def test_linear_ablation_is_exactly_linear():
 
 
 def test_short_run_adaptive_equals_linear_when_alpha_n_small():
-    # alpha * N / 2 = 0.05 << 1: the linear floor dominates every step (TAID.md weakness 4)
+    # alpha * N / 2 = 0.05 << 1: the linear floor dominates every step (docs/TAID.md, item 4 of the differences)
     s = TAIDSchedule(total_steps=200)
     ts = run(s, decaying(200))
     assert ts == pytest.approx([0.4 + 0.6 * n / 200 for n in range(1, 201)])

@@ -226,7 +226,7 @@ def evaluate_models(directory: Path, models: dict[str, Path], data_dir: Path, pr
         v, c = vqa["models"][name], captions["models"][name]
         rows.append({
             "model": name, "params": _params(Path(path)), "vqa_accuracy": v["metrics"]["accuracy"], "vqa_n": v["n"],
-            "vqa_empty": v["metrics"].get("n_empty", 0), "CIDEr": c["metrics"].get("CIDEr"), "BLEU-4": c["metrics"].get("BLEU-4"),
+            "vqa_empty": v["metrics"].get("n_empty", 0), "vqa_rules": v["metrics"].get("vqa_rules"), "CIDEr": c["metrics"].get("CIDEr"), "BLEU-4": c["metrics"].get("BLEU-4"),
             "caption_n": c["n"], "caption_backend": c["metrics"].get("backend"),
         })  # fmt: skip
         by_family[name] = {fam: stats["accuracy"] for fam, stats in v["extra"]["by_family"].items()}

@@ -1,12 +1,13 @@
-"""Budgets of the embedded demo: ``quick`` (CI smoke), ``default`` (<= 10 min on 2 CPU cores)
-and ``full`` (a bigger budget; scripts/bench_quality.py runs the default one).
+"""Budgets of the embedded demo: ``quick`` (CI smoke), ``default`` (the demo, aimed at about ten
+minutes on 2 quiet CPU cores) and ``full`` (a bigger budget; scripts/bench_quality.py runs the
+default one).
 
-The quick and default numbers were measured on a 2-core CPU machine (README, "Results");
-``full`` scales the default's data and steps for users with more time and has not been tuned.
-The rule they follow comes from a first toy trial (TOY-SCALE.md): the teacher must clearly
-beat a student trained without it, so the teacher is several times larger and gets enough
-steps at a learning rate suited to small models, while the students share one small size and
-one short budget, which is where a teacher's soft targets can help.
+How they were sized is in docs/DEMO-SIZING.md; a run writes what it measured, with the
+machine and the command, to ``OUT/results.json``. ``full`` scales the default's data and steps for users with
+more time and has not been tuned. The rule they follow: the teacher must clearly beat a student
+trained without it, so the teacher is several times larger and gets enough steps at a learning
+rate suited to small models, while the students share one small size and one short budget,
+which is where a teacher's soft targets can help.
 """
 
 from __future__ import annotations
@@ -19,11 +20,8 @@ _LM = {"model_type": "llama", "tie_word_embeddings": True, "max_position_embeddi
 
 
 def _vlm(channels: tuple[int, ...], image_tokens: int, hidden: int, layers: int) -> dict[str, Any]:
-    """A composed VLM with a small ResNet encoder.
-
-    ResNets, not ViTs: in the sizing runs (scripts/demo_sizing.py) a from-scratch ViT teacher
-    stalled at <= 44% VQA accuracy on the scenes while a ResNet of the same cost reached 58%:
-    convolutions learn colour and position from a few thousand images, attention does not.
+    """A composed VLM with a small ResNet encoder (chosen over a ViT during sizing for models
+    trained from scratch on a few thousand images; docs/DEMO-SIZING.md).
     ``output_stride=8`` keeps a spatial grid the projector can pool into ``image_tokens``.
     """
     return {
@@ -99,11 +97,8 @@ QUICK = DemoPreset(
     eval_questions=60, eval_captions=12, eval_batch_size=32, caption_backend="python",
 )
 
-# The teacher (2.4M parameters, 64 image tokens) and the student (0.46M, 16 image tokens) are
-# the pair the sizing runs picked: after 400 steps the teacher answers ~55-59% of the questions
-# (the majority answer per family gets ~32%). The students get 150 steps: short enough that the
-# whole demo fits in 10 minutes (measured 477 s) and that a teacher's soft targets can matter
-# (seed 0: sft 24.0, fkl 23.1, taid 29.2); with 300 steps sft, fkl and taid all reach ~43%.
+# The teacher (64 image tokens) and the student (16 image tokens) are the pair the sizing runs
+# picked; the students get 150 steps, short enough for a teacher's soft targets to matter.
 DEFAULT = DemoPreset(
     name="default",
     n_train=4000, n_test=150, image_size=64, qa_turns=3, vocab_size=1024,

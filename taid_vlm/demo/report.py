@@ -1,9 +1,19 @@
-"""The demo's report: one Markdown page a person can trust at a glance, plus three plots."""
+"""The demo's report: one Markdown page a person can trust at a glance, plus three plots.
+
+Every sentence is derived from what the run produced: the caption backend the evaluation
+actually used, the question counts it actually scored, and the t vs t_linear statement read
+from the TAID student's metrics.jsonl. ``results.json`` adds the machine and the command, so
+the README's demo table can be regenerated from a committed copy (scripts/readme_tables.py).
+"""
 
 from __future__ import annotations
 
 import json
+import os
 import platform
+import shlex
+import sys
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -24,13 +34,78 @@ def write_report(result: Any, preset: Any) -> Path:
     has_taid = "taid" in result.extra["students"]
     if has_taid:
         _plot_t(result, out / PLOTS["t"])
-    (out / "results.json").write_text(json.dumps({
+    schedule = t_schedule_summary(Path(result.extra["students"]["taid"]) / "metrics.jsonl") if has_taid else None
+    _write_atomic(out / "results.json", json.dumps({
         "preset": result.preset, "text": result.text, "seed": result.seed, "rows": result.rows,
-        "by_family": result.by_family, "phase_seconds": result.phase_seconds, "majority": result.extra["majority"],
+        "by_family": result.by_family, "phase_seconds": result.phase_seconds,
+        "total_seconds": round(sum(result.phase_seconds.values()), 1), "majority": result.extra["majority"],
         "teacher_reused": result.teacher_reused, "gap_closed": gap_closed(result.rows),
+        "caption_backends": sorted({str(r.get("caption_backend")) for r in result.rows}),
+        "vqa_rules": sorted({str(r.get("vqa_rules")) for r in result.rows}),
+        "taid_schedule": schedule, "command": reproduce_command(result), "invoked_as": shlex.join(sys.argv),
+        "machine": machine_description(), "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }, indent=1))  # fmt: skip
-    result.report.write_text(_markdown(result, preset, has_taid))
+    _write_atomic(result.report, _markdown(result, preset, schedule))
     return result.report
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(text, encoding="utf-8")
+    os.replace(temporary, path)
+
+
+def reproduce_command(result: Any) -> str:
+    return (f"taid-vlm demo --preset {result.preset}{' --text' if result.text else ''} --seed {result.seed} "
+            f"--out {result.output}")
+
+
+def machine_description() -> dict[str, Any]:
+    """What a reader needs to compare run times: CPU, cores, memory, load, library versions."""
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    memory_gib = None
+    try:
+        memory_gib = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
+    except (ValueError, OSError, AttributeError):
+        pass
+    load = os.getloadavg() if hasattr(os, "getloadavg") else None
+    return {
+        "cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "memory_gib": memory_gib,
+        "gpu": torch.cuda.is_available(),
+        "load_average_1_5_15_min": [round(x, 2) for x in load] if load else None,
+        "python": platform.python_version(), "torch": torch.__version__, "platform": platform.platform(),
+    }  # fmt: skip
+
+
+def t_schedule_summary(metrics_path: Path) -> dict[str, Any] | None:
+    """How far TAID's adaptive t moved from the linear schedule, read from the logged steps."""
+    rows = [r for r in read_metrics(metrics_path) if isinstance(r.get("t"), (int, float))
+            and isinstance(r.get("t_linear"), (int, float))]
+    if not rows:
+        return None
+    gaps = [r["t"] - r["t_linear"] for r in rows]
+    worst = max(range(len(rows)), key=lambda k: abs(gaps[k]))
+    return {"logged_steps": len(rows), "max_abs_t_minus_t_linear": abs(gaps[worst]), "at_step": rows[worst]["step"],
+            "final_step": rows[-1]["step"], "final_t": rows[-1]["t"], "final_t_linear": rows[-1]["t_linear"]}
+
+
+def t_schedule_sentence(schedule: dict[str, Any]) -> str:
+    gap = schedule["max_abs_t_minus_t_linear"]
+    if gap < 1e-6:
+        return (f"Over the {schedule['logged_steps']} logged steps t equalled t_linear (largest difference "
+                f"{gap:.1e}): the adaptive rule never lifted t above the linear floor in this run "
+                "(docs/TAID.md says when it can).")
+    return (f"t departed from t_linear by up to {gap:.4f} (step {schedule['at_step']}); at step "
+            f"{schedule['final_step']} t = {schedule['final_t']:.4f} against t_linear = {schedule['final_t_linear']:.4f}.")
 
 
 def gap_closed(rows: list[dict[str, Any]]) -> dict[str, float | None]:
@@ -50,7 +125,7 @@ def _fmt(value: Any, digits: int = 2) -> str:
     return str(value)
 
 
-def _markdown(result: Any, preset: Any, has_taid: bool) -> str:
+def _markdown(result: Any, preset: Any, schedule: dict[str, Any] | None) -> str:
     rows = result.rows
     teacher = next((r for r in rows if r["model"] == "teacher"), None)
     sft = next((r for r in rows if r["model"] == "sft student"), None)
@@ -61,9 +136,12 @@ def _markdown(result: Any, preset: Any, has_taid: bool) -> str:
         lines += [f"The teacher {verdict} the student trained without it: {teacher['vqa_accuracy']:.2f} vs "
                   f"{sft['vqa_accuracy']:.2f} VQA accuracy ({margin:+.2f} points).", ""]
     majority = result.extra["majority"]["overall"] * 100
+    backends = ", ".join(sorted({str(r.get("caption_backend")) for r in rows}))
+    rules = ", ".join(sorted({str(r.get("vqa_rules")) for r in rows}))
     lines += [
-        f"VQA accuracy on {rows[0]['vqa_n']} questions (x100; always answering each family's most common answer "
-        f"scores {majority:.1f}). Captions on {rows[0]['caption_n']} images (x100, {rows[0]['caption_backend']}).", "",
+        f"VQA accuracy ({rules} rules) on {_counts(rows, 'vqa_n')} questions (x100; always answering each family's "
+        f"most common answer scores {majority:.1f}). Captions on {_counts(rows, 'caption_n')} images (x100, "
+        f"scored by {backends}).", "",
         "| model | parameters | VQA accuracy | CIDEr | BLEU-4 | empty answers | gap closed |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
@@ -80,10 +158,8 @@ def _markdown(result: Any, preset: Any, has_taid: bool) -> str:
     for name, fam in result.by_family.items():
         lines.append(f"| {name} | " + " | ".join(_fmt(fam.get(f), 1) for f in families) + " |")
     lines += ["", "## Training", "", f"![training loss]({PLOTS['loss']})", ""]
-    if has_taid:
-        lines += [f"![TAID t against the linear schedule]({PLOTS['t']})", "",
-                  "With a few hundred steps, alpha * N / 2 < 1: the adaptive rule cannot outrun the linear floor, "
-                  "so t follows t_linear (docs/TAID.md, weakness 4).", ""]
+    if schedule is not None:
+        lines += [f"![TAID t against the linear schedule]({PLOTS['t']})", "", t_schedule_sentence(schedule), ""]
     tb, sb = preset.teacher_budget, preset.student_budget
     lines += [
         "## Settings", "",
@@ -93,15 +169,29 @@ def _markdown(result: Any, preset: Any, has_taid: bool) -> str:
         f"warmup {tb.warmup_steps}{' (reused from an earlier run)' if result.teacher_reused else ''}",
         f"- students: identical initial weights, data order and budget: {sb.steps} steps, batch {sb.batch_size}, "
         f"lr {sb.lr}, warmup {sb.warmup_steps}, AdamW (weight decay 0.01), cosine; TAID t_start {preset.t_start}",
-        "- evaluation: greedy decoding, official VQA normalisation, pycocoevalcap captions (see eval/*/results.json)",
-        f"- machine: {platform.processor() or platform.machine()}, Python {platform.python_version()}", "",
+        f"- evaluation: greedy decoding, VQA rules {rules}, captions scored by {backends} (see eval/*/results.json)",
+        f"- machine: {_machine_line()}", "",
         "## Run time", "", "| phase | seconds |", "|---|---:|",
     ]
     lines += [f"| {name} | {seconds:.0f} |" for name, seconds in result.phase_seconds.items()]
     lines += [f"| **total** | **{sum(result.phase_seconds.values()):.0f}** |", "", "## Reproduce", "", "```",
-              f"taid-vlm demo --preset {result.preset}{' --text' if result.text else ''} --seed {result.seed} --out {result.output}",
-              "```", ""]
+              reproduce_command(result), "```", ""]
     return "\n".join(lines)
+
+
+def _counts(rows: list[dict[str, Any]], key: str) -> str:
+    """The number every model was scored on, or each model's own when they differ."""
+    values = {r[key] for r in rows}
+    if len(values) == 1:
+        return f"{values.pop():,}"
+    return "/".join(f"{r[key]:,}" for r in rows) + " (per model)"
+
+
+def _machine_line() -> str:
+    m = machine_description()
+    load = m["load_average_1_5_15_min"]
+    return (f"{m['cpu']}, {m['cores']} cores ({m['torch_threads']} torch threads), {m['memory_gib']} GiB, Python {m['python']}, torch {m['torch']}"
+            + (f", load average {load[0]:.2f} at the end" if load else ""))
 
 
 def _plot_accuracy(result: Any, path: Path) -> None:

@@ -18,6 +18,7 @@ _EXPORTS = {
     "caption_scores": "caption_metrics",
     "exact_match": "text_metrics", "perplexity_from_nll": "text_metrics", "rouge_l": "text_metrics",
     "NORMALIZER_VERSION": "vqa_metrics", "normalize_answer": "vqa_metrics", "vqa_score": "vqa_metrics",
+    "VQA_RULES": "vqa_metrics", "DEFAULT_VQA_RULES": "vqa_metrics",
     "add_eval_parser": "command", "run_eval": "command",
 }  # fmt: skip
 

@@ -1,6 +1,6 @@
 """COCO caption metrics: pycocoevalcap when Java runs, a labelled pure-Python fallback when not.
 
-pycocoevalcap is the reference every captioning paper reports against (EVALUATION.md), so it is
+pycocoevalcap is the reference every captioning paper reports against (docs/EVALUATION.md), so it is
 used whenever it can be: Stanford PTBTokenizer, BLEU-1..4, METEOR 1.5, ROUGE-L, CIDEr-D. Its
 tokenizer and METEOR are Java programs; without Java the fallback re-implements the tokenizer
 (approximately), BLEU, ROUGE-L and CIDEr-D (to float precision on the same tokens), and reports

@@ -13,6 +13,7 @@ from pathlib import Path
 from .prompts import DEFAULT_MAX_NEW_TOKENS, TASKS
 
 CAPTION_BACKENDS = ("auto", "pycocoevalcap", "python")  # caption_metrics.BACKENDS, without importing it
+VQA_RULES = ("official", "lmms-eval")  # vqa_metrics.VQA_RULES (a test keeps the two equal)
 
 
 def add_eval_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -38,6 +39,9 @@ def add_eval_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
     parser.add_argument("--device", default=None, help="e.g. cuda, cuda:1, cpu (default: where the model loads)")
     parser.add_argument("--caption-backend", choices=CAPTION_BACKENDS, default="auto",
                         help="pycocoevalcap (needs Java), python (fallback, no METEOR) or auto")
+    parser.add_argument("--vqa-rules", choices=VQA_RULES, default=VQA_RULES[0],
+                        help="official: GT-Vision-Lab vqaEval.py (the evaluation server's rules, default); "
+                        "lmms-eval: lmms-eval's VQAv2 scorer (docs/EVALUATION.md)")
     parser.add_argument("--image-dir", default=None,
                         help="folder that relative image paths resolve against (default: the data file's folder)")
     parser.add_argument("--split", default=None, help="dataset split (Hugging Face datasets only)")
@@ -60,7 +64,7 @@ def run_eval(args: argparse.Namespace) -> int:
             args.model, args.data, args.task, args.output, batch_size=args.batch_size,
             max_new_tokens=args.max_new_tokens, limit=args.limit, labels=args.label, dtype=args.dtype,
             device=args.device, progress=not args.quiet, caption_backend=args.caption_backend,
-            data_options=options,
+            data_options=options, vqa_rules=args.vqa_rules,
         )  # fmt: skip
     except (EvalError, DataError) as e:
         print(f"taid-vlm eval: {e}", file=sys.stderr)

@@ -34,6 +34,7 @@ from .generation import GenerationRun, generate_answers, reference_nll
 from .items import EvalSet, load_eval_set
 from .prompts import DEFAULT_MAX_NEW_TOKENS, TASKS
 from .reports import RESULTS_MD, ModelResult, render_results_md, write_results_json, write_samples_jsonl
+from .vqa_metrics import DEFAULT_VQA_RULES, VQA_RULES
 from .scoring import SAMPLE_SCORE, TaskScores, score_captions, score_text, score_vqa
 
 ModelLike = str | Path | dict | ModelAdapter
@@ -56,6 +57,7 @@ class EvalConfig:
     dtype: str | None = None
     device: str | None = None
     caption_backend: str = "auto"
+    vqa_rules: str = DEFAULT_VQA_RULES
     data_options: dict[str, Any] = field(default_factory=dict)  # HF sets: split, columns, ...
     progress: bool = True
 
@@ -69,6 +71,8 @@ class EvalConfig:
                 raise EvalError(f"{name} must be a positive integer, got {value!r}")
         if self.caption_backend not in BACKENDS:
             raise EvalError(f"caption backend {self.caption_backend!r} is not one of {', '.join(BACKENDS)}")
+        if self.vqa_rules not in VQA_RULES:
+            raise EvalError(f"--vqa-rules {self.vqa_rules!r} is not one of {', '.join(VQA_RULES)}")
         if Path(self.output).is_file():
             raise EvalError(f"--output {self.output} is a file; give a directory for the results")
         return self
@@ -92,13 +96,14 @@ def evaluate(
     progress: bool = True,
     caption_backend: str = "auto",
     data_options: dict[str, Any] | None = None,
+    vqa_rules: str = DEFAULT_VQA_RULES,
 ) -> dict[str, Any]:
     """Evaluate ``models`` on ``data`` for ``task``, write the three outputs, return results.json's content."""
     config = EvalConfig(
         models=list(models), data=str(data), task=task, output=str(output), batch_size=batch_size,
         max_new_tokens=max_new_tokens, limit=limit, labels=list(labels) if labels is not None else None,
         dtype=dtype, device=device, caption_backend=caption_backend, data_options=dict(data_options or {}),
-        progress=progress,
+        progress=progress, vqa_rules=vqa_rules,
     )  # fmt: skip
     return run_evaluation(config)
 
@@ -140,7 +145,7 @@ def _evaluate_one(model: ModelLike, name: str, eval_set: EvalSet, config: EvalCo
         nll = reference_nll(adapter, [i.target for i in items], name, config.batch_size)
         timings["perplexity_s"] = time.perf_counter() - start
     start = time.perf_counter()
-    scores = _score(eval_set, run.predictions, nll, config.caption_backend)
+    scores = _score(eval_set, run.predictions, nll, config.caption_backend, config.vqa_rules)
     timings["score_s"] = time.perf_counter() - start
     return _model_result(adapter, model, name, eval_set, config, run, scores, timings), scores.samples
 
@@ -174,9 +179,10 @@ def _check_can_answer(adapter: ModelAdapter, name: str, eval_set: EvalSet) -> No
         )
 
 
-def _score(eval_set: EvalSet, predictions: list[str], nll: list | None, caption_backend: str) -> TaskScores:
+def _score(eval_set: EvalSet, predictions: list[str], nll: list | None, caption_backend: str,
+           vqa_rules: str = DEFAULT_VQA_RULES) -> TaskScores:
     if eval_set.task == "vqa":
-        return score_vqa(eval_set.items, predictions)
+        return score_vqa(eval_set.items, predictions, vqa_rules)
     if eval_set.task == "caption":
         return score_captions(eval_set.items, predictions, caption_backend)
     return score_text(eval_set.items, predictions, nll)
@@ -272,6 +278,8 @@ def write_outputs(
     }  # fmt: skip
     if eval_set.task == "caption":
         meta["caption_backend_requested"] = config.caption_backend
+    if eval_set.task == "vqa":
+        meta["vqa_rules"] = config.vqa_rules
     write_samples_jsonl(out_dir, samples)
     results_path = write_results_json(out_dir, results, meta)
     _write_text(Path(out_dir) / RESULTS_MD, render_markdown(eval_set, config, results))

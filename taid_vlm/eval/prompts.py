@@ -1,7 +1,7 @@
 """How an evaluation record becomes the prompt a model answers.
 
 Scores are only comparable when every model is asked the same way, and the way the field asks
-(EVALUATION.md, LLaVA-1.5 / lmms-eval): VQA appends "Answer the question using a single word or
+(docs/EVALUATION.md, LLaVA-1.5 / lmms-eval): VQA appends "Answer the question using a single word or
 phrase." to the question, captioning asks for one sentence. The same strings are used to build
 the training turns (``taid_vlm.data.prompts``), so a student is scored on the prompt it learnt.
 

@@ -3,7 +3,7 @@
 Every file is written to a temporary sibling and moved into place with ``os.replace``, so a run
 killed mid-write leaves the previous complete file rather than a truncated one. Each score
 travels with what produced it (prompt, decoding settings, normaliser version, timings), as the
-harnesses people trust do (EVALUATION.md).
+harnesses people trust do (docs/EVALUATION.md).
 """
 
 from __future__ import annotations

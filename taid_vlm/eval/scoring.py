@@ -14,11 +14,11 @@ from .caption_metrics import caption_scores
 from .items import EvalItem
 from .text_metrics import TextSample, perplexity_from_nll, score_text_samples
 from .vqa_metrics import (
-    ANSWER_TYPES, NORMALIZER_VERSION, VQASample, answer_type, is_empty_prediction, score_vqa_samples,
+    ANSWER_TYPES, DEFAULT_VQA_RULES, VQASample, answer_type, is_empty_prediction, score_vqa_samples,
 )  # fmt: skip
 
 SAMPLE_SCORE = {
-    "vqa": "VQA accuracy of the question in [0, 1] (official human-agreement formula for 10 answers, "
+    "vqa": "VQA accuracy of the question in [0, 1] (the named rules' human-agreement formula for 10 answers, "
     "otherwise normalised match against any listed answer)",
     "caption": "CIDEr-D of the image x100",
     "text": "ROUGE-L F1 of the answer against the reference in [0, 1]",
@@ -36,28 +36,29 @@ class TaskScores:
     extra: dict[str, Any] = field(default_factory=dict)  # nested breakdowns
 
 
-def score_vqa(items: Sequence[EvalItem], predictions: Sequence[str]) -> TaskScores:
+def score_vqa(items: Sequence[EvalItem], predictions: Sequence[str], rules: str = DEFAULT_VQA_RULES) -> TaskScores:
     samples = [
         VQASample(item.id, pred, item.references, _given_answer_type(item), item.meta)
         for item, pred in zip(items, predictions, strict=True)
     ]
-    result = score_vqa_samples(samples, group_by=("family",))
+    result = score_vqa_samples(samples, group_by=("family",), rules=rules)
     summary = result.summary
     metrics: dict[str, Any] = {"accuracy": summary["accuracy"]}
     for kind in ANSWER_TYPES:
         metrics[kind] = summary["by_answer_type"].get(kind, {}).get("accuracy")
     metrics["n_empty"] = summary["n_empty"]
+    metrics["vqa_rules"] = rules
     rows = [
         {
             **_row(item, pred, score),
             "family": item.meta.get("family"),
             "answer_type": sample.answer_type or answer_type(sample.answers),
-            "empty": is_empty_prediction(pred),
+            "empty": is_empty_prediction(pred, rules),
         }
         for item, pred, score, sample in zip(items, predictions, result.scores, samples)
     ]
     extra = {k: summary[k] for k in ("by_answer_type", "by_family", "n_single_reference")}
-    return TaskScores(metrics, rows, NORMALIZER_VERSION, extra)
+    return TaskScores(metrics, rows, summary["normalizer_version"], extra)
 
 
 def score_captions(items: Sequence[EvalItem], predictions: Sequence[str], backend: str = "auto") -> TaskScores:

@@ -1,13 +1,20 @@
-"""VQA accuracy exactly as the field computes it (VQAv2 official rules; see docs/EVALUATION.md).
+"""VQA accuracy under the rules of a named reference scorer (docs/EVALUATION.md, "VQA rules").
 
-Published VQAv2 / TextVQA / OK-VQA / VizWiz numbers all come from one scoring script, quirks
-included, so a score is only comparable if we reproduce those quirks rather than "improve" them:
+Published VQAv2 / OK-VQA / VizWiz numbers come from one of two scripts whose quirks change
+scores, so a number is only comparable if the same script's quirks are reproduced, not fixed:
 
-- human answers are normalised only when they are not all identical (the prediction always is);
-- the contractions table keeps its odd entries (capitalised keys that can never fire after
-  lower-casing, the reversed ``somebody'd`` entry), because changing them changes scores;
-- ``1,000`` loses its comma only because a digit,digit pattern anywhere in the text switches
-  every punctuation mark from "replace by a space" to "delete".
+- ``official``: GT-Vision-Lab's ``vqaEval.py`` (PythonEvaluationTools), the script behind the
+  VQA evaluation server. When all human answers are identical it normalises NEITHER side
+  (``Yes`` vs ten ``yes`` scores 0, ``t-shirt`` vs ten ``t-shirt`` scores 1); a prediction
+  that normalises to the empty string is still scored by the agreement formula; its period
+  strip removes at most 32 periods because ``re.UNICODE`` (= 32) lands in ``sub``'s ``count``.
+- ``lmms-eval``: lmms-eval's VQAv2 ``process_results`` (what many papers' local numbers come
+  from). It always normalises both sides, and its digit-comma test accepts ``1,,000``; the
+  same 32-period limit applies.
+
+Both keep the official contractions table with its odd entries (capitalised keys that can
+never fire after lower-casing, the reversed ``somebody'd`` entry), and both let a digit,digit
+pattern anywhere in the text switch every punctuation mark from "replace by a space" to "delete".
 
 Bump ``NORMALIZER_VERSION`` whenever anything here changes what a prediction scores.
 """
@@ -19,7 +26,10 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
-NORMALIZER_VERSION = "vqav2-official/taid-vlm-1"
+NORMALIZER_VERSION = "taid-vlm-2"
+
+VQA_RULES = ("official", "lmms-eval")
+DEFAULT_VQA_RULES = "official"  # the evaluation server's rules: why, in docs/EVALUATION.md
 
 # Apostrophe-less spellings people (and models) type, mapped to the contraction the
 # annotations use. Looked up per word after lower-casing, like the official table.
@@ -69,27 +79,35 @@ ARTICLES = frozenset({"a", "an", "the"})
 PUNCTUATION = (";", "/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", "-",
                ">", "<", "@", "`", ",", "?", "!")
 
-_DIGIT_COMMA_DIGIT = re.compile(r"\d,\d")
+_DIGIT_COMMA_DIGIT = {"official": re.compile(r"\d,\d"), "lmms-eval": re.compile(r"(?<=\d),+(?=\d)")}
 _PERIOD_NOT_BEFORE_DIGIT = re.compile(r"\.(?!\d)")
+# Both references call ``periodStrip.sub("", text, re.UNICODE)``: the flag lands in ``count``.
+PERIOD_STRIP_LIMIT = int(re.UNICODE)
 _NUMBER = re.compile(r"^-?\d+(?:\.\d+)?$")
 
 ANSWER_TYPES = ("yes/no", "number", "other")
 UNSPECIFIED_GROUP = "(unspecified)"
 
 
+def check_rules(rules: str) -> str:
+    if rules not in VQA_RULES:
+        raise ValueError(f"VQA rules {rules!r} are not one of {', '.join(VQA_RULES)}")
+    return rules
+
+
 def clean_whitespace(text: str) -> str:
-    """Step 1 of the official script: newlines and tabs become spaces, ends are stripped."""
+    """Step 1 of both reference scripts: newlines and tabs become spaces, ends are stripped."""
     return text.replace("\n", " ").replace("\t", " ").strip()
 
 
-def process_punctuation(text: str) -> str:
-    """Delete or blank out punctuation the way the official script decides, mark by mark.
+def process_punctuation(text: str, rules: str = DEFAULT_VQA_RULES) -> str:
+    """Delete or blank out punctuation the way the reference script decides, mark by mark.
 
     A mark is deleted when it touches a space (``red, white``) or when the text holds a
     digit,digit pattern anywhere (``1,000``); otherwise it becomes a space (``x-ray``).
-    Periods go unless a digit follows (``2.`` -> ``2``, ``3.5`` stays).
+    Periods go unless a digit follows (``2.`` -> ``2``, ``3.5`` stays), at most 32 of them.
     """
-    has_digit_comma = _DIGIT_COMMA_DIGIT.search(text) is not None
+    has_digit_comma = _DIGIT_COMMA_DIGIT[check_rules(rules)].search(text) is not None
     out = text
     for mark in PUNCTUATION:
         # The test looks at the original text, the replacement acts on the running result.
@@ -97,56 +115,66 @@ def process_punctuation(text: str) -> str:
             out = out.replace(mark, "")
         else:
             out = out.replace(mark, " ")
-    return _PERIOD_NOT_BEFORE_DIGIT.sub("", out)
+    return _PERIOD_NOT_BEFORE_DIGIT.sub("", out, count=PERIOD_STRIP_LIMIT)
 
 
 def process_words(text: str) -> str:
-    """Lower-case, spell numbers as digits, drop articles, restore contractions, one space."""
+    """Lower-case, spell numbers as digits, drop articles, restore contractions, one space.
+    (Both references use the same tables; verified entry by entry.)"""
     words = [NUMBER_WORDS.get(w, w) for w in text.lower().split()]
     words = [w for w in words if w not in ARTICLES]
     return " ".join(CONTRACTIONS.get(w, w) for w in words)
 
 
-def normalize_answer(text: str) -> str:
-    """The full official normalisation of one answer string."""
-    return process_words(process_punctuation(clean_whitespace(text)))
+def normalize_answer(text: str, rules: str = DEFAULT_VQA_RULES) -> str:
+    """The full normalisation of one answer string under ``rules``."""
+    return process_words(process_punctuation(clean_whitespace(text), rules))
 
 
-def is_empty_prediction(prediction: str | None) -> bool:
+def is_empty_prediction(prediction: str | None, rules: str = DEFAULT_VQA_RULES) -> bool:
     """A missing/unparsable generation, or one with nothing left after normalisation."""
-    return prediction is None or normalize_answer(prediction) == ""
+    return prediction is None or normalize_answer(prediction, rules) == ""
 
 
 HUMAN_ANSWERS = 10  # VQAv2 collects ten human answers per question
 
 
-def vqa_score(prediction: str | None, answers: Sequence[str]) -> float:
-    """Accuracy of one prediction in [0, 1].
+def vqa_score(prediction: str | None, answers: Sequence[str], rules: str = DEFAULT_VQA_RULES) -> float:
+    """Accuracy of one prediction in [0, 1] under ``rules`` (``official`` or ``lmms-eval``).
 
-    With exactly 10 human answers (the VQAv2 / OK-VQA / VizWiz convention): for each answer,
-    count how many of the OTHER 9 equal the prediction, take min(1, count/3), and average over
-    the 10 leave-one-out subsets (1, 2, 3 matching humans give 0.3, 0.6, 0.9). Any other number
-    of answers is a SET of valid answers (GQA-style single references, or our synthetic
-    multi-answer families): normalised exact match against any of them, since the human
-    agreement formula would wrongly give a correct answer from a set of 3 only 1/3 credit.
-    An empty or missing prediction scores 0.
+    With exactly 10 human answers (the VQAv2 / OK-VQA / VizWiz convention) this is the
+    reference script's computation, quirks included: for each answer, count how many of the
+    OTHER 9 equal the prediction, take min(1, count/3), and average over the 10 leave-one-out
+    subsets (1, 2, 3 matching humans give 0.3, 0.6, 0.9). Any other number of answers is a SET
+    of valid answers (GQA-style single references, our synthetic multi-answer families), where
+    the leave-one-out formula is meaningless (a single reference could never be matched):
+    normalised exact match against any of them, an empty prediction scoring 0. A missing
+    prediction (None: nothing was generated) scores 0 under every rule.
     """
+    check_rules(rules)
     if isinstance(answers, str) or not answers:
         raise ValueError(f"answers must be a non-empty list of strings, got {answers!r}")
-    if is_empty_prediction(prediction):
+    if prediction is None:
         return 0.0
-    pred = normalize_answer(prediction)
     if len(answers) != HUMAN_ANSWERS:
-        return float(any(pred == normalize_answer(a) for a in answers))
+        pred = normalize_answer(prediction, rules)
+        return float(pred != "" and any(pred == normalize_answer(a, rules) for a in answers))
+    pred = clean_whitespace(prediction)
     humans = [clean_whitespace(a) for a in answers]
-    if len(set(humans)) > 1:  # official quirk: identical answer lists stay un-normalised
-        humans = [process_words(process_punctuation(a)) for a in humans]
+    if rules == "lmms-eval" or len(set(humans)) > 1:  # official: identical lists normalise neither side
+        humans = [process_words(process_punctuation(a, rules)) for a in humans]
+        pred = process_words(process_punctuation(pred, rules))
     matches = sum(h == pred for h in humans)
     total = 0.0
     for h in humans:
         others_matching = matches - (h == pred)
         total += min(1.0, others_matching / 3.0)
     return total / len(humans)
+
+
+def normalizer_version(rules: str = DEFAULT_VQA_RULES) -> str:
+    """What a results file records: the rule set and this module's version of it."""
+    return f"vqav2-{check_rules(rules)}/{NORMALIZER_VERSION}"
 
 
 def answer_type(answers: Sequence[str]) -> str:
@@ -201,13 +229,15 @@ def _check_sample(sample: VQASample) -> None:
         raise ValueError(f"{where}: answer_type {sample.answer_type!r} is not one of {ANSWER_TYPES}")
 
 
-def score_vqa_samples(samples: Iterable[VQASample], group_by: Sequence[str] = ("family",)) -> VQAResult:
+def score_vqa_samples(samples: Iterable[VQASample], group_by: Sequence[str] = ("family",),
+                      rules: str = DEFAULT_VQA_RULES) -> VQAResult:
     """Score every sample and summarise: overall accuracy x100 (2 decimals), per answer type
     and per ``meta[key]`` for each key in ``group_by``.
 
     Nothing is dropped: empty or missing predictions score 0 and are counted in ``n_empty``;
     samples without a grouping key are grouped under ``(unspecified)``.
     """
+    check_rules(rules)
     samples = list(samples)
     if not samples:
         raise ValueError("no VQA samples to score; the evaluation set is empty")
@@ -217,9 +247,9 @@ def score_vqa_samples(samples: Iterable[VQASample], group_by: Sequence[str] = ("
     n_empty = n_single = 0
     for sample in samples:
         _check_sample(sample)
-        score = vqa_score(sample.prediction, sample.answers)
+        score = vqa_score(sample.prediction, sample.answers, rules)
         scores.append(score)
-        n_empty += is_empty_prediction(sample.prediction)
+        n_empty += is_empty_prediction(sample.prediction, rules)
         n_single += len(sample.answers) == 1
         by_type[sample.answer_type or answer_type(sample.answers)].append(score)
         for key in group_by:
@@ -231,6 +261,7 @@ def score_vqa_samples(samples: Iterable[VQASample], group_by: Sequence[str] = ("
         "n_single_reference": n_single,
         "by_answer_type": _breakdown(by_type),
         **{f"by_{key}": _breakdown(groups) for key, groups in by_key.items()},
-        "normalizer_version": NORMALIZER_VERSION,
+        "vqa_rules": rules,
+        "normalizer_version": normalizer_version(rules),
     }
     return VQAResult(scores=scores, summary=summary)

@@ -20,8 +20,6 @@ import yaml
 from ..losses import LOSS_NAMES
 
 RESPONSE_SOURCES = ("data", "teacher")
-MIXED_PRECISION = ("no", "bf16", "fp16")
-DISTRIBUTED = ("ddp", "fsdp")
 LR_SCHEDULERS = ("cosine", "linear", "constant")
 
 
@@ -57,7 +55,7 @@ class DistillConfig:
     chunk_size: int | None = None  # tokens per chunk; overrides chunk_memory_mb
     chunk_memory_mb: float | None = None  # budget for a chunk's [chunk, V] buffers (None: device default)
     chunk_compile: bool = False  # torch.compile the taid/fkl chunk kernel (pays a one-off compile)
-    # TAID schedule (TAID.md)
+    # TAID schedule (docs/TAID.md)
     t_start: float = 0.4
     t_end: float = 1.0
     taid_alpha: float = 5e-4
@@ -77,14 +75,6 @@ class DistillConfig:
     grad_accum: int = 1
     max_steps: int = 1000
     freeze_vision: bool = False
-
-    # --- scale (train/precision.py, train/parallel.py, train/data.py) -----------------------
-    mixed_precision: str = "no"  # "bf16" / "fp16": autocast over fp32 master weights and optimizer state
-    gradient_checkpointing: bool = False  # recompute activations in backward (LM and vision encoder)
-    distributed: str = "ddp"  # with several processes: "ddp" replicates the student, "fsdp" shards it (FSDP2)
-    teacher_shard: bool = False  # with distributed=fsdp: shard the teacher's layers too (inference only)
-    num_workers: int = 0  # DataLoader workers rendering records for student and teacher off the step
-    save_dtype: str | None = None  # dtype of the saved student (e.g. bfloat16); default: the training dtype
 
     # --- run --------------------------------------------------------------------------------
     output: str = ""
@@ -120,43 +110,12 @@ class DistillConfig:
             problems.append(f"distil_ratio must lie in [0, 1], got {self.distil_ratio}")
         if self.lr_scheduler not in LR_SCHEDULERS:
             problems.append(f"lr_scheduler must be one of {LR_SCHEDULERS}, got {self.lr_scheduler!r}")
-        problems += self._scale_problems()
         for name in ("batch_size", "grad_accum", "max_steps", "save_every", "log_every"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.chunk_size is not None and self.chunk_size < 1:
-            problems.append(f"chunk_size must be >= 1 token, got {self.chunk_size}")
-        if self.chunk_memory_mb is not None and not self.chunk_memory_mb > 0:
-            problems.append(f"chunk_memory_mb must be positive (MiB), got {self.chunk_memory_mb}")
         if problems:
             raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(problems))
         return self
-
-    def _scale_problems(self) -> list[str]:
-        problems = []
-        if self.mixed_precision not in MIXED_PRECISION:
-            problems.append(f"mixed_precision must be one of {MIXED_PRECISION}, got {self.mixed_precision!r}")
-        elif self.mixed_precision != "no" and self.student_dtype not in ("float32", "fp32", "float"):
-            problems.append(f"mixed_precision={self.mixed_precision} keeps fp32 master weights: set student_dtype=float32 "
-                            f"(got {self.student_dtype}), or mixed_precision=no to train in {self.student_dtype} alone")
-        if self.distributed not in DISTRIBUTED:
-            problems.append(f"distributed must be one of {DISTRIBUTED}, got {self.distributed!r}")
-        if self.distributed == "fsdp" and self.on_policy > 0:
-            problems.append("on_policy sampling needs the whole student on every rank: use distributed=ddp")
-        if self.distributed == "fsdp" and self.mixed_precision == "fp16":
-            problems.append("mixed_precision=fp16 (a loss scaler over sharded gradients) is not supported with "
-                            "distributed=fsdp: use mixed_precision=bf16")
-        if self.distributed == "fsdp" and not self.chunked:
-            problems.append("distributed=fsdp reads the LM head in the chunked loss: keep chunked=true")
-        if self.distributed == "fsdp" and self.loss == "ctkd":
-            problems.append("loss=ctkd's learned temperature lives outside the student: use distributed=ddp")
-        if self.teacher_shard and self.distributed != "fsdp":
-            problems.append("teacher_shard=true shards the teacher with FSDP: set distributed=fsdp")
-        if self.num_workers < 0:
-            problems.append(f"num_workers must be >= 0, got {self.num_workers}")
-        if self.save_dtype is not None and self.save_dtype not in ("float32", "bfloat16", "float16"):
-            problems.append(f"save_dtype must be float32, bfloat16 or float16, got {self.save_dtype!r}")
-        return problems
 
     @property
     def needs_teacher(self) -> bool:

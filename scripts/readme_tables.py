@@ -1,0 +1,250 @@
+"""Regenerate the README's result tables from the committed JSON in docs/results/.
+
+Every figure in the README's Results section sits between a pair of markers
+
+    <!-- generated: NAME (scripts/readme_tables.py) -->
+    ...
+    <!-- end generated: NAME -->
+
+and is rendered here from its JSON, so a table cannot drift from the result behind it:
+``python scripts/readme_tables.py`` rewrites the blocks, ``--check`` exits 1 when the README
+differs from what the JSON says (tests/test_readme_tables.py runs the check).
+
+Blocks: ``demo`` (``demo_default.json`` in docs/results/, a copy of a default demo run), ``loss`` (docs/results/bench_loss.json),
+``trl`` (docs/results/bench_vs_trl.json and docs/results/bench_vs_trl_v151936.json),
+``zoo``, ``gap`` and ``taid`` (docs/results/quality/*.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import statistics
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "docs" / "results"
+SCRIPT = "scripts/readme_tables.py"
+BLOCK = re.compile(
+    r"(<!-- generated: (?P<name>[\w-]+) \(" + re.escape(SCRIPT) + r"\) -->\n)(?P<body>.*?)(<!-- end generated: (?P=name) -->)",
+    re.S,
+)
+
+
+def load(relative: str) -> dict[str, Any]:
+    path = RESULTS / relative
+    if not path.is_file():
+        raise FileNotFoundError(f"readme_tables: {path.relative_to(ROOT)} is missing; run the script that writes it")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _load_text(machine: dict[str, Any]) -> str:
+    """The load average the JSON recorded (the machines are shared: timings depend on it)."""
+    for key in ("load_average_1_5_15_min", "load_average_1_5_15min_at_start"):
+        if machine.get(key):
+            return f"load average {machine[key][0]:.1f} (1 min)"
+    return "load not recorded"
+
+
+def _ratio(a: float, b: float) -> str:
+    return f"{a / b:.1f}x"
+
+
+# ---- the demo ---------------------------------------------------------------------------------
+
+
+def demo_block() -> str:
+    name = "demo_default.json"
+    d = load(name)
+    rows, closed = d["rows"], d.get("gap_closed", {})
+    backends, rules = ", ".join(d["caption_backends"]), ", ".join(d["vqa_rules"])
+    lines = [f"| model | parameters | VQA accuracy | CIDEr ({backends}) | BLEU-4 ({backends}) | gap closed |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        share = closed.get(r["model"])
+        lines.append(f"| {r['model']} | {r['params'] / 1e6:.2f} M | {r['vqa_accuracy']:.2f} | {r['CIDEr']:.1f} | "
+                     f"{r['BLEU-4']:.1f} | {'' if share is None else f'{share * 100:.0f}%'} |")
+    n_questions = sorted({r["vqa_n"] for r in rows})
+    phases = ", ".join(f"{name} {seconds:.0f} s" for name, seconds in d["phase_seconds"].items())
+    m = d["machine"]
+    lines += [
+        "",
+        f"{'/'.join(f'{n:,}' for n in n_questions)} test questions scored ({rules} VQA rules); always answering each "
+        f"question family's most common answer scores {d['majority']['overall'] * 100:.1f}. Captions on "
+        f"{rows[0]['caption_n']} images, scored by {backends}.",
+        f"The run took {d['total_seconds']:.0f} s ({phases}) on {m['cpu']}, {m['cores']} cores, "
+        f"{m.get('torch_threads', '?')} torch thread(s), {_load_text(m)} at the end"
+        + (", with the teacher reused from an earlier run" if d["teacher_reused"] else "") + ".",
+        f"Command: `{d['command']}`; [{name}](docs/results/{name}).",
+    ]
+    schedule = d.get("taid_schedule")
+    if schedule:
+        gap = schedule["max_abs_t_minus_t_linear"]
+        lines.append(
+            f"TAID's t over {schedule['logged_steps']} logged steps: "
+            + ("equal to t_linear at every one (the adaptive rule never acted)." if gap < 1e-6
+               else f"up to {gap:.4f} above t_linear.")
+        )
+    return "\n".join(lines)
+
+
+# ---- the loss engine --------------------------------------------------------------------------
+
+
+def loss_block() -> str:
+    d = load("bench_loss.json")
+    s = d["summary"]
+    return "\n".join([
+        f"TAID forward + backward over {s['tokens']:,} response tokens, hidden {s['hidden']:,}, vocabulary "
+        f"{s['vocab']:,}, {s['dtype']}, {s['device']}, the teacher given as hidden states + LM head:",
+        "",
+        "| | peak memory | time |",
+        "|---|---:|---:|",
+        f"| full logits (plain PyTorch) | {s['naive_peak_mb']:,.0f} MB | {s['naive_s']:.1f} s |",
+        f"| chunked fused-linear engine (ours) | {s['chunked_peak_mb']:,.0f} MB | {s['chunked_s']:.1f} s |",
+        "",
+        f"Ours: {_ratio(s['naive_peak_mb'], s['chunked_peak_mb'])} less memory, {_speed(s['naive_s'], s['chunked_s'])} "
+        f"({_load_text(d['machine'])}; [bench_loss.json](docs/results/bench_loss.json)).",
+    ])
+
+
+# ---- against TRL ------------------------------------------------------------------------------
+
+SIDE_NAMES = {
+    "ours_chunked_fkl": "taid-vlm, chunked fused-linear `fkl`",
+    "trl_distillation_chunked": "TRL `DistillationTrainer` (chunked divergence)",
+    "trl_gkd_full_logits": "TRL `GKDTrainer` (full logits)",
+    "trl_gkd_liger": "TRL `GKDTrainer`, `use_liger_kernel=True`",
+}
+LEGACY_SIDES = {"ours": "ours_chunked_fkl", "trl": "trl_gkd_full_logits"}  # files written before the sides had names
+
+
+def trl_block() -> str:
+    lines = ["| vocabulary, batch | side | step | peak memory | loss difference to ours | load (1 min) |",
+             "|---|---|---:|---:|---:|---:|"]
+    notes = []
+    for name in ("bench_vs_trl.json", "bench_vs_trl_v151936.json"):
+        d = load(name)
+        sides = {LEGACY_SIDES.get(k, k): v for k, v in d["sides"].items()}
+        ours = sides["ours_chunked_fkl"]
+        shape = f"{d['vocab']:,}, {d['batch_size']} x {d['seq_len']}"
+        for key in sorted(sides, key=lambda k: (k != "ours_chunked_fkl", k)):
+            side = sides[key]
+            label = SIDE_NAMES.get(key, key)
+            if side.get("ran", True) is False:
+                lines.append(f"| {shape} | {label} | could not run | | | |")
+                notes.append(f"{label} at vocabulary {d['vocab']:,}: `{side['error']}`")
+                continue
+            diff = "" if key == "ours_chunked_fkl" else f"{abs(side['loss'] - ours['loss']):.1e}"
+            side_load = side.get("load_average_1_5_15min")
+            side_load = "" if side_load is None else f"{side_load['start'][0]:.1f}"
+            lines.append(f"| {shape} | {label} | {side['step_s']:.2f} s | {side['peak_mb']:,.0f} MB | {diff} | {side_load} |")
+        ran = {k: v for k, v in sides.items() if k != "ours_chunked_fkl" and v.get("ran", True) is not False}
+        leanest = min(ran, key=lambda k: ran[k]["peak_mb"])
+        strongest = d.get("strongest_trl_side", "trl_gkd_full_logits")
+        notes.append(
+            f"vocabulary {d['vocab']:,}: against the strongest TRL side that ran ({SIDE_NAMES.get(strongest, strongest)}), "
+            f"ours is {_speed(d['trl_step_s'], d['ours_step_s'])} and uses {_ratio(d['trl_peak_mb'], d['ours_peak_mb'])} "
+            f"less memory (against TRL's leanest side, {SIDE_NAMES.get(leanest, leanest)}: "
+            f"{_ratio(ran[leanest]['peak_mb'], ours['peak_mb'])}); {_load_text(d['machine'])} at the start, "
+            f"TRL {d['machine'].get('trl', '?')} ([{name}](docs/results/{name}))"
+        )
+    return "\n".join(lines + [""] + [f"- {n}" for n in notes])
+
+
+def _speed(theirs: float, ours: float) -> str:
+    return f"{theirs / ours:.1f}x as fast" if ours <= theirs else f"{ours / theirs:.1f}x slower"
+
+
+# ---- quality ----------------------------------------------------------------------------------
+
+LOSS_LABELS = {
+    "taid": "**taid**", "taid_linear": "taid, linear schedule only", "sft": "sft (no teacher)",
+    "taid_t0.2": "taid, t_start 0.2", "taid_t0.7": "taid, t_start 0.7",
+    "taid_alpha_per_run4": "taid, alpha = 4 / steps (adaptive rule active)",
+}
+
+
+def _zoo_like(part: str) -> str:
+    d = load(f"quality/{part}.json")
+    teacher = d["teacher"]
+    backend = ", ".join(d.get("caption_backends") or [teacher["caption_backend"]])
+    lines = [f"| loss | VQA accuracy | CIDEr-D ({backend}) | sft -> teacher gap closed |", "|---|---:|---:|---:|"]
+    for r in sorted(d["rows"], key=lambda r: -r["vqa_mean"]):
+        gap = "" if r["gap_closed"] is None else f"{r['gap_closed'] * 100:.0f}%"
+        lines.append(f"| {LOSS_LABELS.get(r['loss'], r['loss'])} | {r['vqa_mean']:.2f} +- {r['vqa_std']:.2f} | "
+                     f"{r['cider_mean']:.1f} +- {r['cider_std']:.1f} | {gap} |")
+    lines += ["", f"Teacher {teacher['vqa_accuracy']:.2f} on {teacher['vqa_n']:,} test questions; seeds "
+              f"{', '.join(map(str, d['seeds']))}; mean +- standard deviation over the seeds. Captions scored by "
+              f"**{backend}**. Command: `{d['command']}` ([{part}.json](docs/results/quality/{part}.json))."]
+    return "\n".join(lines)
+
+
+def zoo_block() -> str:
+    return _zoo_like("zoo")
+
+
+def taid_block() -> str:
+    return _zoo_like("taid")
+
+
+def gap_block() -> str:
+    d = load("quality/gap.json")
+    teachers = sorted({(r["teacher_params"], r["teacher"], r["teacher_vqa"]) for r in d["rows"]})
+    losses = list(dict.fromkeys(r["loss"] for r in d["rows"]))
+    lines = ["| loss | " + " | ".join(f"teacher {n} ({p / 1e6:.1f} M, {acc:.1f})" for p, n, acc in teachers) + " |",
+             "|---|" + "---:|" * len(teachers)]
+    for loss in losses:
+        cells = []
+        for _, name, _ in teachers:
+            values = [r["vqa"] for r in d["rows"] if r["loss"] == loss and r["teacher"] == name]
+            sd = statistics.stdev(values) if len(values) > 1 else 0.0
+            cells.append(f"{statistics.fmean(values):.2f} +- {sd:.2f}")
+        lines.append(f"| {loss} | " + " | ".join(cells) + " |")
+    lines += ["", f"Student VQA accuracy, mean +- standard deviation over seeds {', '.join(map(str, d['seeds']))}. "
+              f"Command: `{d['command']}` ([gap.json](docs/results/quality/gap.json))."]
+    return "\n".join(lines)
+
+
+RENDERERS: dict[str, Callable[[], str]] = {
+    "demo": demo_block, "loss": loss_block, "trl": trl_block, "zoo": zoo_block, "gap": gap_block, "taid": taid_block,
+}
+
+
+def render(readme: str) -> str:
+    """The README with every generated block rewritten from its JSON; unknown block names fail."""
+    def replace(match: re.Match) -> str:
+        name = match.group("name")
+        if name not in RENDERERS:
+            raise KeyError(f"readme_tables: README has a block {name!r}; known blocks: {', '.join(RENDERERS)}")
+        return match.group(1) + RENDERERS[name]() + "\n" + match.group(4)
+
+    return BLOCK.sub(replace, readme)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--check", action="store_true", help="exit 1 if the README differs from the JSON, write nothing")
+    parser.add_argument("--readme", type=Path, default=ROOT / "README.md")
+    args = parser.parse_args()
+    current = args.readme.read_text(encoding="utf-8")
+    fresh = render(current)
+    if args.check:
+        if fresh != current:
+            print(f"{args.readme}: generated tables are out of date; run python scripts/readme_tables.py", file=sys.stderr)
+            return 1
+        print(f"{args.readme}: generated tables match docs/results/")
+        return 0
+    tmp = args.readme.with_name(args.readme.name + ".tmp")
+    tmp.write_text(fresh, encoding="utf-8")
+    os.replace(tmp, args.readme)
+    print(f"rewrote {len(BLOCK.findall(fresh))} generated block(s) in {args.readme}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
