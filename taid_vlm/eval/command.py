@@ -10,6 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from .benchmarks import BENCHMARK_NAMES
 from .prompts import DEFAULT_MAX_NEW_TOKENS, TASKS
 
 CAPTION_BACKENDS = ("auto", "pycocoevalcap", "python")  # caption_metrics.BACKENDS, without importing it
@@ -27,9 +28,12 @@ def add_eval_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
                         help="checkpoint dir, hub id or composed spec; repeat to compare models")
     parser.add_argument("--label", action="append", metavar="NAME",
                         help="display name per --model, in order (default: the directory name)")
-    parser.add_argument("--data", required=True, help="evaluation JSONL (vqa / caption rows), LLaVA or chat file, "
-                        "COCO captions file, or a Hugging Face dataset")
-    parser.add_argument("--task", required=True, choices=TASKS)
+    parser.add_argument("--data", required=True, nargs="+", metavar="PATH",
+                        help="evaluation JSONL (vqa / caption rows), LLaVA or chat file, COCO captions file, or a "
+                        "Hugging Face dataset; with --benchmark, the benchmark's own file(s) as downloaded")
+    parser.add_argument("--task", choices=TASKS, help="what to score (not needed with --benchmark)")
+    parser.add_argument("--benchmark", choices=BENCHMARK_NAMES, metavar="NAME",
+                        help=f"read a benchmark's files as distributed and score it its way: {', '.join(BENCHMARK_NAMES)}")
     parser.add_argument("--output", required=True, metavar="DIR", help="directory for the results")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-new-tokens", type=int, default=None, help=f"default by task: {defaults}")
@@ -38,9 +42,11 @@ def add_eval_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
     parser.add_argument("--device", default=None, help="e.g. cuda, cuda:1, cpu (default: where the model loads)")
     parser.add_argument("--caption-backend", choices=CAPTION_BACKENDS, default="auto",
                         help="pycocoevalcap (needs Java), python (fallback, no METEOR) or auto")
-    parser.add_argument("--image-dir", default=None,
-                        help="folder that relative image paths resolve against (default: the data file's folder)")
-    parser.add_argument("--split", default=None, help="dataset split (Hugging Face datasets only)")
+    parser.add_argument("--image-dir", "--images", dest="image_dir", default=None, metavar="DIR",
+                        help="folder that relative image paths resolve against, or a benchmark's image folder "
+                        "(default: the data file's folder)")
+    parser.add_argument("--split", default=None,
+                        help="dataset split (Hugging Face datasets; Karpathy files: train, restval, val, test)")
     parser.add_argument("--column", action="append", default=[], metavar="FIELD=COLUMN",
                         help="map our field to a dataset column, e.g. answers=multiple_choice_answer (HF only)")
     parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
@@ -60,13 +66,15 @@ def run_eval(args: argparse.Namespace) -> int:
             args.model, args.data, args.task, args.output, batch_size=args.batch_size,
             max_new_tokens=args.max_new_tokens, limit=args.limit, labels=args.label, dtype=args.dtype,
             device=args.device, progress=not args.quiet, caption_backend=args.caption_backend,
-            data_options=options,
+            data_options=options, benchmark=args.benchmark,
         )  # fmt: skip
     except (EvalError, DataError) as e:
         print(f"taid-vlm eval: {e}", file=sys.stderr)
         return 2
     print(Path(args.output, "results.md").read_text(encoding="utf-8"), end="")
-    print(f"wrote results.json, samples.jsonl and results.md to {args.output} ({len(results['models'])} model(s))")
+    submissions = [m["extra"]["submission"] for m in results["models"].values() if m["extra"].get("submission")]
+    extra = f" and {', '.join(submissions)}" if submissions else ""
+    print(f"wrote results.json, samples.jsonl, results.md{extra} to {args.output} ({len(results['models'])} model(s))")
     return 0
 
 
