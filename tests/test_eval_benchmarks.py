@@ -7,6 +7,8 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import re
+import shlex
 import shutil
 from pathlib import Path
 
@@ -21,7 +23,8 @@ from taid_vlm.eval.benchmarks import (
     BENCHMARKS, UNANSWERABLE_HINT, load_benchmark_set, score_benchmark, write_submissions,
 )  # fmt: skip
 from taid_vlm.eval.caption_metrics import caption_scores
-from taid_vlm.eval.command import add_eval_parser, run_eval
+from taid_vlm.eval.command import add_eval_parser, data_options, run_eval
+from taid_vlm.models import load
 from taid_vlm.models.composed import build_composed_vlm
 from taid_vlm.models.tiny import tiny_tokenizer
 
@@ -61,7 +64,7 @@ def test_vqav2_pairs_questions_with_their_ten_answers_and_coco_2014_image_names(
 
 
 def test_okvqa_reads_the_vqa_api_layout_and_falls_back_to_coco_2017_image_names():
-    s = _set("okvqa", OKVQA, FIX / "okvqa" / "images")
+    s = _set("okvqa", OKVQA, FIX / "okvqa" / "val2014")
     (item,) = s.items
     assert item.references.count("race") == 6 and len(item.references) == 10
     assert Path(item.prompt.images[0]).name == "000000000099.jpg"
@@ -81,12 +84,12 @@ def test_textvqa_vizwiz_and_gqa_rows_come_out_with_their_answers_and_meta():
 
 
 def test_karpathy_files_give_one_split_with_raw_sentences_as_references():
-    test = _set("coco", [COCO], FIX / "coco")
+    test = _set("coco", [COCO], FIX / "coco" / "coco2014")
     assert [i.id for i in test.items] == ["391895", "522418"] and test.split == "test"
     assert test.items[0].references[0] == "A man with a red helmet on a small moped on a dirt road."
     assert len(test.items[1].references) == 5 and test.task == "caption"
     assert test.items[0].prompt.messages[0]["content"] == "<image>\n" + CAPTION_PROMPT
-    val = _set("coco", [COCO], FIX / "coco", split="val")
+    val = _set("coco", [COCO], FIX / "coco" / "coco2014", split="val")
     assert [i.id for i in val.items] == ["184613"]
     flickr = _set("flickr30k", [FLICKR], FIX / "flickr30k" / "flickr30k-images")
     assert [i.id for i in flickr.items] == ["0"] and flickr.items[0].meta["file_name"] == "1000092795.jpg"
@@ -118,7 +121,7 @@ def test_vqav2_known_predictions_score_the_official_human_agreement_accuracy():
 
 
 def test_okvqa_and_textvqa_use_the_same_ten_answer_rule():
-    ok = score_benchmark(_set("okvqa", OKVQA, FIX / "okvqa" / "images"), ["racing"])
+    ok = score_benchmark(_set("okvqa", OKVQA, FIX / "okvqa" / "val2014"), ["racing"])
     assert ok.metrics["accuracy"] == 60.0  # 2 humans said "racing"
     text = score_benchmark(_set("textvqa", [TEXTVQA], FIX / "textvqa" / "train_images"), ["Dakota", "STOP!"])
     assert [r["score"] for r in text.samples] == pytest.approx([0.9, 1.0])  # 3 humans -> 0.9
@@ -149,7 +152,7 @@ def test_gqa_is_exact_match_after_normalisation_with_question_type_breakdowns():
 
 
 def test_caption_benchmarks_score_with_coco_metrics_and_nocaps_per_domain():
-    coco = _set("coco", [COCO], FIX / "coco")
+    coco = _set("coco", [COCO], FIX / "coco" / "coco2014")
     exact = [item.references[0] for item in coco.items]
     scores = score_benchmark(coco, exact, caption_backend="python")
     assert scores.metrics["BLEU-4"] == pytest.approx(100.0)  # each caption is one of its references
@@ -225,7 +228,7 @@ def test_missing_images_name_the_entry_the_files_tried_and_the_folder_to_pass(tm
     assert f"{VQAV2_Q}:questions[0] (record '42000')" in message and "COCO_val2014_000000000042.jpg" in message
     assert "pass --images" in message
     with pytest.raises(DataError, match=r"dataset_coco.json:images\[3\].*COCO_train2014_000000318556.jpg"):
-        read_benchmark("coco", [COCO], FIX / "coco", split="train")
+        read_benchmark("coco", [COCO], FIX / "coco" / "coco2014", split="train")
 
 
 def test_damaged_entries_and_mixed_labels_are_named(tmp_path):
@@ -367,3 +370,29 @@ def test_fixture_generator_reproduces_the_committed_fixtures(tmp_path, monkeypat
     for path in FIX.rglob("*.json"):
         assert (tmp_path / path.relative_to(FIX)).read_text() == path.read_text(), path
     shutil.rmtree(tmp_path)
+
+
+# ---- the README's commands run as written on the fixture copies of each layout ------------------------------
+
+
+def _readme_commands():
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = text.split("### Benchmarks as distributed", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| ") and "`--benchmark " in line]
+    return [re.search(r"`(--benchmark [^`]+)`", row).group(1) for row in rows]
+
+
+def test_the_readme_lists_every_benchmark_with_a_command_that_runs(tmp_path, vlm, monkeypatch):
+    commands = [c for c in _readme_commands() if "NAME" not in c]
+    names = [shlex.split(c)[1] for c in commands]
+    assert set(names) == set(BENCHMARKS), "every benchmark needs its command in the README"
+    adapter = load(str(vlm), role="student")  # loaded once; the flags under test are the README's
+    parser = argparse.ArgumentParser(prog="taid-vlm")
+    add_eval_parser(parser.add_subparsers(dest="command"))
+    for k, (name, command) in enumerate(zip(names, commands)):
+        monkeypatch.chdir(FIX / name)
+        args = parser.parse_args(["eval", "--model", str(vlm), "--output", str(tmp_path / f"out{k}"),
+                                  *shlex.split(command)])
+        results = evaluate([adapter], args.data, args.task, args.output, limit=1, max_new_tokens=2, progress=False,
+                           caption_backend="python", data_options=data_options(args), benchmark=args.benchmark)
+        assert results["meta"]["benchmark"]["name"] == name and results["meta"]["n_items"] == 1, command

@@ -276,9 +276,7 @@ def unanswerable_handling(items: Sequence[EvalItem], predictions: Sequence[str])
     hits = sum(s and a == 0 for s, a in pairs)
     precision = 100.0 * hits / said if said else None
     recall = 100.0 * hits / truly if truly else None
-    f1 = None
-    if precision is not None and recall is not None:
-        f1 = 0.0 if precision + recall == 0 else 2 * precision * recall / (precision + recall)
+    f1 = 200.0 * hits / (said + truly) if said + truly else None  # = 2PR / (P + R), defined when either is
     return {k: None if v is None else round(v, 2) for k, v in
             (("unanswerable_precision", precision), ("unanswerable_recall", recall), ("unanswerable_f1", f1))}
 
