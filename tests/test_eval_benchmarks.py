@@ -135,6 +135,7 @@ def test_vizwiz_reports_accuracy_by_its_four_answer_types_and_unanswerable_handl
     m = scores.metrics
     assert m["accuracy"] == 72.5 and m["other"] == 100.0 and m["yes/no"] == 0.0 and m["number"] is None
     assert m["unanswerable"] == 95.0  # (1 + 0.9) / 2 over the two questions marked unanswerable
+    assert scores.extra["by_answer_type"]["unanswerable"] == {"accuracy": 95.0, "n": 2}
     # said "unanswerable" on items 2 and 3; items 2 and 4 are unanswerable: 1 hit of 2 each way
     assert (m["unanswerable_precision"], m["unanswerable_recall"], m["unanswerable_f1"]) == (50.0, 50.0, 50.0)
     assert scores.extra["benchmark_breakdowns"]["answerable"] == {"0": {"accuracy": 95.0, "n": 2},
@@ -396,3 +397,15 @@ def test_the_readme_lists_every_benchmark_with_a_command_that_runs(tmp_path, vlm
         results = evaluate([adapter], args.data, args.task, args.output, limit=1, max_new_tokens=2, progress=False,
                            caption_backend="python", data_options=data_options(args), benchmark=args.benchmark)
         assert results["meta"]["benchmark"]["name"] == name and results["meta"]["n_items"] == 1, command
+
+
+def test_a_test_dev_submission_is_filled_to_every_test2015_question(tmp_path):
+    full = FIX / "vqav2" / "v2_OpenEnded_mscoco_test2015_questions.json"
+    s = _set("vqav2", [full, TESTDEV_Q], FIX / "vqav2" / "test2015")  # test-dev is asked, test2015 fills
+    assert [i.id for i in s.items] == ["1000", "1001"] and not s.scored
+    assert "test2015" in s.describe()["submission"]["note"]
+    write_submissions(tmp_path, s, [{"model": "m", "id": "1001", "prediction": "a lamp"},
+                                    {"model": "m", "id": "1000", "prediction": "yes"}])
+    assert json.loads((tmp_path / "submission-vqav2-m.json").read_text()) == [
+        {"question_id": 1000, "answer": "yes"}, {"question_id": 1001, "answer": "a lamp"},
+        {"question_id": 5000, "answer": ""}]

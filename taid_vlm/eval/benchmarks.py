@@ -17,10 +17,11 @@ import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from ..data import load_caption_eval, load_vqa_eval
 from ..data.benchmarks import read_benchmark
+from ..data.benchmarks.vqa_api import test2015_question_ids
 from ..data.loaders import _is_hf_source
 from ..data.prompts import CAPTION_PROMPT, VQA_SUFFIX
 from ..data.records import IMAGE_PLACEHOLDER, Record
@@ -46,6 +47,13 @@ class Submission:
     answer_key: str
     server: str
     numeric_id: bool = True
+    note: str = ""
+    # every id the server expects, read from the --data files (None: just the items asked)
+    all_ids: Callable[[Sequence[Path]], list | None] | None = None
+
+    def describe(self) -> dict[str, str]:
+        shape = f"[{{{self.id_key}, {self.answer_key}}}]"
+        return {"server": self.server, "format": shape, **({"note": self.note} if self.note else {})}
 
 
 @dataclass(frozen=True)
@@ -70,7 +78,10 @@ BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in (
     Benchmark("vqav2", "VQAv2", "vqa", VQA_ACCURACY, VQA_SUFFIX,
               "v2_OpenEnded_mscoco_<split>_questions.json [v2_mscoco_<split>_annotations.json]",
               "the COCO image folder of the split (val2014/, test2015/)", ("answer_type",),
-              Submission("question_id", "answer", "EvalAI VQA Challenge (test-dev / test-standard)")),
+              Submission("question_id", "answer", "EvalAI VQA Challenge (test-dev / test-standard)",
+                         note="the server wants every test2015 question: pass the test2015 questions file with the "
+                         "test-dev one and the questions not asked get an empty answer",
+                         all_ids=test2015_question_ids)),
     Benchmark("okvqa", "OK-VQA", "vqa", VQA_ACCURACY, UNANSWERABLE_HINT + VQA_SUFFIX,
               "OpenEnded_mscoco_val2014_questions.json mscoco_val2014_annotations.json", "COCO val2014/",
               ("answer_type",)),
@@ -117,6 +128,7 @@ class BenchmarkSet(EvalSet):
             "files": [str(Path(f).absolute()) if Path(f).exists() else f for f in self.files],
             "images": self.image_dir, "split": self.split, "scored": self.scored,
             "breakdowns": list(b.breakdowns),
+            "submission": b.submission.describe() if b.submission else None,
         }  # fmt: skip
 
     def _server(self) -> str:
@@ -246,6 +258,7 @@ def _vqa_breakdowns(items: Sequence[EvalItem], predictions: Sequence[str], score
     scores.extra["benchmark_breakdowns"] = groups
     if benchmark.name == "vizwiz":
         given = groups.get("answer_type", {})
+        scores.extra["by_answer_type"] = given  # the annotated types, not ones derived from the answers
         for kind in (*ANSWER_TYPES, VIZWIZ_UNANSWERABLE):  # VizWiz reports its own four types
             scores.metrics[kind] = given.get(kind, {}).get("accuracy")
         scores.metrics.update(unanswerable_handling(items, predictions))
@@ -311,13 +324,25 @@ def write_submissions(out_dir: str | Path, eval_set: BenchmarkSet, samples: Sequ
     for row in samples:
         by_model[row["model"]][row["id"]] = row["prediction"]
     written = {}
+    every_id = None
+    if submission.all_ids is not None and eval_set.format != "hf":
+        every_id = submission.all_ids([Path(f) for f in eval_set.files])
     for model, answers in by_model.items():
         entries = [{submission.id_key: _submission_id(item, submission), submission.answer_key:
                     " ".join((answers.get(item.id) or "").split())} for item in eval_set.items]  # fmt: skip
+        if every_id is not None:
+            entries = _filled(entries, every_id, submission)
         name = f"submission-{eval_set.benchmark.name}-{_file_safe(model)}.json"
         _write_atomic(Path(out_dir) / name, json.dumps(entries, ensure_ascii=False) + "\n")
         written[model] = name
     return written
+
+
+def _filled(entries: list[dict], every_id: list, submission: Submission) -> list[dict]:
+    """The server's full id list in its order, answered where asked and empty elsewhere."""
+    asked = {e[submission.id_key]: e for e in entries}
+    full = [asked.pop(i, None) or {submission.id_key: i, submission.answer_key: ""} for i in every_id]
+    return full + list(asked.values())  # an asked id outside the list is kept, never dropped
 
 
 def _submission_id(item: EvalItem, submission: Submission) -> Any:

@@ -306,7 +306,8 @@ def render_markdown(eval_set: EvalSet, config: EvalConfig, results: list[ModelRe
         f"decoding: greedy, max_new_tokens {config.new_tokens}, batch {config.batch_size}, left padding",
         f"normaliser: {results[0].normalizer_version}",
     ]
-    text = render_results_md(results, title=f"{eval_set.task} evaluation", notes=notes)
+    subject = eval_set.benchmark.title if isinstance(eval_set, BenchmarkSet) else eval_set.task
+    text = render_results_md(results, title=f"{subject} evaluation", notes=notes)
     if isinstance(eval_set, BenchmarkSet):
         return text + benchmark_markdown(eval_set, results)
     if eval_set.task == "vqa":

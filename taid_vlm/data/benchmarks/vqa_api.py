@@ -5,7 +5,9 @@ image_id, question}]}``; ``v2_mscoco_<split>_annotations.json`` holds ``{"annota
 image_id, answers: [{answer, ...}] x10, answer_type, question_type, multiple_choice_answer}]}``.
 OK-VQA ships the same two files (``OpenEnded_mscoco_val2014_questions.json``,
 ``mscoco_val2014_annotations.json``). Images are COCO files named from the image id; test-dev has
-no annotations, so its questions are answered for the evaluation server and not scored.
+no annotations, so its questions are answered for the evaluation server and not scored. The
+server wants an answer for every test2015 question, so the test2015 questions file may come with
+the test-dev one: only test-dev is asked, and the submission is filled up with empty answers.
 """
 
 from __future__ import annotations
@@ -18,7 +20,9 @@ from ..records import Record
 from .common import ReadOptions, describe, find_image, question_record, read_json, required, string_answers, wrong_layout
 
 EXPECTED = ("the questions file (v2_OpenEnded_mscoco_<split>_questions.json) and, to score, "
-            "its annotations file (v2_mscoco_<split>_annotations.json)")
+            "its annotations file (v2_mscoco_<split>_annotations.json); for a test-dev submission, "
+            "the test-dev and the test2015 questions files")
+TEST_DEV, TEST = "test-dev2015", "test2015"
 
 
 def read_vqa_api(paths: Sequence[Path], options: ReadOptions, benchmark: str = "vqav2") -> Iterator[Record]:
@@ -54,8 +58,19 @@ def _image_subtype(subtype: str | None) -> str | None:
     return "test2015" if subtype == "test-dev2015" else subtype
 
 
+def test2015_question_ids(paths: Sequence[Path]) -> list[int] | None:
+    """Every test2015 question id when a test2015 questions file came with the test-dev one, else None."""
+    if len(paths) != 2:
+        return None
+    files = [read_json(p, "vqav2", EXPECTED) for p in paths]
+    full = next((f for f in files if isinstance(f, dict) and f.get("data_subtype") == TEST and "questions" in f), None)
+    if full is None:
+        return None
+    return [q["question_id"] for q in full["questions"] if isinstance(q, dict) and "question_id" in q]
+
+
 def _split_files(paths: Sequence[Path], benchmark: str) -> tuple[Path, dict, Path | None, dict | None]:
-    """Tell the questions file from the annotations file by content, in any order."""
+    """Tell the questions file from the annotations file by content, in any order (and test-dev from test2015)."""
     if not 1 <= len(paths) <= 2:
         raise DataError(", ".join(map(str, paths)) or "--data", f"{benchmark} takes one or two files, got {len(paths)}",
                         f"pass {EXPECTED}")
@@ -65,6 +80,11 @@ def _split_files(paths: Sequence[Path], benchmark: str) -> tuple[Path, dict, Pat
         kind = next((k for k in ("questions", "annotations") if isinstance(data, dict) and k in data), None)
         if kind is None:
             raise wrong_layout(path, benchmark, f"{describe(data)}, neither 'questions' nor 'annotations'", EXPECTED)
+        if kind == "questions" and kind in found and {data.get("data_subtype"), found[kind][1].get("data_subtype")} == {
+                TEST_DEV, TEST}:
+            if data.get("data_subtype") == TEST_DEV:
+                found[kind] = (path, data)  # ask test-dev; test2015 only fills the submission
+            continue
         if kind in found:
             raise DataError(str(path), f"a second {kind} file (the first is {found[kind][0]})", f"pass {EXPECTED}")
         found[kind] = (path, data)
