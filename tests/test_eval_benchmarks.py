@@ -272,7 +272,7 @@ def _cli(argv):
 
 def test_cli_vqav2_writes_results_samples_and_a_submission_with_the_benchmark_recorded(tmp_path, vlm, capsys):
     out = tmp_path / "out"
-    code = _cli(["--model", str(vlm), "--benchmark", "vqav2", "--data", str(VQAV2_Q), str(VQAV2_A),
+    code = _cli(["--model", str(vlm), "--benchmark", "vqav2", "--data", str(VQAV2_Q), "--data", str(VQAV2_A),
                  "--images", str(FIX / "vqav2" / "val2014"), "--output", str(out), "--max-new-tokens", "3",
                  "--batch-size", "2", "--quiet"])
     assert code == 0 and "submission-vqav2-student.json" in capsys.readouterr().out

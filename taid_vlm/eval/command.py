@@ -28,7 +28,7 @@ def add_eval_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
                         help="checkpoint dir, hub id or composed spec; repeat to compare models")
     parser.add_argument("--label", action="append", metavar="NAME",
                         help="display name per --model, in order (default: the directory name)")
-    parser.add_argument("--data", required=True, nargs="+", metavar="PATH",
+    parser.add_argument("--data", required=True, nargs="+", action="extend", metavar="PATH",
                         help="evaluation JSONL (vqa / caption rows), LLaVA or chat file, COCO captions file, or a "
                         "Hugging Face dataset; with --benchmark, the benchmark's own file(s) as downloaded")
     parser.add_argument("--task", choices=TASKS, help="what to score (not needed with --benchmark)")

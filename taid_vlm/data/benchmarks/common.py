@@ -9,7 +9,9 @@ answered and submitted, never scored.
 
 from __future__ import annotations
 
+import functools
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -83,17 +85,24 @@ def find_image(candidates: Sequence[str], options: ReadOptions, where: str, reco
 
     Benchmarks name images differently across releases (COCO 2014 ``COCO_val2014_<id>.jpg`` vs
     2017 ``<id>.jpg``), so a reader may offer several names; a missing image names them all.
+    Several questions share an image (five per COCO image in VQAv2), so lookups are cached.
     """
-    paths = [options.image_dir / c for c in candidates]
-    found = next((p for p in paths if p.is_file()), None)
+    folder = os.path.abspath(options.image_dir)
+    found = _first_file(folder, tuple(candidates))
     if found is None:
         if options.check_images == "none":
-            return str(paths[0].absolute())
-        tried = ", ".join(str(p) for p in paths)
+            return os.path.join(folder, candidates[0])
+        tried = ", ".join(os.path.join(folder, c) for c in candidates)
         raise DataError(f"{where} (record {record_id!r})", f"image not found: {tried}",
                         f"pass --images with the folder that holds {hint}")
-    ctx = RowContext(where, record_id, None, options.check_images)
-    return str(resolve_image(str(found.absolute()), ctx))
+    if options.check_images == "open":
+        return str(resolve_image(found, RowContext(where, record_id, None, "open")))
+    return found
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _first_file(folder: str, candidates: tuple[str, ...]) -> str | None:
+    return next((p for p in (os.path.join(folder, c) for c in candidates) if os.path.isfile(p)), None)
 
 
 def string_answers(value: Any, where: str, key: str = "answer") -> list[str]:
