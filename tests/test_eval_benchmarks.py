@@ -205,6 +205,8 @@ def _copy(tmp_path, path, edit):
     ("vizwiz", [TEXTVQA], "not the vizwiz layout"),
     ("coco", [FLICKR], "use --benchmark flickr30k"),
     ("nocaps", [VIZWIZ], "not the nocaps layout"),
+    ("nocaps", [COCO], "not the nocaps layout"),
+    ("coco", [NOCAPS], "reads with --task caption"),
     ("vqav2", [VQAV2_A], "an annotations file without its questions file"),
     ("vqav2", [VQAV2_Q, VQAV2_Q], "a second questions file"),
 ])  # fmt: skip
@@ -249,6 +251,8 @@ def test_damaged_entries_and_mixed_labels_are_named(tmp_path):
         read_benchmark("vqav2", [broken], FIX)
     with pytest.raises(DataError, match="--split 'val' does not apply"):
         read_benchmark("gqa", [GQA], FIX / "gqa" / "images", split="val")
+    with pytest.raises(DataError, match="nowhere: image folder not found"):
+        read_benchmark("gqa", [GQA], tmp_path / "nowhere")
 
 
 # ---- end to end: the command line with a tiny VLM ---------------------------------------------------------
@@ -311,6 +315,8 @@ def test_cli_bad_benchmark_input_prints_one_line_naming_file_and_entry(tmp_path,
     assert _cli(["--model", str(vlm), "--task", "vqa", "--data", str(VQAV2_Q), str(VQAV2_A),
                  "--output", str(tmp_path / "out")]) == 2
     assert "need --benchmark" in capsys.readouterr().err
+    assert _cli(["--model", str(vlm), "--data", str(GQA), "--output", str(tmp_path / "out")]) == 2
+    assert "pass --task (vqa, caption, text) or --benchmark NAME" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
 
 

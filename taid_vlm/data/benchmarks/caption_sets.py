@@ -30,6 +30,8 @@ def read_karpathy(paths: Sequence[Path], options: ReadOptions, dataset: str) -> 
     path = one_file(paths, dataset, expected)
     data = read_json(path, dataset, expected)
     if not isinstance(data, dict) or not isinstance(data.get("images"), list) or "dataset" not in data:
+        if isinstance(data, dict) and "annotations" in data:
+            expected += "; an official COCO-style captions file (images + annotations) reads with --task caption"
         raise wrong_layout(path, dataset, describe(data), expected)
     if data["dataset"] != dataset:
         other = next((name for name in KARPATHY_FILES if name == data["dataset"]), None)
@@ -59,7 +61,8 @@ def read_nocaps(paths: Sequence[Path], options: ReadOptions) -> Iterator[Record]
     """NoCaps images with their ten captions and domain (in-domain, near-domain, out-domain)."""
     path = one_file(paths, "nocaps", NOCAPS_FILES)
     data = read_json(path, "nocaps", NOCAPS_FILES)
-    if not isinstance(data, dict) or not isinstance(data.get("images"), list):
+    images = data.get("images") if isinstance(data, dict) else None
+    if not isinstance(images, list) or (images and not (isinstance(images[0], dict) and "file_name" in images[0])):
         raise wrong_layout(path, "nocaps", describe(data), NOCAPS_FILES)
     fix = "pass the NoCaps file as downloaded"
     captions: dict[int, list[str]] | None = None
