@@ -20,7 +20,7 @@ from taid_vlm.data.benchmarks import read_benchmark
 from taid_vlm.data.prompts import CAPTION_PROMPT, VQA_SUFFIX
 from taid_vlm.eval import EvalError, evaluate
 from taid_vlm.eval.benchmarks import (
-    BENCHMARKS, UNANSWERABLE_HINT, load_benchmark_set, score_benchmark, write_submissions,
+    BENCHMARKS, UNANSWERABLE_HINT, load_benchmark_set, score_benchmark, score_results_file, write_submissions,
 )  # fmt: skip
 from taid_vlm.eval.caption_metrics import caption_scores
 from taid_vlm.eval.command import add_eval_parser, data_options, run_eval
@@ -110,9 +110,18 @@ def test_limit_keeps_the_first_items():
 # ---- known predictions, scored by each benchmark's rules -----------------------------------------------------
 
 
-def test_vqav2_known_predictions_score_the_official_human_agreement_accuracy():
+def _results_file(tmp_path, rows):
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps(rows))
+    return path
+
+
+def test_vqav2_known_predictions_score_the_official_human_agreement_accuracy(tmp_path):
     s = _set("vqav2", [VQAV2_Q, VQAV2_A], FIX / "vqav2" / "val2014")
-    scores = score_benchmark(s, ["Dark red.", "no", "Four"])
+    predictions = _results_file(tmp_path, [{"question_id": 73000, "answer": "Four"},  # any order, as servers take
+                                           {"question_id": 42000, "answer": "Dark red."},
+                                           {"question_id": 42001, "answer": "no"}])
+    scores = score_results_file(s, predictions)
     # "dark red": 2 of 10 humans -> (2 * 1/3 + 8 * 2/3) / 10 = 0.6; "no": 10 -> 1.0;
     # "four" -> "4": 1 human -> (1 * 0 + 9 * 1/3) / 10 = 0.3
     assert [r["score"] for r in scores.samples] == pytest.approx([0.6, 1.0, 0.3])
@@ -127,9 +136,11 @@ def test_okvqa_and_textvqa_use_the_same_ten_answer_rule():
     assert [r["score"] for r in text.samples] == pytest.approx([0.9, 1.0])  # 3 humans -> 0.9
 
 
-def test_vizwiz_reports_accuracy_by_its_four_answer_types_and_unanswerable_handling():
+def test_vizwiz_reports_accuracy_by_its_four_answer_types_and_unanswerable_handling(tmp_path):
     s = _set("vizwiz", [VIZWIZ], FIX / "vizwiz" / "val")
-    scores = score_benchmark(s, ["soup", "Unanswerable", "unanswerable", "milk"])
+    answers = ["soup", "Unanswerable", "unanswerable", "milk"]
+    scores = score_results_file(s, _results_file(tmp_path, [
+        {"image": f"VizWiz_val_{k:08d}.jpg", "answer": a} for k, a in enumerate(answers)]))
     # soup 8/10 humans -> 1; unanswerable 10/10 -> 1; "unanswerable" for a yes -> 0; milk 3/10 -> 0.9
     assert [r["score"] for r in scores.samples] == pytest.approx([1.0, 1.0, 0.0, 0.9])
     m = scores.metrics
@@ -142,9 +153,11 @@ def test_vizwiz_reports_accuracy_by_its_four_answer_types_and_unanswerable_handl
                                                                   "1": {"accuracy": 50.0, "n": 2}}
 
 
-def test_gqa_is_exact_match_after_normalisation_with_question_type_breakdowns():
+def test_gqa_is_exact_match_after_normalisation_with_question_type_breakdowns(tmp_path):
     s = _set("gqa", [GQA], FIX / "gqa" / "images")
-    scores = score_benchmark(s, ["The girl.", "No", "White"])
+    scores = score_results_file(s, _results_file(tmp_path, [
+        {"questionId": "20968379", "prediction": "The girl."}, {"questionId": "201640614", "prediction": "No"},
+        {"questionId": "20968380", "prediction": "White"}]))
     assert [r["score"] for r in scores.samples] == [1.0, 0.0, 1.0]
     assert scores.metrics["accuracy"] == 66.67
     groups = scores.extra["benchmark_breakdowns"]
@@ -152,10 +165,10 @@ def test_gqa_is_exact_match_after_normalisation_with_question_type_breakdowns():
     assert groups["semantic"]["attr"] == {"accuracy": 50.0, "n": 2}
 
 
-def test_caption_benchmarks_score_with_coco_metrics_and_nocaps_per_domain():
+def test_caption_benchmarks_score_with_coco_metrics_and_nocaps_per_domain(tmp_path):
     coco = _set("coco", [COCO], FIX / "coco" / "coco2014")
-    exact = [item.references[0] for item in coco.items]
-    scores = score_benchmark(coco, exact, caption_backend="python")
+    exact = [{"image_id": int(item.id), "caption": item.references[0]} for item in coco.items]  # COCO results
+    scores = score_results_file(coco, _results_file(tmp_path, exact), caption_backend="python")
     assert scores.metrics["BLEU-4"] == pytest.approx(100.0)  # each caption is one of its references
     nocaps = _set("nocaps", [NOCAPS], FIX / "nocaps" / "validation")
     predictions = ["a red bus on a street", "a dog on grass", "soup in a bowl", "a jellyfish"]
@@ -166,6 +179,18 @@ def test_caption_benchmarks_score_with_coco_metrics_and_nocaps_per_domain():
     # a domain of one image: every n-gram's document frequency is 1, so CIDEr-D is 0 by construction
     assert scores.metrics["CIDEr (near-domain)"] == 0.0 == scores.metrics["CIDEr (out-domain)"]
     assert scores.extra["benchmark_breakdowns"]["domain"]["in-domain"]["n"] == 2
+
+
+def test_a_results_file_with_a_missing_unknown_or_repeated_id_is_refused(tmp_path):
+    s = _set("vqav2", [VQAV2_Q, VQAV2_A], FIX / "vqav2" / "val2014")
+    ok = [{"question_id": q, "answer": "no"} for q in (42000, 42001, 73000)]
+    for rows, needle in ((ok[:2], "no prediction for 1 item(s), e.g. ['73000']"),
+                         (ok + [{"question_id": 5, "answer": "x"}], "[3]: question_id 5 is not an item"),
+                         (ok + ok[:1], "[3]: a second prediction for question_id 42000"),
+                         ([{"id": 42000, "answer": "x"}], "[0]: expected {'question_id': id, 'answer': string}")):
+        with pytest.raises(EvalError, match=re.escape(needle)):
+            score_results_file(s, _results_file(tmp_path, rows))
+    assert score_results_file(s, _results_file(tmp_path, ok)).metrics["accuracy"] == pytest.approx(100 / 3, abs=0.01)
 
 
 # ---- unlabelled test splits and submission files -------------------------------------------------------------
@@ -291,6 +316,9 @@ def test_cli_vqav2_writes_results_samples_and_a_submission_with_the_benchmark_re
     model = results["models"]["student"]
     assert model["extra"]["submission"] == "submission-vqav2-student.json"
     assert model["metrics"]["accuracy"] == pytest.approx(100 * sum(r["score"] for r in samples) / 3, abs=0.01)
+    rescored = score_results_file(_set("vqav2", [VQAV2_Q, VQAV2_A], FIX / "vqav2" / "val2014"),
+                                  out / "submission-vqav2-student.json")
+    assert rescored.metrics["accuracy"] == model["metrics"]["accuracy"]  # the file scores what the run reported
 
 
 def test_cli_nocaps_with_limit_and_a_caption_prompt(tmp_path, vlm):
@@ -361,7 +389,7 @@ def test_a_parquet_copy_reads_through_the_column_mapping_and_scores_the_same(tmp
     s = load_benchmark_set("flickr30k", [str(captions)], data_options={"columns": {"references": "caption"}})
     assert s.items[0].references == ["a dog", "a brown dog"] and s.items[0].prompt.messages[0]["content"].endswith(
         CAPTION_PROMPT)
-    with pytest.raises(EvalError, match="only apply to a Hugging Face dataset"):
+    with pytest.raises(EvalError, match="--column works only with a Hugging Face dataset"):
         load_benchmark_set("gqa", [str(GQA)], data_options={"columns": {"answers": "x"}})
 
 

@@ -63,8 +63,6 @@ class Benchmark:
     task: str
     metric: str
     instruction: str  # appended to the question (VQA) or after the image (captions)
-    files: str  # what --data takes
-    images: str  # what --images points at
     breakdowns: tuple[str, ...] = ()  # record meta keys the benchmark reports accuracy by
     submission: Submission | None = None
 
@@ -75,34 +73,25 @@ class Benchmark:
 
 
 BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in (
-    Benchmark("vqav2", "VQAv2", "vqa", VQA_ACCURACY, VQA_SUFFIX,
-              "v2_OpenEnded_mscoco_<split>_questions.json [v2_mscoco_<split>_annotations.json]",
-              "the COCO image folder of the split (val2014/, test2015/)", ("answer_type",),
+    Benchmark("vqav2", "VQAv2", "vqa", VQA_ACCURACY, VQA_SUFFIX, ("answer_type",),
               Submission("question_id", "answer", "EvalAI VQA Challenge (test-dev / test-standard)",
                          note="the server wants every test2015 question: pass the test2015 questions file with the "
                          "test-dev one and the questions not asked get an empty answer",
                          all_ids=test2015_question_ids)),
-    Benchmark("okvqa", "OK-VQA", "vqa", VQA_ACCURACY, UNANSWERABLE_HINT + VQA_SUFFIX,
-              "OpenEnded_mscoco_val2014_questions.json mscoco_val2014_annotations.json", "COCO val2014/",
-              ("answer_type",)),
-    Benchmark("textvqa", "TextVQA", "vqa", VQA_ACCURACY, VQA_SUFFIX, "TextVQA_0.5.1_<split>.json",
-              "train_images/ (train and val) or test_images/", (),
+    Benchmark("okvqa", "OK-VQA", "vqa", VQA_ACCURACY, UNANSWERABLE_HINT + VQA_SUFFIX, ("answer_type",)),
+    Benchmark("textvqa", "TextVQA", "vqa", VQA_ACCURACY, VQA_SUFFIX, (),
               Submission("question_id", "answer", "EvalAI TextVQA Challenge")),
     Benchmark("vizwiz", "VizWiz VQA", "vqa", VQA_ACCURACY + "; plus accuracy by answer type (unanswerable "
               "included) and precision/recall/F1 of answering 'unanswerable' on the unanswerable questions",
-              UNANSWERABLE_HINT + VQA_SUFFIX, "<split>.json (VizWiz VQA annotations)", "the split's image folder",
-              ("answer_type", "answerable"), Submission("image", "answer", "EvalAI VizWiz VQA Challenge", False)),
+              UNANSWERABLE_HINT + VQA_SUFFIX, ("answer_type", "answerable"),
+              Submission("image", "answer", "EvalAI VizWiz VQA Challenge", False)),
     Benchmark("gqa", "GQA", "vqa", "exact-match accuracy x100 after the VQA answer normalisation "
-              "(one reference answer per question)", VQA_SUFFIX, "<split>_balanced_questions.json", "images/",
-              ("structural", "semantic"), Submission("questionId", "prediction", "GQA evaluation server", False)),
-    Benchmark("coco", "COCO Captions (Karpathy split)", "caption", CAPTION_METRIC, "\n" + CAPTION_PROMPT,
-              "dataset_coco.json (Karpathy; --split test by default)", "the COCO root holding val2014/ and train2014/"),
-    Benchmark("flickr30k", "Flickr30k (Karpathy split)", "caption", CAPTION_METRIC, "\n" + CAPTION_PROMPT,
-              "dataset_flickr30k.json (Karpathy; --split test by default)", "flickr30k-images/"),
+              "(one reference answer per question)", VQA_SUFFIX, ("structural", "semantic"),
+              Submission("questionId", "prediction", "GQA evaluation server", False)),
+    Benchmark("coco", "COCO Captions (Karpathy split)", "caption", CAPTION_METRIC, "\n" + CAPTION_PROMPT),
+    Benchmark("flickr30k", "Flickr30k (Karpathy split)", "caption", CAPTION_METRIC, "\n" + CAPTION_PROMPT),
     Benchmark("nocaps", "NoCaps", "caption", CAPTION_METRIC + "; CIDEr also per domain, each scored on its own "
-              "images", "\n" + CAPTION_PROMPT, "nocaps_val_4500_captions.json or nocaps_test_image_info.json",
-              "the split's image folder", ("domain",),
-              Submission("image_id", "caption", "EvalAI NoCaps Challenge")),
+              "images", "\n" + CAPTION_PROMPT, ("domain",), Submission("image_id", "caption", "EvalAI NoCaps Challenge")),
 )}  # fmt: skip
 BENCHMARK_NAMES = tuple(BENCHMARKS)
 
@@ -179,7 +168,8 @@ def load_benchmark_set(
     else:
         unknown = sorted(set(options) - {"image_dir", "split"})
         if unknown:
-            raise EvalError(f"{', '.join('--' + k for k in unknown)} only apply to a Hugging Face dataset; "
+            flags = ", ".join("--" + k.removesuffix("s").replace("_", "-") for k in unknown)
+            raise EvalError(f"{flags} works only with a Hugging Face dataset; "
                             f"{name}'s files are read as distributed")
         records = read_benchmark(name, data, options.get("image_dir"), split=options.get("split"), limit=limit)
         fmt = f"{name} (as distributed)"
@@ -310,6 +300,49 @@ def _caption_breakdowns(items: Sequence[EvalItem], predictions: Sequence[str], s
             breakdowns[key][group] = {"CIDEr": result.get("CIDEr"), "n": len(ks)}
             scores.metrics[f"CIDEr ({group})"] = result.get("CIDEr")
     scores.extra["benchmark_breakdowns"] = breakdowns
+
+
+# ---- results files made elsewhere ----------------------------------------------------------------------------
+
+
+def results_format(benchmark: Benchmark) -> tuple[str, str]:
+    """The keys of a results file: the server's format, else the VQA / COCO caption results convention."""
+    if benchmark.submission is not None:
+        return benchmark.submission.id_key, benchmark.submission.answer_key
+    return ("question_id", "answer") if benchmark.task == "vqa" else ("image_id", "caption")
+
+
+def score_results_file(eval_set: BenchmarkSet, path: str | Path, caption_backend: str = "auto") -> TaskScores:
+    """Score a results file in the benchmark's format (``[{question_id, answer}]``, ``[{image_id, caption}]``,
+    ...) by the benchmark's rules: predictions from another tool, or a submission file written here.
+
+    Every item needs exactly one prediction; a missing, repeated or unknown id is an error naming the file.
+    """
+    benchmark = eval_set.benchmark
+    assert benchmark is not None
+    id_key, answer_key = results_format(benchmark)
+    try:
+        rows = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise EvalError(f"{path}: cannot read the results file ({e}); pass a JSON list of "
+                        f"{{{id_key!r}, {answer_key!r}}}") from None
+    submission = benchmark.submission or Submission(id_key, answer_key, "")
+    wanted = {str(_submission_id(item, submission)): k for k, item in enumerate(eval_set.items)}
+    predictions: list[str | None] = [None] * len(eval_set.items)
+    for i, row in enumerate(rows if isinstance(rows, list) else [rows]):
+        if not isinstance(row, dict) or id_key not in row or not isinstance(row.get(answer_key), str):
+            raise EvalError(f"{path}[{i}]: expected {{{id_key!r}: id, {answer_key!r}: string}}, got {row!r}")
+        k = wanted.get(str(row[id_key]))
+        if k is None:
+            raise EvalError(f"{path}[{i}]: {id_key} {row[id_key]!r} is not an item of {eval_set.source}")
+        if predictions[k] is not None:
+            raise EvalError(f"{path}[{i}]: a second prediction for {id_key} {row[id_key]!r}")
+        predictions[k] = row[answer_key]
+    missing = [eval_set.items[k].id for k, p in enumerate(predictions) if p is None]
+    if missing:
+        raise EvalError(f"{path}: no prediction for {len(missing)} item(s), e.g. {missing[:3]}; "
+                        "every item needs one (an empty string scores 0)")
+    return score_benchmark(eval_set, [p or "" for p in predictions], caption_backend)
 
 
 # ---- submission files ------------------------------------------------------------------------------------
