@@ -191,6 +191,9 @@ def test_a_results_file_with_a_missing_unknown_or_repeated_id_is_refused(tmp_pat
         with pytest.raises(EvalError, match=re.escape(needle)):
             score_results_file(s, _results_file(tmp_path, rows))
     assert score_results_file(s, _results_file(tmp_path, ok)).metrics["accuracy"] == pytest.approx(100 / 3, abs=0.01)
+    # re-scoring needs no images (the README's recipe)
+    no_images = load_benchmark_set("vqav2", [str(VQAV2_Q), str(VQAV2_A)], data_options={"check_images": "none"})
+    assert score_results_file(no_images, _results_file(tmp_path, ok)).metrics["accuracy"] == pytest.approx(33.33)
 
 
 # ---- unlabelled test splits and submission files -------------------------------------------------------------

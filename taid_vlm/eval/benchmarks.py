@@ -166,12 +166,13 @@ def load_benchmark_set(
         loader = load_vqa_eval if benchmark.task == "vqa" else load_caption_eval
         records, fmt = loader(data[0], limit=limit, **options), "hf"
     else:
-        unknown = sorted(set(options) - {"image_dir", "split"})
+        unknown = sorted(set(options) - {"image_dir", "split", "check_images"})
         if unknown:
             flags = ", ".join("--" + k.removesuffix("s").replace("_", "-") for k in unknown)
             raise EvalError(f"{flags} works only with a Hugging Face dataset; "
                             f"{name}'s files are read as distributed")
-        records = read_benchmark(name, data, options.get("image_dir"), split=options.get("split"), limit=limit)
+        records = read_benchmark(name, data, options.get("image_dir"), split=options.get("split"), limit=limit,
+                                 check_images=options.get("check_images", "exists"))
         fmt = f"{name} (as distributed)"
     source = ", ".join(data)
     if not records:
