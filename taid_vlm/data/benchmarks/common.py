@@ -31,7 +31,7 @@ class ReadOptions:
 
     def __post_init__(self) -> None:
         if self.check_images not in CHECK_IMAGES:
-            raise ValueError(f"check_images={self.check_images!r} is not one of {CHECK_IMAGES}")
+            raise DataError("check_images", f"{self.check_images!r} is not a check", f"use one of {CHECK_IMAGES}")
 
 
 def read_json(path: Path, benchmark: str, expected: str) -> Any:
