@@ -446,3 +446,15 @@ def test_a_test_dev_submission_is_filled_to_every_test2015_question(tmp_path):
     assert json.loads((tmp_path / "submission-vqav2-m.json").read_text()) == [
         {"question_id": 1000, "answer": "yes"}, {"question_id": 1001, "answer": "a lamp"},
         {"question_id": 5000, "answer": ""}]
+
+
+def test_nocaps_and_textvqa_test_files_without_labels_give_server_submissions(tmp_path):
+    nocaps_test = _copy(tmp_path, NOCAPS, lambda d: d.pop("annotations"))  # nocaps_test_image_info.json's shape
+    s = _set("nocaps", [nocaps_test], FIX / "nocaps" / "validation")
+    assert not s.scored and len(s.items) == 4
+    assert score_benchmark(s, ["a bus", "", "soup", "x"]).metrics == {"CIDEr": None, "n_empty": 1}
+    write_submissions(tmp_path, s, [{"model": "m", "id": i.id, "prediction": "a photo"} for i in s.items])
+    assert json.loads((tmp_path / "submission-nocaps-m.json").read_text())[3] == {"image_id": 3, "caption": "a photo"}
+    text_test = _copy(tmp_path, TEXTVQA, lambda d: [row.pop("answers") for row in d["data"]])
+    s = _set("textvqa", [text_test], FIX / "textvqa" / "train_images")
+    assert not s.scored and s.describe()["metric"].startswith("not scored") and "EvalAI TextVQA" in s.describe()["metric"]
