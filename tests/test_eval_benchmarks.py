@@ -83,7 +83,7 @@ def test_textvqa_vizwiz_and_gqa_rows_come_out_with_their_answers_and_meta():
     assert Path(gqa["20968380"].prompt.images[0]).name == "n288870.jpg"
 
 
-def test_karpathy_files_give_one_split_with_raw_sentences_as_references():
+def test_karpathy_files_give_one_split_with_raw_sentences_as_references(tmp_path):
     test = _set("coco", [COCO], FIX / "coco" / "coco2014")
     assert [i.id for i in test.items] == ["391895", "522418"] and test.split == "test"
     assert test.items[0].references[0] == "A man with a red helmet on a small moped on a dirt road."
@@ -91,6 +91,13 @@ def test_karpathy_files_give_one_split_with_raw_sentences_as_references():
     assert test.items[0].prompt.messages[0]["content"] == "<image>\n" + CAPTION_PROMPT
     val = _set("coco", [COCO], FIX / "coco" / "coco2014", split="val")
     assert [i.id for i in val.items] == ["184613"]
+    for cocoid, folder in ((391895, "train2017"), (522418, "val2017")):  # the 2017 release renamed and re-split them
+        (tmp_path / folder).mkdir(exist_ok=True)
+        shutil.copy(FIX / "coco" / "coco2014" / "val2014" / f"COCO_val2014_{cocoid:012d}.jpg",
+                    tmp_path / folder / f"{cocoid:012d}.jpg")
+    renamed = _set("coco", [COCO], tmp_path)
+    assert [Path(i.prompt.images[0]).relative_to(tmp_path).as_posix() for i in renamed.items] == [
+        "train2017/000000391895.jpg", "val2017/000000522418.jpg"]
     flickr = _set("flickr30k", [FLICKR], FIX / "flickr30k" / "flickr30k-images")
     assert [i.id for i in flickr.items] == ["0"] and flickr.items[0].meta["file_name"] == "1000092795.jpg"
 

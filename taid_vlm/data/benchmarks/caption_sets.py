@@ -3,7 +3,8 @@
 - Karpathy (``dataset_coco.json``, ``dataset_flickr30k.json``): ``{"dataset": "coco", "images":
   [{filepath, filename, split, cocoid | imgid, sentences: [{raw, tokens}]}]}``; every split in one
   file, so ``split`` picks one (default ``test``: the 5,000 / 1,000 images papers report on).
-  COCO images live at ``<images>/<filepath>/<filename>``; Flickr30k at ``<images>/<filename>``.
+  COCO images live at ``<images>/<filepath>/<filename>`` (or under their COCO 2017 names);
+  Flickr30k at ``<images>/<filename>``.
 - NoCaps (``nocaps_val_4500_captions.json``): COCO-style ``images`` (``id, open_images_id,
   file_name, domain``) + ``annotations`` (``image_id, caption``); the test file
   (``nocaps_test_image_info.json``) has no annotations and is answered, not scored.
@@ -49,12 +50,22 @@ def read_karpathy(paths: Sequence[Path], options: ReadOptions, dataset: str) -> 
         sentences = required(image, "sentences", where, list, fix)
         references = [required(s, "raw", f"{where}.sentences[{k}]", str, fix) for k, s in enumerate(sentences)]
         image_id = image.get("cocoid", image.get("imgid", Path(filename).stem))
-        folder = image.get("filepath")
-        candidates = [f"{folder}/{filename}", filename] if isinstance(folder, str) and folder else [filename]
+        candidates = _karpathy_names(image, filename)
         hint = "the COCO image folders (val2014/, train2014/)" if dataset == "coco" else "flickr30k-images/"
         found = find_image(candidates, options, where, str(image_id), hint)
         meta = {"image_id": image_id, "file_name": filename, "split": split}
         yield caption_record(str(image_id), found, references, meta, where)
+
+
+def _karpathy_names(image: dict, filename: str) -> list[str]:
+    """Where a Karpathy image may be: as listed (``val2014/COCO_val2014_...jpg``), in the folder
+    passed itself, or renamed by the COCO 2017 release (``val2017/`` or ``train2017/<cocoid>.jpg``)."""
+    folder = image.get("filepath")
+    names = [f"{folder}/{filename}", filename] if isinstance(folder, str) and folder else [filename]
+    if isinstance(image.get("cocoid"), int):
+        new = f"{image['cocoid']:012d}.jpg"
+        names += [f"val2017/{new}", f"train2017/{new}", new]
+    return names
 
 
 def read_nocaps(paths: Sequence[Path], options: ReadOptions) -> Iterator[Record]:
