@@ -465,3 +465,24 @@ def test_nocaps_and_textvqa_test_files_without_labels_give_server_submissions(tm
     text_test = _copy(tmp_path, TEXTVQA, lambda d: [row.pop("answers") for row in d["data"]])
     s = _set("textvqa", [text_test], FIX / "textvqa" / "train_images")
     assert not s.scored and s.describe()["metric"].startswith("not scored") and "EvalAI TextVQA" in s.describe()["metric"]
+
+
+def test_cli_scores_a_results_file_made_elsewhere_without_a_model(tmp_path, capsys):
+    predictions = _results_file(tmp_path, [{"image": f"VizWiz_val_{k:08d}.jpg", "answer": a}
+                                           for k, a in enumerate(["soup", "Unanswerable", "unanswerable", "milk"])])
+    out = tmp_path / "out"
+    assert _cli(["--benchmark", "vizwiz", "--data", str(VIZWIZ), "--predictions", str(predictions),
+                 "--label", "lmms-eval", "--output", str(out)]) == 0  # no --images: none are opened
+    assert "| lmms-eval | 4 | 72.50 |" in capsys.readouterr().out
+    results = json.loads((out / "results.json").read_text())
+    model = results["models"]["lmms-eval"]
+    assert model["metrics"]["unanswerable_f1"] == 50.0 and results["meta"]["predictions"] == str(predictions)
+    rows = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    assert [r["score"] for r in rows] == pytest.approx([1.0, 1.0, 0.0, 0.9])
+    common = ["--data", str(VIZWIZ), "--predictions", str(predictions), "--output", str(tmp_path / "o2")]
+    for extra, needle in (([], "--predictions needs --benchmark"), (["--benchmark", "vizwiz", "--model", "m"],
+                          "drop --model"), (["--benchmark", "vizwiz", "--limit", "2"], "--limit does not apply")):
+        assert _cli([*common, *extra]) == 2 and needle in capsys.readouterr().err
+    assert _cli(["--benchmark", "vqav2", "--data", str(TESTDEV_Q), "--predictions", str(predictions),
+                 "--output", str(tmp_path / "o3")]) == 2
+    assert "has no labels (a test split)" in capsys.readouterr().err

@@ -24,8 +24,10 @@ def add_eval_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
         description="Evaluate one or more models (teacher and students) on the same items; writes results.json, "
         "samples.jsonl and results.md to --output.",
     )
-    parser.add_argument("--model", action="append", required=True, metavar="PATH",
+    parser.add_argument("--model", action="append", default=[], metavar="PATH",
                         help="checkpoint dir, hub id or composed spec; repeat to compare models")
+    parser.add_argument("--predictions", metavar="FILE", help="with --benchmark and no --model: score a results file "
+                        "made elsewhere, in the server's or the COCO/VQA results format")
     parser.add_argument("--label", action="append", metavar="NAME",
                         help="display name per --model, in order (default: the directory name)")
     parser.add_argument("--data", required=True, nargs="+", action="extend", metavar="PATH",
@@ -58,10 +60,13 @@ def run_eval(args: argparse.Namespace) -> int:
     """Run the evaluation; bad input prints one clear line and returns 2, as argparse does."""
     from ..data.errors import DataError
     from .errors import EvalError
-    from .harness import evaluate
 
     try:
         options = data_options(args)
+        if args.predictions is not None:
+            return _run_rescore(args, options)
+        from .harness import evaluate  # torch and transformers: only when a model runs
+
         results = evaluate(
             args.model, args.data, args.task, args.output, batch_size=args.batch_size,
             max_new_tokens=args.max_new_tokens, limit=args.limit, labels=args.label, dtype=args.dtype,
@@ -75,6 +80,22 @@ def run_eval(args: argparse.Namespace) -> int:
     submissions = [m["extra"]["submission"] for m in results["models"].values() if m["extra"].get("submission")]
     extra = f" and {', '.join(submissions)}" if submissions else ""
     print(f"wrote results.json, samples.jsonl, results.md{extra} to {args.output} ({len(results['models'])} model(s))")
+    return 0
+
+
+def _run_rescore(args: argparse.Namespace, options: dict) -> int:
+    """Score --predictions (errors reach run_eval's handler)."""
+    from .errors import EvalError
+    from .rescore import rescore
+
+    if args.model:
+        raise EvalError("--predictions scores a results file; drop --model (or drop --predictions to run the model)")
+    if args.limit is not None:
+        raise EvalError("--limit does not apply to --predictions: the results file must answer every item")
+    label = args.label[0] if args.label else None
+    rescore(args.predictions, args.benchmark, args.data, args.output, label, args.caption_backend, options)
+    print(Path(args.output, "results.md").read_text(encoding="utf-8"), end="")
+    print(f"wrote results.json, samples.jsonl and results.md to {args.output} (scored {args.predictions})")
     return 0
 
 
