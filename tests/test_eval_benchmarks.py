@@ -19,9 +19,9 @@ from taid_vlm.data import DataError
 from taid_vlm.data.benchmarks import read_benchmark
 from taid_vlm.data.prompts import CAPTION_PROMPT, VQA_SUFFIX
 from taid_vlm.eval import EvalError, evaluate
-from taid_vlm.eval.benchmarks import (
-    BENCHMARKS, UNANSWERABLE_HINT, load_benchmark_set, score_benchmark, score_results_file, write_submissions,
-)  # fmt: skip
+from taid_vlm.eval.benchmark_scores import score_benchmark, score_results_file
+from taid_vlm.eval.benchmarks import BENCHMARKS, UNANSWERABLE_HINT, load_benchmark_set
+from taid_vlm.eval.submissions import write_submissions
 from taid_vlm.eval.caption_metrics import caption_scores
 from taid_vlm.eval.command import add_eval_parser, data_options, run_eval
 from taid_vlm.models import load

@@ -19,7 +19,7 @@ _EXPORTS = {
     "exact_match": "text_metrics", "perplexity_from_nll": "text_metrics", "rouge_l": "text_metrics",
     "NORMALIZER_VERSION": "vqa_metrics", "normalize_answer": "vqa_metrics", "vqa_score": "vqa_metrics",
     "add_eval_parser": "command", "run_eval": "command",
-    "BENCHMARKS": "benchmarks", "load_benchmark_set": "benchmarks", "score_results_file": "benchmarks",
+    "BENCHMARKS": "benchmarks", "load_benchmark_set": "benchmarks", "score_results_file": "benchmark_scores",
 }  # fmt: skip
 
 __all__ = sorted(_EXPORTS)

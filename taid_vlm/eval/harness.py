@@ -28,8 +28,8 @@ import torch
 
 from .. import __version__
 from ..models import ModelAdapter, load
+from .benchmark_scores import score_benchmark
 from .benchmarks import BenchmarkSet, benchmark_markdown, benchmark_task, data_paths, load_benchmark_set
-from .benchmarks import score_benchmark, write_submissions
 from .caption_metrics import BACKENDS
 from .errors import EvalError
 from .generation import GenerationRun, generate_answers, reference_nll
@@ -37,6 +37,7 @@ from .items import EvalSet, load_eval_set
 from .prompts import DEFAULT_MAX_NEW_TOKENS, TASKS
 from .reports import RESULTS_MD, ModelResult, render_results_md, write_results_json, write_samples_jsonl
 from .scoring import SAMPLE_SCORE, TaskScores, score_captions, score_text, score_vqa
+from .submissions import write_submissions
 
 ModelLike = str | Path | dict | ModelAdapter
 

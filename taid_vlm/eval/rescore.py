@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from .. import __version__
-from .benchmarks import load_benchmark_set, results_format, score_results_file
+from .benchmark_scores import score_results_file
+from .benchmarks import load_benchmark_set, results_format
 from .errors import EvalError
 from .reports import ModelResult, write_reports
 from .scoring import SAMPLE_SCORE
