@@ -20,6 +20,7 @@ _EXPORTS = {
     "NORMALIZER_VERSION": "vqa_metrics", "normalize_answer": "vqa_metrics", "vqa_score": "vqa_metrics",
     "VQA_RULES": "vqa_metrics", "DEFAULT_VQA_RULES": "vqa_metrics",
     "add_eval_parser": "command", "run_eval": "command",
+    "BENCHMARKS": "benchmarks", "load_benchmark_set": "benchmarks", "score_results_file": "benchmark_scores",
 }  # fmt: skip
 
 __all__ = sorted(_EXPORTS)

@@ -28,6 +28,9 @@ import torch
 
 from .. import __version__
 from ..models import ModelAdapter, load
+from .benchmark_scores import score_benchmark
+from .benchmarks import (BenchmarkSet, benchmark_markdown, benchmark_task, benchmark_vqa_rules, data_paths,
+                         load_benchmark_set)
 from .caption_metrics import BACKENDS
 from .errors import EvalError
 from .generation import GenerationRun, generate_answers, reference_nll
@@ -36,6 +39,7 @@ from .prompts import DEFAULT_MAX_NEW_TOKENS, TASKS
 from .reports import RESULTS_MD, ModelResult, render_results_md, write_results_json, write_samples_jsonl
 from .vqa_metrics import DEFAULT_VQA_RULES, VQA_RULES
 from .scoring import SAMPLE_SCORE, TaskScores, score_captions, score_text, score_vqa
+from .submissions import write_submissions
 
 ModelLike = str | Path | dict | ModelAdapter
 
@@ -47,8 +51,8 @@ class EvalConfig:
     ``device`` apply to the models the harness loads; loaded adapters are used where they are."""
 
     models: list[ModelLike]
-    data: str
-    task: str
+    data: str | list[str]  # a list only with a benchmark (VQAv2: questions + annotations)
+    task: str | None  # None when ``benchmark`` names it
     output: str
     batch_size: int = 8
     max_new_tokens: int | None = None
@@ -57,11 +61,17 @@ class EvalConfig:
     dtype: str | None = None
     device: str | None = None
     caption_backend: str = "auto"
-    vqa_rules: str = DEFAULT_VQA_RULES
+    vqa_rules: str | None = None  # None: the benchmark's reference rules, else DEFAULT_VQA_RULES
     data_options: dict[str, Any] = field(default_factory=dict)  # HF sets: split, columns, ...
     progress: bool = True
+    benchmark: str | None = None  # one of benchmarks.BENCHMARK_NAMES: its files, prompt, metric
 
     def validate(self) -> "EvalConfig":
+        if self.benchmark is not None:
+            self.task = benchmark_task(self.benchmark, self.task)
+        self.data = data_paths(self.data, self.benchmark)
+        if self.task is None:
+            raise EvalError(f"no task: pass --task ({', '.join(TASKS)}) or --benchmark NAME")
         if self.task not in TASKS:
             raise EvalError(f"--task {self.task!r} is not one of {', '.join(TASKS)}")
         if not self.models:
@@ -71,6 +81,7 @@ class EvalConfig:
                 raise EvalError(f"{name} must be a positive integer, got {value!r}")
         if self.caption_backend not in BACKENDS:
             raise EvalError(f"caption backend {self.caption_backend!r} is not one of {', '.join(BACKENDS)}")
+        self.vqa_rules = benchmark_vqa_rules(self.benchmark, self.vqa_rules)
         if self.vqa_rules not in VQA_RULES:
             raise EvalError(f"--vqa-rules {self.vqa_rules!r} is not one of {', '.join(VQA_RULES)}")
         if Path(self.output).is_file():
@@ -84,8 +95,8 @@ class EvalConfig:
 
 def evaluate(
     models: Sequence[ModelLike],
-    data: str | Path,
-    task: str,
+    data: str | Path | Sequence[str | Path],
+    task: str | None,
     output: str | Path,
     batch_size: int = 8,
     max_new_tokens: int | None = None,
@@ -96,14 +107,17 @@ def evaluate(
     progress: bool = True,
     caption_backend: str = "auto",
     data_options: dict[str, Any] | None = None,
-    vqa_rules: str = DEFAULT_VQA_RULES,
+    vqa_rules: str | None = None,
+    benchmark: str | None = None,
 ) -> dict[str, Any]:
-    """Evaluate ``models`` on ``data`` for ``task``, write the three outputs, return results.json's content."""
+    """Evaluate ``models`` on ``data`` for ``task`` (or on ``benchmark``'s files, which name the task), write
+    the three outputs (and a benchmark's submission files), return results.json's content."""
     config = EvalConfig(
-        models=list(models), data=str(data), task=task, output=str(output), batch_size=batch_size,
+        models=list(models), data=[str(d) for d in data] if isinstance(data, (list, tuple)) else str(data),
+        task=task, output=str(output), batch_size=batch_size,
         max_new_tokens=max_new_tokens, limit=limit, labels=list(labels) if labels is not None else None,
         dtype=dtype, device=device, caption_backend=caption_backend, data_options=dict(data_options or {}),
-        progress=progress, vqa_rules=vqa_rules,
+        progress=progress, vqa_rules=vqa_rules, benchmark=benchmark,
     )  # fmt: skip
     return run_evaluation(config)
 
@@ -112,7 +126,10 @@ def run_evaluation(config: EvalConfig) -> dict[str, Any]:
     config.validate()
     names = model_names(config.models, config.labels)
     _preflight(config.models, names)
-    eval_set = load_eval_set(config.data, config.task, config.limit, config.data_options)
+    if config.benchmark is not None:
+        eval_set = load_benchmark_set(config.benchmark, config.data, config.limit, config.data_options)
+    else:
+        eval_set = load_eval_set(config.data, config.task, config.limit, config.data_options)
     _log(config, f"{config.task}: {len(eval_set.items)} items from {eval_set.source}, {len(names)} model(s)")
     results, samples = [], []
     for model, name in zip(config.models, names):
@@ -181,6 +198,8 @@ def _check_can_answer(adapter: ModelAdapter, name: str, eval_set: EvalSet) -> No
 
 def _score(eval_set: EvalSet, predictions: list[str], nll: list | None, caption_backend: str,
            vqa_rules: str = DEFAULT_VQA_RULES) -> TaskScores:
+    if isinstance(eval_set, BenchmarkSet):
+        return score_benchmark(eval_set, predictions, caption_backend, vqa_rules)
     if eval_set.task == "vqa":
         return score_vqa(eval_set.items, predictions, vqa_rules)
     if eval_set.task == "caption":
@@ -281,6 +300,11 @@ def write_outputs(
     if eval_set.task == "vqa":
         meta["vqa_rules"] = config.vqa_rules
     write_samples_jsonl(out_dir, samples)
+    if isinstance(eval_set, BenchmarkSet):
+        meta["benchmark"] = eval_set.describe()
+        submissions = write_submissions(out_dir, eval_set, samples)
+        for result in results:
+            result.extra["submission"] = submissions.get(result.model)
     results_path = write_results_json(out_dir, results, meta)
     _write_text(Path(out_dir) / RESULTS_MD, render_markdown(eval_set, config, results))
     return json.loads(results_path.read_text(encoding="utf-8"))
@@ -293,7 +317,10 @@ def render_markdown(eval_set: EvalSet, config: EvalConfig, results: list[ModelRe
         f"decoding: greedy, max_new_tokens {config.new_tokens}, batch {config.batch_size}, left padding",
         f"normaliser: {results[0].normalizer_version}",
     ]
-    text = render_results_md(results, title=f"{eval_set.task} evaluation", notes=notes)
+    subject = eval_set.benchmark.title if isinstance(eval_set, BenchmarkSet) else eval_set.task
+    text = render_results_md(results, title=f"{subject} evaluation", notes=notes)
+    if isinstance(eval_set, BenchmarkSet):
+        return text + benchmark_markdown(eval_set, results)
     if eval_set.task == "vqa":
         text += "\n" + _family_table(results)
     return text
