@@ -67,8 +67,9 @@ def _max_rel_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> flo
 def test_fsdp_two_processes_match_one_process_and_resume_exactly_after_sigkill(tmp_path):
     """distributed=fsdp shards the student over 2 gloo ranks: the same student and t as one process
     with the same global batch, and a run killed with SIGKILL and resumed ends where the whole run does.
-    The whole run also shards its teacher (teacher_shard), the killed one keeps a teacher per rank:
-    where the teacher lives must not change what it says."""
+    The whole run also shards its teacher (teacher_shard) and checkpoints activations, the killed
+    one does neither: where the teacher lives and whether activations are recomputed must not
+    change the result. Both accumulate 2 micro-batches a step."""
     import signal
     import time
 
@@ -81,8 +82,8 @@ def test_fsdp_two_processes_match_one_process_and_resume_exactly_after_sigkill(t
             f"--data={tmp_path / 'shapes' / 'train.jsonl'}", "--max-steps=8", "--save-every=2", "--keep-checkpoints=10",
             "--no-progress", "--log-every=1", "lr=0.003", "taid_alpha_per_run=2"]
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT), ACCELERATE_USE_CPU="true", OMP_NUM_THREADS="1")
-    fsdp = args + ["--distributed=fsdp", "--batch-size=2"]
-    whole = subprocess.run(_launch_two(fsdp + ["--teacher-shard", f"--output={tmp_path / 'fsdp'}"], env), env=env, capture_output=True,
+    fsdp = args + ["--distributed=fsdp", "--batch-size=1", "--grad-accum=2"]  # global batch 4, as one process
+    whole = subprocess.run(_launch_two(fsdp + ["--teacher-shard", "--gradient-checkpointing", f"--output={tmp_path / 'fsdp'}"], env), env=env, capture_output=True,
                            text=True, timeout=600)
     assert whole.returncode == 0, whole.stderr[-3000:]
     one = subprocess.run([sys.executable, "-m", "taid_vlm.cli"] + args + [f"--output={tmp_path / 'single'}", "--batch-size=4"],
