@@ -13,6 +13,7 @@ import typing
 
 from . import __version__
 from .eval.command import add_eval_parser
+from .teacher_cache.command import add_teacher_cache_parser
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_data(commands)
     _add_distill(commands)
+    add_teacher_cache_parser(commands)
     add_eval_parser(commands)
     _add_demo(commands)
     return parser
