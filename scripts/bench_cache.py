@@ -52,13 +52,18 @@ def build(teacher_dir: Path, data_file: Path, out: Path, top_k: int, logit_dtype
                          batch_size=batch_size, progress=False)
     seconds = time.perf_counter() - started
     size = sum(p.stat().st_size for p in (out / "shards").glob("shard-*.safetensors"))
-    tokens = 0
+    import torch
     from safetensors import safe_open
 
+    tails = []
     for shard in (out / "shards").glob("shard-*.safetensors"):
         with safe_open(str(shard), "pt") as f:
-            tokens += f.get_slice("token_ids").get_shape()[0]
+            tails.append(f.get_tensor("tail"))
+    tail_mass = torch.cat(tails).double().exp()
+    tokens = int(tail_mass.numel())
     return {"bytes": size, "tokens": tokens, "bytes_per_token": size / max(tokens, 1), "build_s": seconds,
+            "tail_mass": {"mean": float(tail_mass.mean()), "median": float(tail_mass.median()),
+                          "p95": float(tail_mass.quantile(0.95)), "max": float(tail_mass.max())},
             "built_now": result.shards_built, "shards": result.shards_total, "records": len(records)}
 
 
@@ -137,7 +142,7 @@ def speed(args: argparse.Namespace, preset) -> dict:
         "top_k": k, "logit_dtype": args.logit_dtype,
         "bytes_per_token_payload": f"{k} ids x 2 B (uint16 for vocabularies <= 65536, else 4 B) + {k} log-probs x "
                                    f"{2 if args.logit_dtype != 'float32' else 4} B + tail 4 B + token id 4 B; the rest is shard headers",
-        "cache_tokens": built["tokens"], "cache_bytes": built["bytes"], "cache_records": built["records"],
+        "cache_tokens": built["tokens"], "tail_mass_untrained_teacher": built["tail_mass"], "cache_bytes": built["bytes"], "cache_records": built["records"],
         "steps_per_run": args.steps, "repeats": args.repeats, "batch_size": preset.student_budget.batch_size,
         "per_run": runs, "preset": preset.name,
         "weights": "initial (untrained) demo teacher and student: time and memory do not depend on learnt weights",
@@ -186,8 +191,9 @@ def quality(args: argparse.Namespace, preset) -> dict:
             "cached_minus_live_vqa": difference, "live_seed_std": spread,
             "within_seed_spread": abs(difference) <= spread,
             "criterion": "|mean(cached) - mean(live)| <= sample std of the live student's VQA accuracy over seeds",
-            "cache": {k: built[k] for k in ("bytes_per_token", "build_s", "tokens", "records")},
-            "top_k": args.top_k, "logit_dtype": args.logit_dtype, "preset": preset.name,
+            "cache": {k: built[k] for k in ("bytes_per_token", "build_s", "tokens", "records", "tail_mass")},
+            "top_k": args.top_k, "logit_dtype": args.logit_dtype, "preset": preset.name, "n_train": preset.n_train,
+            "teacher_budget": dataclasses.asdict(preset.teacher_budget), "eval_questions": preset.eval_questions,
             "student_budget": dataclasses.asdict(preset.student_budget)}
 
 
@@ -207,6 +213,22 @@ def quality_markdown(result: dict, command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def with_budget(preset, args: argparse.Namespace):
+    """The preset with the quality part's overrides (a smaller budget where CPU time is short)."""
+    changes = {}
+    if args.n_train:
+        changes["n_train"] = args.n_train
+    if args.teacher_steps:
+        changes["teacher_budget"] = dataclasses.replace(preset.teacher_budget, steps=args.teacher_steps,
+                                                        warmup_steps=max(1, args.teacher_steps // 20))
+    if args.student_steps:
+        changes["student_budget"] = dataclasses.replace(preset.student_budget, steps=args.student_steps,
+                                                        warmup_steps=max(1, args.student_steps // 20))
+    if args.eval_questions:
+        changes["eval_questions"] = args.eval_questions
+    return preset.with_overrides(**changes) if changes else preset
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--parts", nargs="+", default=["speed"], choices=["speed", "quality"])
@@ -218,6 +240,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2, help="speed: live/cached runs each, alternating")
     parser.add_argument("--build-batch-size", type=int, default=32)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="quality: student seeds")
+    parser.add_argument("--n-train", type=int, default=None, help="quality: training scenes (default: the preset's)")
+    parser.add_argument("--teacher-steps", type=int, default=None, help="quality: teacher steps (default: the preset's)")
+    parser.add_argument("--student-steps", type=int, default=None, help="quality: student steps (default: the preset's)")
+    parser.add_argument("--eval-questions", type=int, default=None, help="quality: VQA test questions (default: the preset's)")
     parser.add_argument("--work", default="runs/bench-cache", help="where data, models, caches and runs go")
     parser.add_argument("--out", default="docs/results", help="where the JSON (and quality table) go")
     # internal: one training run in a subprocess
@@ -232,7 +258,7 @@ def main() -> None:
 
     from taid_vlm.demo import PRESETS
 
-    preset = PRESETS[args.preset].with_overrides(caption_backend="python")
+    preset = with_budget(PRESETS[args.preset].with_overrides(caption_backend="python"), args)
     command = " ".join(["python", *sys.argv])
     out = Path(args.out)
     if "speed" in args.parts:
