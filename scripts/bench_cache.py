@@ -157,8 +157,9 @@ def quality(args: argparse.Namespace, preset) -> dict:
     )  # fmt: skip
 
     work = Path(args.work)
-    data_dir = prepare_data(work / "data", preset, False, 0)
-    init = initial_models(work / "init", data_dir, preset, False, 0)
+    text = args.text
+    data_dir = prepare_data(work / "data", preset, text, 0)
+    init = initial_models(work / "init", data_dir, preset, text, 0)
     tokenizer = AutoTokenizer.from_pretrained(init["teacher"])
     teacher_dir, _ = train_teacher(work / "teacher", init["teacher"], data_dir, preset.teacher_budget, 0, progress=False)
     teacher_row = evaluate_models(work / "eval-teacher", {"teacher": teacher_dir}, data_dir, preset, False)["rows"][0]
@@ -168,7 +169,8 @@ def quality(args: argparse.Namespace, preset) -> dict:
     print(f"cache: {built['bytes_per_token']:.0f} B/token, built in {built['build_s']:.0f} s", file=sys.stderr, flush=True)
     rows = []
     for seed in args.seeds:
-        student_init = save_initial_model(work / f"init-student-{seed}", preset.student, tokenizer, False, preset.image_size, 202 + seed)
+        student_spec = preset.text_student if text else preset.student
+        student_init = save_initial_model(work / f"init-student-{seed}", student_spec, tokenizer, text, preset.image_size, 202 + seed)
         students = {}
         for variant, extra in (("live", {}), ("cached", {"teacher_cache": str(cache_dir)})):
             run = distil_student(work / f"taid-{variant}-{seed}", student_init, teacher_dir, data_dir, "taid",
@@ -193,14 +195,16 @@ def quality(args: argparse.Namespace, preset) -> dict:
             "criterion": "|mean(cached) - mean(live)| <= sample std of the live student's VQA accuracy over seeds",
             "cache": {k: built[k] for k in ("bytes_per_token", "build_s", "tokens", "records", "tail_mass")},
             "top_k": args.top_k, "logit_dtype": args.logit_dtype, "preset": preset.name, "n_train": preset.n_train,
+            "text": text,
             "teacher_budget": dataclasses.asdict(preset.teacher_budget), "eval_questions": preset.eval_questions,
             "student_budget": dataclasses.asdict(preset.student_budget)}
 
 
 def quality_markdown(result: dict, command: str) -> str:
     s = result["summary"]
+    pair = "text-only LLM" if result.get("text") else "VLM"
     lines = [f"Command: `{command}`", "",
-             f"Demo teacher VQA accuracy {result['teacher_vqa']:.2f}; TAID students, seeds {result['seeds']}; "
+             f"Demo {pair} pair; teacher VQA accuracy {result['teacher_vqa']:.2f}; TAID students, seeds {result['seeds']}; "
              f"cache: top-k {result['top_k']}, {result['logit_dtype']}, {result['cache']['bytes_per_token']:.0f} B/token.", "",
              "| teacher signal | VQA accuracy (mean +- std) | CIDEr-D (mean +- std) | per-seed VQA |", "|---|---:|---:|---|"]
     for variant, label in (("live", "live teacher"), ("cached", f"k = {result['top_k']} cache")):
@@ -240,6 +244,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2, help="speed: live/cached runs each, alternating")
     parser.add_argument("--build-batch-size", type=int, default=32)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="quality: student seeds")
+    parser.add_argument("--text", action="store_true", help="quality: the demo's text-only LLM pair (scenes in words)")
     parser.add_argument("--n-train", type=int, default=None, help="quality: training scenes (default: the preset's)")
     parser.add_argument("--teacher-steps", type=int, default=None, help="quality: teacher steps (default: the preset's)")
     parser.add_argument("--student-steps", type=int, default=None, help="quality: student steps (default: the preset's)")

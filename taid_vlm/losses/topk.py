@@ -95,29 +95,38 @@ def student_buckets(logits: Tensor, ids: Tensor) -> Tensor:
     return torch.cat([gathered, rest], dim=-1)
 
 
+def split_student(logits: Tensor, ids: Tensor) -> tuple[Tensor, Tensor | None]:
+    """``student_buckets`` without autograd, plus the log-softmax over the rest of the
+    vocabulary (-inf on the top-k ids; None when k = V), which ``rest_gradient`` reuses: the
+    chunked engine then touches the ``[c, V]`` logits twice instead of four times."""
+    gathered = logits.gather(-1, ids)
+    if ids.shape[-1] >= logits.shape[-1]:
+        return gathered, None
+    rest = logits.scatter(-1, ids, -torch.inf)
+    lse = rest.logsumexp(-1, keepdim=True)
+    return torch.cat([gathered, lse], dim=-1), rest.sub_(lse)
+
+
+def rest_gradient(grad_buckets: Tensor, rest_logprobs: Tensor | None, ids: Tensor, vocab: int) -> Tensor:
+    """Chain rule from the bucket logits back to the ``[n, V]`` logits, without autograd.
+
+    d bucket_i / d z_j is 1 for the gathered entry i = position of j, and for the tail bucket it
+    is the softmax over the rest (``exp(rest_logprobs)``, 0 on the top-k ids). Consumes
+    ``rest_logprobs`` in place.
+    """
+    k = ids.shape[-1]
+    if rest_logprobs is None:
+        out = torch.zeros((ids.shape[0], vocab), dtype=grad_buckets.dtype, device=grad_buckets.device)
+    else:
+        out = rest_logprobs.exp_().mul_(grad_buckets[:, k:k + 1])
+    return out.scatter_add_(-1, ids, grad_buckets[:, :k])
+
+
 def bucket_labels(labels: Tensor, ids: Tensor) -> Tensor:
     """Each label's bucket: its position among the top-k ids, else k (the tail); negatives stay."""
     hit = ids == labels.clamp_min(0).unsqueeze(-1)
     position = torch.where(hit.any(-1), hit.float().argmax(-1), torch.full_like(labels, ids.shape[-1]))
     return torch.where(labels >= 0, position, labels)
-
-
-def bucket_gradient(grad_buckets: Tensor, logits: Tensor, ids: Tensor) -> Tensor:
-    """Chain rule from the bucket logits back to the ``[n, V]`` logits, without autograd.
-
-    d bucket_i / d z_j is 1 for the gathered entry i = position of j, and for the tail bucket it
-    is softmax over the rest (``exp(z_j - lse_rest)``, 0 on the top-k ids).
-    """
-    k = ids.shape[-1]
-    out = torch.zeros(logits.shape, dtype=grad_buckets.dtype, device=logits.device)
-    if k < logits.shape[-1]:
-        rest = logits.to(grad_buckets.dtype).scatter(-1, ids, -torch.inf)
-        out = torch.softmax(rest, dim=-1).mul_(grad_buckets[:, k:k + 1])
-        # Softmax of a row whose rest is all -inf (cannot happen with k < V and finite logits)
-        # would be NaN; keep the guard cheap and explicit.
-        out = torch.nan_to_num_(out, nan=0.0)
-    out.scatter_add_(-1, ids, grad_buckets[:, :k])
-    return out
 
 
 def check_ids(ids: Tensor, vocab: int) -> None:

@@ -4,7 +4,7 @@ Same idea as ``chunked.py``: walk the response tokens in chunks; per chunk compu
 student's ``[c, V]`` logits from its hidden states and head, map them onto the teacher's k + 1
 buckets (``topk.student_buckets``), take the divergence and its gradient on the small
 ``[c, k + 1]`` bucket tensor, chain that gradient back to the ``[c, V]`` logits in closed form
-(``topk.bucket_gradient``), fold it into the hidden-state and head gradients, and drop the chunk.
+(``topk.rest_gradient``), fold it into the hidden-state and head gradients, and drop the chunk.
 Backward only hands over the stored gradients. The teacher side costs ``[c, k + 1]`` per chunk.
 """
 
@@ -17,7 +17,7 @@ import torch
 from .api import reduce_tokens, resolve_params, upcast
 from .chunked import auto_chunk_size
 from .divergences import FUSED
-from .topk import TopK, bucket_gradient, bucket_labels, check_ids, student_buckets, teacher_buckets
+from .topk import TopK, bucket_labels, check_ids, rest_gradient, split_student, teacher_buckets
 
 Tensor = torch.Tensor
 
@@ -53,8 +53,8 @@ class _ChunkedTopKDivergence(torch.autograd.Function):
                 z = h_chunk @ weight.t()
                 if bias is not None:
                     z = z + bias
-                z = upcast(z)
-                student_b = student_buckets(z, rows.ids)
+                student_b, rest = split_student(upcast(z), rows.ids)
+                del z
                 teacher_b = teacher_buckets(rows, spec.vocab)
             if spec.fused is not None:
                 fused_fn, fixed = spec.fused
@@ -76,8 +76,8 @@ class _ChunkedTopKDivergence(torch.autograd.Function):
                 grad_b_logits = grads[0]
                 if want_t:
                     grad_t += grads[1]
-            grad_logits = bucket_gradient(grad_b_logits, z, rows.ids)
-            del z, student_b, teacher_b, grad_b_logits
+            grad_logits = rest_gradient(grad_b_logits, rest, rows.ids, spec.vocab)
+            del rest, student_b, teacher_b, grad_b_logits
             if want_h:
                 grad_h[start:end] = grad_logits.to(h_chunk.dtype) @ weight
             if want_w:
