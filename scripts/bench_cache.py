@@ -8,8 +8,9 @@ weights: step time and memory do not depend on what the weights have learnt):
      each in its own subprocess (so a peak belongs to one variant), alternating live / cached
      ``--repeats`` times so that load on this shared machine hits both alike;
   prints ONE JSON line and writes docs/results/bench_cache.json: bytes_per_token, build_s,
-  cached_step_s, live_step_s (medians over steps 2..N of every repeat), cached_peak_mb,
-  live_peak_mb (max RSS of the training process), with the load average at start and end.
+  cached_step_s, live_step_s (median CPU seconds per step over steps 2..N of every repeat, one
+  torch thread per run; wall-clock medians beside them), cached_peak_mb, live_peak_mb (peak RSS
+  of the training process after its imports), with the load average at start and end.
 
 Part ``quality``: the demo's teacher (trained as the demo trains it), one k = 64 cache built
 from it, and for each seed a TAID student from the live teacher and one from the cache (same
@@ -77,13 +78,33 @@ def child(args: argparse.Namespace) -> None:
                   teacher=args.teacher)
     if args.child == "cached":
         values["teacher_cache"] = args.cache
+    # CPU seconds per step: the loop logs every step, so the process's CPU clock read at each log
+    # call brackets one step. On a shared machine wall time follows everyone's load; the CPU time
+    # of a one-thread process follows only its own work.
+    from taid_vlm.train import metrics
+
+    cpu_marks: list[float] = []
+    original_log = metrics.MetricsLog.log
+
+    def log_with_cpu_clock(self, row):
+        cpu_marks.append(time.process_time())
+        return original_log(self, row)
+
+    metrics.MetricsLog.log = log_with_cpu_clock
     baseline = current_rss_mb()  # torch, transformers and the package imported, nothing loaded yet
     reset = reset_peak_rss()
     distill(load_config(None, values))
     seconds = [r["seconds"] for r in read_metrics(Path(args.output) / "metrics.jsonl") if "seconds" in r]
     peak = peak_rss_mb() if reset else max_rss_mb()
-    print(json.dumps({"variant": args.child, "step_seconds": seconds, "peak_mb": peak, "baseline_mb": baseline,
-                      "peak_is_since_imports": reset}))
+    cpu = [b - a for a, b in zip(cpu_marks, cpu_marks[1:])]  # steps 2..N
+    print(json.dumps({"variant": args.child, "step_seconds": seconds, "step_cpu_seconds": cpu, "peak_mb": peak,
+                      "baseline_mb": baseline, "peak_is_since_imports": reset, "threads": torch_threads()}))
+
+
+def torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
 
 
 def reset_peak_rss() -> bool:
@@ -113,7 +134,7 @@ def speed(args: argparse.Namespace, preset) -> dict:
     cache_dir = work / f"speed-cache-k{args.top_k}"
     built = build(init["teacher"], data_dir / "train.jsonl", cache_dir, args.top_k, args.logit_dtype, args.build_batch_size)
     runs: dict[str, list[dict]] = {"live": [], "cached": []}
-    env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1")
+    env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
     for repeat in range(args.repeats):
         for variant in ("live", "cached"):
             command = [sys.executable, __file__, "--child", variant, "--student", str(init["student"]),
@@ -124,10 +145,13 @@ def speed(args: argparse.Namespace, preset) -> dict:
             if done.returncode != 0:
                 raise SystemExit(f"{variant} run failed:\n{done.stderr[-3000:]}")
             runs[variant].append(json.loads(done.stdout.strip().splitlines()[-1]))
-            print(f"  repeat {repeat}: {variant} median step {statistics.median(runs[variant][-1]['step_seconds'][1:]):.3f} s",
+            print(f"  repeat {repeat}: {variant} median step {statistics.median(runs[variant][-1]['step_cpu_seconds']):.3f} CPU s",
                   file=sys.stderr, flush=True)
 
     def median_step(variant: str) -> float:
+        return statistics.median(s for r in runs[variant] for s in r["step_cpu_seconds"])
+
+    def median_wall(variant: str) -> float:
         return statistics.median(s for r in runs[variant] for s in r["step_seconds"][1:])
 
     k = args.top_k
@@ -139,6 +163,9 @@ def speed(args: argparse.Namespace, preset) -> dict:
         "peak_mb_means": "peak RSS of the training process from the moment its imports were done (models, data, steps); "
                          "baseline_mb in per_run is the RSS of those imports",
         "step_speedup": round(median_step("live") / median_step("cached"), 3),
+        "step_s_means": "median CPU seconds per optimizer step (steps 2..N of every run; each run is one process "
+                        "with one torch thread, so the figure is its own work, not the machine's load)",
+        "cached_step_wall_s": round(median_wall("cached"), 4), "live_step_wall_s": round(median_wall("live"), 4),
         "top_k": k, "logit_dtype": args.logit_dtype,
         "bytes_per_token_payload": f"{k} ids x 2 B (uint16 for vocabularies <= 65536, else 4 B) + {k} log-probs x "
                                    f"{2 if args.logit_dtype != 'float32' else 4} B + tail 4 B + token id 4 B; the rest is shard headers",
