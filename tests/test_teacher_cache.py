@@ -160,3 +160,17 @@ def test_a_cache_built_on_other_records_is_refused_on_resume(pair, capsys):
     (pair / "not-a-cache" / "x.txt").write_text("mine")
     assert main(cache_args(pair, "not-a-cache")) == 2
     assert "is not a teacher cache" in capsys.readouterr().err
+
+
+def test_sequence_level_kd_trains_on_the_teachers_cached_answers(pair):
+    assert main(cache_args(pair, "answers", "--top-k=8", "--responses=teacher", "--max-new-tokens=3", "--data-limit=4")) == 0
+    cache = TeacherCache(pair / "answers")
+    records = load_records(pair / "shapes" / "train.jsonl")[:4]
+    answered = cache.with_teacher_responses(records)
+    assert [m["role"] for m in answered[0].messages] == [m["role"] for m in records[0].messages]
+    assert any(a.messages != r.messages for a, r in zip(answered, records))  # the teacher's words, not the data's
+    result = distill(run_config(pair, "seqkd", teacher_cache=str(pair / "answers"), responses="teacher", data_limit=4,
+                                max_steps=2, batch_size=2))
+    assert result.steps == 2 and result.final_loss == result.final_loss
+    with pytest.raises(CacheError, match="built with --responses teacher"):
+        distill(run_config(pair, "seqkd-bad", teacher_cache=str(pair / "answers"), data_limit=4, max_steps=1))
