@@ -28,6 +28,7 @@ import argparse
 import dataclasses
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -132,6 +133,7 @@ def speed(args: argparse.Namespace, preset) -> dict:
     data_dir = prepare_data(work / "speed-data", sized, False, 0)
     init = initial_models(work / "speed-init", data_dir, sized, False, 0)
     cache_dir = work / f"speed-cache-k{args.top_k}"
+    shutil.rmtree(cache_dir, ignore_errors=True)  # build_s times a whole build, never a resumed one
     built = build(init["teacher"], data_dir / "train.jsonl", cache_dir, args.top_k, args.logit_dtype, args.build_batch_size)
     runs: dict[str, list[dict]] = {"live": [], "cached": []}
     env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
