@@ -21,6 +21,9 @@ Captions are scored by pycocoevalcap whenever Java runs (``--caption-backend aut
 and by the python fallback only without Java or when asked for; the backend actually used is
 recorded in every JSON and named in every table. VQA accuracy uses the official rules
 (docs/EVALUATION.md); the question counts in the tables are those actually scored.
+The zoo and taid parts run the teacher ONCE: its top-64 log-probs over the training set go to a
+teacher cache that every loss and seed trains from (``--cache-top-k 0`` for a live teacher per
+run; docs/TEACHER_CACHE.md says what the top-k approximation changes per loss).
 
 Usage:
   python scripts/bench_quality.py --preset default --seeds 0 1 2 --parts zoo gap
@@ -93,8 +96,21 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
+def teacher_cache(work: Path, teacher_dir: Path, data_dir: Path, top_k: int) -> Path:
+    """The teacher's top-k log-probs over the training set, computed once for the whole sweep
+    (every loss and seed reads them; a finished cache is reused, an interrupted one resumed)."""
+    from taid_vlm.data import load_records
+    from taid_vlm.models import load
+    from taid_vlm.teacher_cache import build_cache
+
+    out = work / f"teacher-cache-k{top_k}"
+    build_cache(load(str(teacher_dir), role="teacher"), str(teacher_dir), load_records(data_dir / "train.jsonl"), out,
+                top_k=top_k, progress=False)
+    return out
+
+
 def run_zoo(part: str, names: list[str], seeds: list[int], preset, work: Path, data_dir: Path, tokenizer,
-            teacher_dir: Path, teacher_row: dict) -> dict:
+            teacher_dir: Path, teacher_row: dict, cache_dir: Path | None = None) -> dict:
     from taid_vlm.demo.pipeline import distil_student, evaluate_models, save_initial_model
 
     per_loss: dict[str, list[dict]] = {name: [] for name in names}
@@ -104,6 +120,8 @@ def run_zoo(part: str, names: list[str], seeds: list[int], preset, work: Path, d
         for name in names:
             loss, extra = loss_config(name)
             t_start = extra.pop("t_start", preset.t_start)
+            if cache_dir is not None and loss != "sft":
+                extra["teacher_cache"] = str(cache_dir)
             run = distil_student(work / f"zoo-{name}-{seed}", init, teacher_dir, data_dir, loss, preset.student_budget,
                                  seed, t_start, progress=False, reuse=True, **extra)
             students[name] = run / "student"
@@ -256,6 +274,8 @@ def main() -> None:
     parser.add_argument("--out", default="docs/results/quality", help="where the tables, plots and JSON go")
     parser.add_argument("--render-only", action="store_true",
                         help="rewrite the .md tables and plots from the JSON already in --out (no training)")
+    parser.add_argument("--cache-top-k", type=int, default=64,
+                        help="zoo/taid parts: students read the teacher's top-k from a cache built once (0: live teacher)")
     args = parser.parse_args()
     args.gap_seeds = args.gap_seeds or args.seeds
     if args.render_only:
@@ -282,11 +302,13 @@ def main() -> None:
         teacher_dir, _ = train_teacher(work / "teacher", init["teacher"], data_dir, preset.teacher_budget, 0, progress=False)
         teacher_row = evaluate_models(work / "eval-teacher", {"teacher": teacher_dir}, data_dir, preset, False)["rows"][0]
         print(f"teacher: VQA {teacher_row['vqa_accuracy']:.2f}", flush=True)
+        cache_dir = teacher_cache(work, teacher_dir, data_dir, args.cache_top_k) if args.cache_top_k > 0 else None
     for part, names in (("zoo", list(args.losses)), ("taid", ["sft", "taid", "taid_linear", *TAID_VARIANTS])):
         if part not in args.parts:
             continue
-        result = run_zoo(part, names, args.seeds, preset, work, data_dir, tokenizer, teacher_dir, teacher_row)
-        write_json(out / f"{part}.json", {**result, "command": command, "machine": machine(load_at_start),
+        result = run_zoo(part, names, args.seeds, preset, work, data_dir, tokenizer, teacher_dir, teacher_row, cache_dir)
+        write_json(out / f"{part}.json", {**result, "command": command, "teacher_cache_top_k": args.cache_top_k,
+                                          "machine": machine(load_at_start),
                                           "seconds": time.perf_counter() - started})
         (out / f"{part}.md").write_text(zoo_markdown(result, header))
         plot_zoo(result, out / f"{part}.png", "Loss zoo" if part == "zoo" else "TAID settings")

@@ -13,6 +13,7 @@ import typing
 
 from . import __version__
 from .eval.command import add_eval_parser
+from .teacher_cache.command import add_teacher_cache_parser
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_data(commands)
     _add_distill(commands)
+    add_teacher_cache_parser(commands)
     add_eval_parser(commands)
     _add_demo(commands)
     return parser
@@ -93,9 +95,14 @@ def _run_distill(args: argparse.Namespace) -> int:
     except ConfigError as e:
         print(f"taid-vlm distill: {e}", file=sys.stderr)
         return 2
+    from .teacher_cache import CacheError
     from .train import distill
 
-    result = distill(config)
+    try:
+        result = distill(config)
+    except CacheError as e:  # the cache does not match the data or the run
+        print(f"taid-vlm: error: {e}", file=sys.stderr)
+        return 2
     if result.is_main:
         print(f"student saved to {result.student_dir} after {result.steps} steps ({result.seconds:.0f} s)")
     return 0

@@ -58,3 +58,29 @@ def test_tables_name_the_caption_backend_and_the_questions_actually_scored(tmp_p
     assert f"CIDEr-D, {zoo['teacher']['caption_backend']}" in table
     fresh = bench.zoo_markdown({**zoo, "caption_backends": ["pycocoevalcap"]}, "header")
     assert "CIDEr-D, pycocoevalcap" in fresh and "python-fallback" not in fresh
+
+
+def test_a_loss_sweep_reads_one_teacher_cache_instead_of_running_the_teacher_per_run(tmp_path, monkeypatch):
+    """run_zoo hands every distilling run the cache (sft needs no teacher); the runs themselves
+    are the benchmark, so distillation and evaluation are recorded here, not executed."""
+    import taid_vlm.demo.pipeline as pipeline
+
+    bench = _bench_quality()
+    calls = []
+
+    def fake_distil(run_dir, init, teacher_dir, data_dir, loss, budget, seed, t_start, progress, reuse=False, **config):
+        calls.append((loss, config))
+        return run_dir
+
+    def fake_eval(directory, students, data_dir, preset, progress):
+        return {"rows": [{"model": name, "vqa_accuracy": 1.0, "CIDEr": 0.5, "vqa_n": 10, "caption_backend": "python"}
+                         for name in students]}
+
+    monkeypatch.setattr(pipeline, "distil_student", fake_distil)
+    monkeypatch.setattr(pipeline, "evaluate_models", fake_eval)
+    monkeypatch.setattr(pipeline, "save_initial_model", lambda path, *a, **k: path)
+    bench.run_zoo("zoo", ["sft", "fkl", "taid_linear"], [0, 1], PRESETS["quick"], tmp_path, tmp_path, None,
+                  tmp_path / "teacher", {"vqa_accuracy": 2.0}, cache_dir=tmp_path / "cache")
+    assert len(calls) == 6
+    for loss, config in calls:
+        assert config.get("teacher_cache") == (None if loss == "sft" else str(tmp_path / "cache"))

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ..losses.topk import TopK
+
 
 @dataclass
 class ResponseOutputs:
@@ -21,6 +23,8 @@ class ResponseOutputs:
     head_weight: torch.Tensor | None = None  # [V, H]: LM head (hidden @ head_weight.T = logits)
     head_bias: torch.Tensor | None = None  # [V] or None
     logits: torch.Tensor | None = None  # [n, V]: when the adapter returns logits instead
+    topk: TopK | None = None  # a cached teacher: top-k ids/log-probs + tail mass per token
+    cached_vocab_size: int | None = None  # the cached teacher's vocabulary (no head to read it from)
 
     @property
     def num_tokens(self) -> int:
@@ -30,11 +34,15 @@ class ResponseOutputs:
     def vocab_size(self) -> int:
         if self.logits is not None:
             return int(self.logits.shape[-1])
+        if self.cached_vocab_size is not None:
+            return self.cached_vocab_size
         assert self.head_weight is not None
         return int(self.head_weight.shape[0])
 
     def full_logits(self) -> torch.Tensor:
         """Materialise [n, V] logits (the plain path; the chunked engine avoids this)."""
+        if self.topk is not None:
+            raise ValueError("a cached teacher has no full logits, only top-k + tail: use losses.topk")
         if self.logits is not None:
             return self.logits
         assert self.hidden is not None and self.head_weight is not None
@@ -56,4 +64,7 @@ class ResponseOutputs:
             head_weight=mv(self.head_weight, True),
             head_bias=mv(self.head_bias, True),
             logits=mv(self.logits, True),
+            # cached log-probs keep their (16-bit) dtype in transit: the loss upcasts per chunk
+            topk=TopK(mv(self.topk.ids, False), mv(self.topk.logprobs, False), mv(self.topk.tail, False)) if self.topk is not None else None,
+            cached_vocab_size=self.cached_vocab_size,
         )

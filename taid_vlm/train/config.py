@@ -33,6 +33,7 @@ class DistillConfig:
     teacher_device: str | None = None  # e.g. "cpu" (offload) or "cuda:1"; default: the student's
     student_chat_template: str | None = None  # Jinja template overriding the processor's
     teacher_chat_template: str | None = None
+    teacher_cache: str | None = None  # a `taid-vlm teacher-cache` directory: no live teacher is loaded
 
     # --- data -------------------------------------------------------------------------------
     data: str = ""
@@ -98,11 +99,13 @@ class DistillConfig:
             problems.append("output is required (the run directory)")
         if self.loss not in LOSS_NAMES:
             problems.append(f"loss {self.loss!r} is not one of {', '.join(LOSS_NAMES)}")
-        if self.needs_teacher and not self.teacher:
-            problems.append(f"loss {self.loss!r} with distil_ratio {self.distil_ratio} needs a teacher")
+        if self.needs_teacher and not (self.teacher or self.teacher_cache):
+            problems.append(f"loss {self.loss!r} with distil_ratio {self.distil_ratio} needs a teacher (or a teacher_cache)")
+        if self.teacher_cache and self.on_policy > 0:
+            problems.append("on_policy > 0 needs a live teacher to score the student's samples; drop teacher_cache or set on_policy=0")
         if self.responses not in RESPONSE_SOURCES:
             problems.append(f"responses must be one of {RESPONSE_SOURCES}, got {self.responses!r}")
-        if self.responses == "teacher" and not self.teacher:
+        if self.responses == "teacher" and not (self.teacher or self.teacher_cache):
             problems.append("responses=teacher needs a teacher")
         if not 0.0 <= self.on_policy <= 1.0:
             problems.append(f"on_policy is a probability in [0, 1], got {self.on_policy}")

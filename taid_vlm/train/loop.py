@@ -50,7 +50,7 @@ from .objective import LossParts, training_loss
 from .parallel import Distributed, HiddenStates, full_model_state, full_optimizer_state, load_full_state, shard
 from .precision import Precision
 from .responses import on_policy_batch, teacher_responses
-from .teacher import LiveTeacher
+from .teacher import CachedTeacher, LiveTeacher, open_teacher_cache
 
 VISION_MODULE_NAMES = ("vision_tower", "vision_model", "visual", "vision_encoder", "vision")
 RUN_MARKERS = ("config.yaml", "metrics.jsonl", "checkpoints", "student", "ranks.json")
@@ -119,13 +119,17 @@ def setup(config: DistillConfig) -> Run:
 
     teacher, student = _load_models(config, env)
     records = _training_records(config)
-    if config.responses == "teacher":
+    cached = None
+    if config.teacher_cache:  # the teacher's signal comes from disk; records are checked against it now
+        cache, loaded = open_teacher_cache(config.teacher_cache, config.teacher, config.max_length, config.responses, records)
+        cached, records = CachedTeacher(cache, records, env.device), loaded
+    elif config.responses == "teacher":
         cache = out / "teacher_responses.jsonl"
         if env.is_main:
             teacher_responses(teacher, records, cache, config.batch_size, config.generation_max_new_tokens, config.progress)
         env.barrier()
         records = teacher_responses(teacher, records, cache, config.batch_size, config.generation_max_new_tokens, False)
-    teacher_signal = LiveTeacher(teacher, env.device, return_hidden=config.chunked) if config.needs_teacher else None
+    teacher_signal = (cached or LiveTeacher(teacher, env.device, return_hidden=config.chunked)) if config.needs_teacher else None
     sharded = _place(config, env, student, teacher)
 
     params = [p for p in student.model.parameters() if p.requires_grad]
@@ -166,7 +170,7 @@ def setup(config: DistillConfig) -> Run:
 
 def _load_models(config: DistillConfig, env: Distributed) -> tuple[ModelAdapter | None, ModelAdapter]:
     teacher = None
-    if config.needs_teacher or config.responses == "teacher":
+    if not config.teacher_cache and (config.needs_teacher or config.responses == "teacher"):
         teacher = load(config.teacher, role="teacher", dtype=None if config.teacher_dtype == "auto" else config.teacher_dtype,
                        device=config.teacher_device or env.device, chat_template=config.teacher_chat_template)
     # A student built from parts shares the teacher's tokenizer (the vocabularies must match).

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import torch
 
 from ..losses import chunked_divergence, divergence
+from ..losses.topk import topk_divergence
+from ..losses.topk_chunked import chunked_topk_divergence
 from ..models.outputs import ResponseOutputs
 
 
@@ -37,6 +39,12 @@ def response_divergence(
 ) -> torch.Tensor:
     """One divergence over aligned response tokens (labels are the response token ids)."""
     labels = student.token_ids
+    if teacher is not None and teacher.topk is not None and name != "sft":  # a cached teacher: top-k + tail
+        common = dict(labels=labels, num_tokens=num_tokens, temperature=temperature, **params)
+        if chunked and student.hidden is not None:
+            return chunked_topk_divergence(name, student.hidden, student.head_weight, teacher.topk,
+                                           student_bias=student.head_bias, chunk_size=chunk_size, **common)
+        return topk_divergence(name, student.full_logits(), teacher.topk, **common)
     if chunked and student.hidden is not None:
         teacher_kwargs = {}
         if teacher is not None:

@@ -1,7 +1,8 @@
 """Where the teacher's signal comes from, kept apart from how it is compared.
 
 The loop asks a teacher signal for ``ResponseOutputs`` over a batch of records and never looks
-inside: a live model today; an offline cache of teacher logits can slot in with the same method.
+inside: a live model (``LiveTeacher``) or an offline cache of top-k teacher log-probs
+(``CachedTeacher``, chosen by the ``teacher_cache`` config key).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from ..data import Record
 from ..models import ModelAdapter
 from ..models.adapter import RenderedBatch
 from ..models.outputs import ResponseOutputs
+from ..teacher_cache import CacheError, TeacherCache, record_hash
 
 
 class TeacherSignal(Protocol):
@@ -42,3 +44,42 @@ class LiveTeacher:
         with torch.no_grad():
             out = self.adapter.response_outputs(batch if batch is not None else records, return_hidden=self.return_hidden)
         return out.to(device=self.device)
+
+
+class CachedTeacher:
+    """The teacher's top-k + tail read from an offline cache (``taid-vlm teacher-cache``).
+
+    No teacher model is loaded. Every record of the run is checked up front (present, same
+    content), and its content hash is kept by id: the loop may trim a prompt to ``max_length``
+    later, and the cache was keyed on the record as loaded, before any trimming.
+    """
+
+    def __init__(self, cache: TeacherCache, records: Sequence[Record], device: torch.device):
+        self.cache = cache
+        self.device = device
+        self.hashes = {r.id: record_hash(r) for r in records}
+        for record in records:
+            cache.entry(record, self.hashes[record.id])
+
+    def outputs(self, records: Sequence[Record]) -> ResponseOutputs:
+        missing = [r.id for r in records if r.id not in self.hashes]
+        if missing:
+            raise CacheError(f"record {missing[0]!r} was not checked against the teacher cache {self.cache.root}; "
+                             "on-policy samples cannot be scored by a cache (use a live teacher)")
+        token_ids, record_index, topk = self.cache.rows(list(records), self.hashes)
+        return ResponseOutputs(token_ids, record_index, topk=topk,
+                               cached_vocab_size=self.cache.teacher["vocab_size"]).to(device=self.device)
+
+
+def open_teacher_cache(path: str, teacher: str | None, max_length: int | None, responses: str,
+                       records: Sequence[Record]) -> tuple[TeacherCache, list[Record]]:
+    """Open a cache for a run and check it against the run's settings; with ``responses=teacher``
+    the records come back with the teacher's answers stored in the cache."""
+    cache = TeacherCache(path)
+    cache.check_run(teacher, max_length)
+    if responses == "teacher":
+        return cache, cache.with_teacher_responses(list(records))
+    if cache.settings.responses == "teacher":
+        raise CacheError(f"teacher cache {path} scores the teacher's own answers (built with --responses teacher); "
+                         "run with responses=teacher, or rebuild the cache with --responses data")
+    return cache, list(records)

@@ -1,0 +1,168 @@
+"""Divergences against a teacher known only by its top-k tokens plus one tail bucket.
+
+An offline teacher cache keeps, for each response token, the teacher's k most probable token
+ids, their log-probabilities and the log of the probability mass left over (the tail). The
+teacher distribution is then exact on k + 1 buckets: the k tokens, and "any other token".
+
+Both sides are compared on those same k + 1 buckets: the student's logits are gathered at the
+k ids and the rest of its vocabulary is folded into one bucket with ``logsumexp``. Every loss
+of the zoo then runs unchanged on ``[n, k + 1]`` bucket logits. With k = V there is no tail
+and the result equals the full-vocabulary loss (up to float summation order). With k < V:
+- KL-type losses (fkl, rkl, gjsd, skew_*, akl, ctkd) see the coarse-grained distributions; by
+  the data-processing inequality each f-divergence can only be SMALLER than on the full
+  vocabulary, and the difference is what happens inside the tail;
+- tvd is exact up to the tail: the bucketed value differs from the true one by at most the
+  smaller of the two tail masses (``|sum_tail (p - q)| <= TV <= sum_tail |p - q|``);
+- taid forms p_t over the buckets: ``softmax((1 - t) * z_s_b + t * z_T_b)`` where ``z_s_b`` are
+  the student's bucket logits (k gathered logits + logsumexp of the rest) and ``z_T_b`` the
+  teacher's bucket log-probs (k cached log-probs + log tail mass); the tail bucket of p_t is
+  therefore the geometric interpolation of the two tail MASSES, not the sum of interpolated
+  tail tokens;
+- dkd's target class is the label's bucket: the label's own entry when it is among the top-k,
+  the tail bucket otherwise;
+- a temperature divides the bucket logits, i.e. the tail is tempered as if it were one token
+  (exact at temperature 1, the TAID paper's setting).
+
+Pure tensor math: no model code, no I/O.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .api import reduce_tokens, resolve_params, upcast
+
+Tensor = torch.Tensor
+
+
+@dataclass
+class TopK:
+    """The teacher's signal for n tokens: ``ids [n, k]``, ``logprobs [n, k]``, ``tail [n]`` (log mass)."""
+
+    ids: Tensor
+    logprobs: Tensor
+    tail: Tensor
+
+    @property
+    def k(self) -> int:
+        return int(self.ids.shape[-1])
+
+    def rows(self, start: int, end: int) -> "TopK":
+        return TopK(self.ids[start:end], self.logprobs[start:end], self.tail[start:end])
+
+    def select(self, keep: Tensor) -> "TopK":
+        return TopK(self.ids[keep], self.logprobs[keep], self.tail[keep])
+
+
+def topk_of_logits(logits: Tensor, k: int) -> TopK:
+    """The k most probable tokens of each row, their log-probs, and the log of the rest's mass.
+
+    The tail is a ``logsumexp`` over the remaining log-probs, not ``log(1 - sum top-k)``: the
+    subtraction would lose all precision exactly when the top-k hold almost all the mass.
+    """
+    logprobs = torch.log_softmax(upcast(logits), dim=-1)
+    k = min(int(k), logprobs.shape[-1])
+    if k < 1:
+        raise ValueError(f"top-k must be >= 1, got {k}")
+    top, ids = logprobs.topk(k, dim=-1, sorted=True)
+    if k == logprobs.shape[-1]:
+        tail = torch.full(top.shape[:-1], -torch.inf, dtype=top.dtype, device=top.device)
+    else:
+        tail = logprobs.scatter(-1, ids, -torch.inf).logsumexp(-1)
+    return TopK(ids, top, tail)
+
+
+def teacher_buckets(topk: TopK, vocab: int) -> Tensor:
+    """``[n, k + 1]`` fp32 teacher log-probs over the buckets (``[n, k]`` when k = V: no tail)."""
+    logprobs = upcast(topk.logprobs)
+    if topk.k >= vocab:
+        return logprobs.clone()
+    return torch.cat([logprobs, upcast(topk.tail).unsqueeze(-1)], dim=-1)
+
+
+def student_buckets(logits: Tensor, ids: Tensor) -> Tensor:
+    """The student's logits on the teacher's buckets: k gathered logits + logsumexp of the rest.
+
+    Differentiable. With k = V the tail is empty and dropped (its logsumexp would be -inf, whose
+    gradient is NaN).
+    """
+    gathered = logits.gather(-1, ids)
+    if ids.shape[-1] >= logits.shape[-1]:
+        return gathered
+    rest = logits.scatter(-1, ids, -torch.inf).logsumexp(-1, keepdim=True)
+    return torch.cat([gathered, rest], dim=-1)
+
+
+def split_student(logits: Tensor, ids: Tensor) -> tuple[Tensor, Tensor | None]:
+    """``student_buckets`` without autograd, plus the log-softmax over the rest of the
+    vocabulary (-inf on the top-k ids; None when k = V), which ``rest_gradient`` reuses: the
+    chunked engine then touches the ``[c, V]`` logits twice instead of four times."""
+    gathered = logits.gather(-1, ids)
+    if ids.shape[-1] >= logits.shape[-1]:
+        return gathered, None
+    rest = logits.scatter(-1, ids, -torch.inf)
+    lse = rest.logsumexp(-1, keepdim=True)
+    return torch.cat([gathered, lse], dim=-1), rest.sub_(lse)
+
+
+def rest_gradient(grad_buckets: Tensor, rest_logprobs: Tensor | None, ids: Tensor, vocab: int) -> Tensor:
+    """Chain rule from the bucket logits back to the ``[n, V]`` logits, without autograd.
+
+    d bucket_i / d z_j is 1 for the gathered entry i = position of j, and for the tail bucket it
+    is the softmax over the rest (``exp(rest_logprobs)``, 0 on the top-k ids). Consumes
+    ``rest_logprobs`` in place.
+    """
+    k = ids.shape[-1]
+    if rest_logprobs is None:
+        out = torch.zeros((ids.shape[0], vocab), dtype=grad_buckets.dtype, device=grad_buckets.device)
+    else:
+        out = rest_logprobs.exp_().mul_(grad_buckets[:, k:k + 1])
+    return out.scatter_add_(-1, ids, grad_buckets[:, :k])
+
+
+def bucket_labels(labels: Tensor, ids: Tensor) -> Tensor:
+    """Each label's bucket: its position among the top-k ids, else k (the tail); negatives stay."""
+    hit = ids == labels.clamp_min(0).unsqueeze(-1)
+    position = torch.where(hit.any(-1), hit.float().argmax(-1), torch.full_like(labels, ids.shape[-1]))
+    return torch.where(labels >= 0, position, labels)
+
+
+def check_ids(ids: Tensor, vocab: int) -> None:
+    if ids.numel() and int(ids.max()) >= vocab:
+        raise ValueError(
+            f"cached teacher token id {int(ids.max())} is outside the student's vocabulary of {vocab}: the cache "
+            "was built with another tokenizer; rebuild it with the teacher that matches this student"
+        )
+
+
+def topk_divergence(
+    name: str,
+    student_logits: Tensor,
+    topk: TopK,
+    *,
+    labels: Tensor | None = None,
+    num_tokens: float | Tensor | None = None,
+    temperature: float | Tensor = 1.0,
+    **params: float,
+) -> Tensor:
+    """``divergence(name, ...)`` with the teacher given as top-k + tail; student logits ``[n, V]``."""
+    fn, needs_labels, resolved = resolve_params(name, params)
+    if name == "sft":
+        raise ValueError("sft uses no teacher: call divergence('sft', ...) instead")
+    if needs_labels and labels is None:
+        raise ValueError(f"loss {name!r} needs labels= (the target token ids)")
+    logits = upcast(student_logits.reshape(-1, student_logits.shape[-1]))
+    vocab = logits.shape[-1]
+    check_ids(topk.ids, vocab)
+    ids = topk.ids.to(logits.device, torch.long)
+    if ids.shape[0] != logits.shape[0]:
+        raise ValueError(f"cached teacher has {ids.shape[0]} tokens but the student has {logits.shape[0]}: outputs are not aligned")
+    student = student_buckets(logits, ids)
+    teacher = teacher_buckets(TopK(ids, topk.logprobs.to(logits.device), topk.tail.to(logits.device)), vocab)
+    kwargs = dict(resolved, temperature=temperature)
+    if needs_labels:
+        kwargs["labels"] = bucket_labels(labels.reshape(-1).to(logits.device), ids)
+    per_token = fn(student, teacher, **kwargs)
+    return reduce_tokens(per_token, num_tokens, student.shape[0])

@@ -1,0 +1,160 @@
+"""The chunked engine for a cached (top-k + tail) teacher: never an ``[N, V]`` tensor.
+
+Same idea as ``chunked.py``: walk the response tokens in chunks; per chunk compute the
+student's ``[c, V]`` logits from its hidden states and head, map them onto the teacher's k + 1
+buckets (``topk.student_buckets``), take the divergence and its gradient on the small
+``[c, k + 1]`` bucket tensor, chain that gradient back to the ``[c, V]`` logits in closed form
+(``topk.rest_gradient``), fold it into the hidden-state and head gradients, and drop the chunk.
+Backward only hands over the stored gradients. The teacher side costs ``[c, k + 1]`` per chunk.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .api import reduce_tokens, resolve_params, upcast
+from .chunked import auto_chunk_size
+from .divergences import FUSED
+from .topk import TopK, bucket_labels, check_ids, rest_gradient, split_student, teacher_buckets
+
+Tensor = torch.Tensor
+
+
+@dataclass
+class _Spec:
+    fn: object
+    params: dict
+    labels: Tensor | None
+    topk: TopK
+    vocab: int
+    chunk_size: int
+    num_tokens: float | Tensor | None
+    fused: tuple | None
+
+
+class _ChunkedTopKDivergence(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, hidden: Tensor, weight: Tensor, bias: Tensor | None, temperature: Tensor | None, spec: _Spec):
+        want_h, want_w, want_b, want_t = ctx.needs_input_grad[:4]
+        acc = torch.promote_types(hidden.dtype, torch.float32)
+        grad_h = torch.zeros_like(hidden) if want_h else None
+        grad_w = torch.zeros(weight.shape, dtype=acc, device=weight.device) if want_w else None
+        grad_b = torch.zeros(weight.shape[0], dtype=acc, device=weight.device) if want_b else None
+        grad_t = torch.zeros((), dtype=acc, device=hidden.device) if want_t else None
+        total = torch.zeros((), dtype=acc, device=hidden.device)
+        n = hidden.shape[0]
+        for start in range(0, n, spec.chunk_size):
+            end = min(start + spec.chunk_size, n)
+            h_chunk = hidden[start:end]
+            rows = spec.topk.rows(start, end)
+            with torch.no_grad():
+                z = h_chunk @ weight.t()
+                if bias is not None:
+                    z = z + bias
+                student_b, rest = split_student(upcast(z), rows.ids)
+                del z
+                teacher_b = teacher_buckets(rows, spec.vocab)
+            if spec.fused is not None:
+                fused_fn, fixed = spec.fused
+                per_token, grad_b_logits = fused_fn(student_b, teacher_b, **{**spec.params, **fixed})
+                total += per_token.sum()
+            else:
+                with torch.enable_grad():
+                    leaf = student_b.requires_grad_(True)
+                    kwargs = dict(spec.params)
+                    if temperature is not None:
+                        t_leaf = temperature.detach().requires_grad_(want_t)
+                        kwargs["temperature"] = t_leaf
+                    if spec.labels is not None:
+                        kwargs["labels"] = spec.labels[start:end]
+                    chunk_loss = spec.fn(leaf, teacher_b, **kwargs).sum()
+                    inputs = [leaf] + ([t_leaf] if want_t else [])
+                    grads = torch.autograd.grad(chunk_loss, inputs)
+                total += chunk_loss.detach()
+                grad_b_logits = grads[0]
+                if want_t:
+                    grad_t += grads[1]
+            grad_logits = rest_gradient(grad_b_logits, rest, rows.ids, spec.vocab)
+            del rest, student_b, teacher_b, grad_b_logits
+            if want_h:
+                grad_h[start:end] = grad_logits.to(h_chunk.dtype) @ weight
+            if want_w:
+                grad_w.addmm_(grad_logits.t(), h_chunk.to(acc))
+            if want_b:
+                grad_b += grad_logits.sum(0)
+            del grad_logits
+        loss = reduce_tokens(total, spec.num_tokens, n)
+        scale = reduce_tokens(torch.ones_like(total), spec.num_tokens, n)
+        ctx.grads = [g.mul_(scale) if g is not None else None for g in (grad_h, grad_w, grad_b, grad_t)]
+        ctx.dtypes = (weight.dtype, bias.dtype if bias is not None else None)
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_output: Tensor):
+        if ctx.grads is None:
+            raise RuntimeError("cached-teacher chunked loss: backward ran twice on one loss; recompute the loss instead")
+        grad_h, grad_w, grad_b, grad_t = ctx.grads
+        ctx.grads = None
+        weight_dtype, bias_dtype = ctx.dtypes
+        if grad_h is not None:
+            grad_h = grad_h.mul_(grad_output.to(grad_h.dtype))
+        if grad_w is not None:
+            grad_w = grad_w.mul_(grad_output).to(weight_dtype)
+        if grad_b is not None:
+            grad_b = grad_b.mul_(grad_output).to(bias_dtype)
+        if grad_t is not None:
+            grad_t = grad_t * grad_output
+        return grad_h, grad_w, grad_b, grad_t, None
+
+
+def chunked_topk_divergence(
+    name: str,
+    student_hidden: Tensor,
+    student_weight: Tensor,
+    topk: TopK,
+    *,
+    student_bias: Tensor | None = None,
+    labels: Tensor | None = None,
+    num_tokens: float | Tensor | None = None,
+    temperature: float | Tensor = 1.0,
+    chunk_size: int | None = None,
+    use_closed_form: bool = True,
+    **params: float,
+) -> Tensor:
+    """Same value and gradients as ``topk_divergence(name, h @ W.T + b, topk, ...)``.
+
+    ``student_hidden [N, H]``, ``student_weight [V, H]``; ``topk`` holds N rows. ``taid`` and
+    ``fkl`` use their closed-form gradient on the buckets; the others differentiate the
+    ``[c, k + 1]`` bucket tensor of each chunk (a tiny graph), never the ``[c, V]`` logits.
+    """
+    fn, needs_labels, resolved = resolve_params(name, params)
+    if name == "sft":
+        raise ValueError("sft uses no teacher: call chunked_divergence('sft', ...) instead")
+    if student_hidden.dim() != 2:
+        raise ValueError(f"student_hidden must be 2-D [tokens, features], got shape {tuple(student_hidden.shape)}")
+    n = student_hidden.shape[0]
+    if topk.ids.shape[0] != n:
+        raise ValueError(f"cached teacher has {topk.ids.shape[0]} tokens but the student has {n}: outputs are not aligned")
+    if needs_labels and labels is None:
+        raise ValueError(f"loss {name!r} needs labels= (the target token ids, shape [{n}])")
+    vocab = student_weight.shape[0]
+    check_ids(topk.ids, vocab)
+    device = student_hidden.device
+    ids = topk.ids.to(device, torch.long)
+    topk = TopK(ids, topk.logprobs.to(device), topk.tail.to(device))
+    temperature_tensor = temperature if isinstance(temperature, Tensor) else None
+    if temperature_tensor is None:
+        resolved = dict(resolved, temperature=temperature)
+    spec = _Spec(
+        fn=fn,
+        params=resolved,
+        labels=bucket_labels(labels.reshape(-1).to(device), ids) if needs_labels else None,
+        topk=topk,
+        vocab=vocab,
+        chunk_size=chunk_size or auto_chunk_size(vocab),
+        num_tokens=num_tokens,
+        fused=FUSED.get(name) if temperature_tensor is None and use_closed_form else None,
+    )
+    return _ChunkedTopKDivergence.apply(student_hidden, student_weight, student_bias, temperature_tensor, spec)
