@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 import typing
 
 from . import __version__
+from .errors import user_message
 from .eval.command import add_eval_parser
+
+DEBUG_ENV = "TAID_VLM_DEBUG"  # =1: failures keep their traceback, as --debug does
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -21,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Distil compact VLMs and LLMs with TAID, and evaluate them on VQA, captioning and text.",
     )
     parser.add_argument("--version", action="version", version=f"taid-vlm {__version__}")
+    parser.add_argument("--debug", action="store_true", help=f"show the traceback of a failure (or set {DEBUG_ENV}=1)")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_data(commands)
     _add_distill(commands)
@@ -85,14 +90,11 @@ def _add_distill(commands: argparse._SubParsersAction) -> None:
 
 
 def _run_distill(args: argparse.Namespace) -> int:
-    from .train.config import FIELDS, ConfigError, load_config
+    from .train.config import FIELDS, load_config
 
     flags = {name: getattr(args, name) for name in FIELDS if hasattr(args, name)}
-    try:
-        config = load_config(args.config, flags, args.overrides)
-    except ConfigError as e:
-        print(f"taid-vlm distill: {e}", file=sys.stderr)
-        return 2
+    config = load_config(args.config, flags, args.overrides)
+    args.run_dir = config.output  # for the interruption message
     from .train import distill
 
     result = distill(config)
@@ -142,7 +144,38 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    return int(args.func(args) or 0)
+    debug = args.debug or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+    prog = f"taid-vlm {args.command}"
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print(f"{prog}: interrupted. {_resume_hint(args)}", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 - the one place every failure becomes one line
+        if debug:
+            raise
+        message = user_message(e)
+        if message is not None:
+            print(f"{prog}: error: {message}", file=sys.stderr)
+            return 2
+        print(f"{prog}: error: internal error ({type(e).__name__}: {' '.join(str(e).split())}); rerun with --debug "
+              f"or {DEBUG_ENV}=1 for the traceback and report it", file=sys.stderr)
+        return 1
+
+
+def _resume_hint(args: argparse.Namespace) -> str:
+    """Where the last checkpoint is and how to continue (distill); other commands just stop."""
+    run_dir = getattr(args, "run_dir", None)
+    if not run_dir:
+        return "Nothing was lost; run the command again to redo it."
+    from .train.checkpoint import latest_checkpoint
+
+    last = latest_checkpoint(run_dir)
+    if last is None:
+        return f"No checkpoint was written in {run_dir} yet; run the same command again to start over."
+    return f"Last checkpoint: {last}; continue with the same command plus --resume."
 
 
 if __name__ == "__main__":

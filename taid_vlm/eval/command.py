@@ -63,7 +63,7 @@ def run_eval(args: argparse.Namespace) -> int:
             data_options=options,
         )  # fmt: skip
     except (EvalError, DataError) as e:
-        print(f"taid-vlm eval: {e}", file=sys.stderr)
+        print(f"taid-vlm eval: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
     print(Path(args.output, "results.md").read_text(encoding="utf-8"), end="")
     print(f"wrote results.json, samples.jsonl and results.md to {args.output} ({len(results['models'])} model(s))")

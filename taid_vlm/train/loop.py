@@ -38,17 +38,19 @@ from transformers import get_scheduler
 from ..data import detect_format, load_records
 from ..data.truncate import fit_prompt
 from ..losses import CTKDTemperature, TAIDSchedule
-from ..models import ModelAdapter, check_alignment, check_vocab_compatible, is_composed_spec, load
+from ..models import ModelAdapter, check_alignment, check_vocab_compatible, is_composed_spec
 from .batches import BatchStream
-from .checkpoint import TrainerState, latest_checkpoint, load_checkpoint, save_checkpoint
-from .config import DistillConfig
+from .checkpoint import TrainerState, load_newest_intact, save_checkpoint
+from .config import ConfigError, DistillConfig
+from .diagnose import likely_cause, nothing_applied, too_many_bad_steps
 from .metrics import MetricsLog, Progress
 from .objective import training_loss
+from .output import RunOutput
+from .preflight import check_data, check_devices, check_pair, load_model
 from .responses import on_policy_batch, teacher_responses
 from .teacher import LiveTeacher
 
 VISION_MODULE_NAMES = ("vision_tower", "vision_model", "visual", "vision_encoder", "vision")
-RUN_MARKERS = ("config.yaml", "metrics.jsonl", "checkpoints", "student", "ranks.json")
 
 
 @dataclass
@@ -107,28 +109,42 @@ class Distributed:
 
 
 def distill(config: DistillConfig) -> DistillResult:
-    started = time.perf_counter()
+    """Check everything that can be checked, then train; a failure before the first applied
+    step leaves the output directory as it was (train/output.py)."""
     env = Distributed()
+    run_output = RunOutput(config, is_main=env.is_main, barrier=env.barrier)  # looks only
+    try:
+        return _distill(config, env, run_output)
+    except BaseException:
+        run_output.abandon()
+        raise
+
+
+def _distill(config: DistillConfig, env: Distributed, run_output: RunOutput) -> DistillResult:
+    started = time.perf_counter()
     out = Path(config.output)
-    resume_from = _prepare_output(out, config, env)
+    check_devices(config, env.device)
     _seed_everything(config.seed)
 
     teacher = None
     if config.needs_teacher or config.responses == "teacher":
-        teacher = load(config.teacher, role="teacher", dtype=None if config.teacher_dtype == "auto" else config.teacher_dtype,
-                       device=config.teacher_device or env.device, chat_template=config.teacher_chat_template)
+        teacher = load_model("teacher", config.teacher, dtype=None if config.teacher_dtype == "auto" else config.teacher_dtype,
+                             device=config.teacher_device or env.device, chat_template=config.teacher_chat_template)
     # A student built from parts shares the teacher's tokenizer (the vocabularies must match).
     shared_tokenizer = {"tokenizer": teacher.tokenizer} if teacher is not None and is_composed_spec(config.student) else {}
-    student = load(config.student, role="student", dtype=config.student_dtype, device=env.device,
-                   chat_template=config.student_chat_template, **shared_tokenizer)
+    student = load_model("student", config.student, dtype=config.student_dtype, device=env.device,
+                         chat_template=config.student_chat_template, **shared_tokenizer)
     if teacher is not None:
         check_vocab_compatible(teacher, student)
+        check_pair(config, teacher, student)
     env.broadcast_parameters(student.model)
     if config.freeze_vision:
         _freeze_vision(student.model)
     student.model.train()
 
     records = _training_records(config)
+    check_data(config, records, env.world_size, student, teacher)
+    run_output.claim()  # the first write: everything above only read
     if config.responses == "teacher":
         cache = out / "teacher_responses.jsonl"
         if env.is_main:
@@ -148,23 +164,23 @@ def distill(config: DistillConfig) -> DistillResult:
     extra_modules = {"ctkd_temperature": ctkd} if ctkd is not None else {}
 
     state = TrainerState()
-    if resume_from is not None:
-        state = load_checkpoint(resume_from, model=student.model, optimizer=optimizer, lr_scheduler=lr_scheduler,
-                                extra_modules=extra_modules, rank=env.rank, world_size=env.world_size)
+    if run_output.resume_candidates:
+        _, state = load_newest_intact(run_output.resume_candidates, model=student.model, optimizer=optimizer,
+                                      lr_scheduler=lr_scheduler, extra_modules=extra_modules, rank=env.rank,
+                                      world_size=env.world_size)
         if schedule is not None and state.schedule is not None:
             schedule.load_state_dict(state.schedule)
     else:
         random.seed(config.seed + env.rank)
         torch.manual_seed(config.seed + env.rank)  # samples differ per rank; weights were broadcast
 
-    config_yaml = yaml.safe_dump(config.to_dict(), sort_keys=False)
-    if env.is_main:
-        (out / "config.yaml").write_text(config_yaml)
+    config_yaml = yaml.safe_dump(config.to_dict(), sort_keys=False)  # written once the first step is applied
     stream = BatchStream(records, config.batch_size, config.seed, env.rank, env.world_size, state.epoch, state.position)
     log = MetricsLog(out / "metrics.jsonl", resume_step=state.step, enabled=env.is_main,
                      tensorboard_dir=out / "tensorboard" if config.tensorboard else None)
     progress = Progress(config.max_steps, state.step, enabled=config.progress and env.is_main)
     last_loss = None
+    steps_this_run = 0
 
     while state.step < config.max_steps:
         step_started = time.perf_counter()
@@ -204,11 +220,8 @@ def distill(config: DistillConfig) -> DistillResult:
             row.update(skipped=True, records=ids, loss=total)
             if state.bad_steps > config.max_bad_steps:
                 log.log(row)
-                raise RuntimeError(
-                    f"{state.bad_steps} steps had a non-finite loss (limit max_bad_steps={config.max_bad_steps}); the "
-                    f"last at step {state.step + 1} on records {ids[:20]}. Check those records, lower lr, or use "
-                    "student_dtype=float32; metrics.jsonl lists every skipped step."
-                )
+                cause = likely_cause(config, kd, ce, params, state.step - state.bad_steps + 1)
+                raise too_many_bad_steps(config, state.bad_steps, state.step + 1, ids, cause)
             grad_norm = float("nan")
         else:
             grad_norm = float(torch.nn.utils.clip_grad_norm_(params, config.grad_clip)) if config.grad_clip > 0 else float("nan")
@@ -217,7 +230,9 @@ def distill(config: DistillConfig) -> DistillResult:
             optimizer.zero_grad(set_to_none=True)
             if schedule is not None:
                 schedule.step(kd)
+            run_output.started(config_yaml)
         state.step += 1
+        steps_this_run += 1
         state.tokens_seen += global_tokens
         state.epoch, state.position = stream.epoch, stream.position
         state.schedule = schedule.state_dict() if schedule is not None else None
@@ -240,6 +255,8 @@ def distill(config: DistillConfig) -> DistillResult:
                             world_size=env.world_size, barrier=env.barrier, keep=config.keep_checkpoints)
     progress.close()
     log.close()
+    if steps_this_run and not run_output.committed:
+        raise nothing_applied(config, steps_this_run, likely_cause(config, kd, ce, params, 0))
     _check_ranks_agree(env, student.model, schedule, out)
 
     student_dir = out / "student"
@@ -285,7 +302,9 @@ def _on_policy_this_step(config: DistillConfig, step: int) -> bool:
 def _training_records(config: DistillConfig) -> list:
     fmt = detect_format(config.data) if config.data_format == "auto" else config.data_format
     hf_options = {"split": config.data_split} if fmt == "hf" else {}
-    return load_records(config.data, format=fmt, skip_bad=config.skip_bad, limit=config.data_limit, **hf_options)
+    # check_images="open": a corrupt image fails here, naming its record, before the output is touched
+    return load_records(config.data, format=fmt, skip_bad=config.skip_bad, limit=config.data_limit,
+                        check_images="open", **hf_options)
 
 
 def _fit(record, student: ModelAdapter, teacher: ModelAdapter | None, max_length: int):
@@ -318,38 +337,13 @@ def _freeze_vision(model: torch.nn.Module) -> None:
                 p.requires_grad_(False)
                 frozen += 1
     if frozen == 0:
-        raise ValueError(f"freeze_vision=true but {type(model).__name__} has no vision module named one of {VISION_MODULE_NAMES}")
+        raise ConfigError(f"freeze_vision=true but {type(model).__name__} has no vision module named one of {VISION_MODULE_NAMES}")
 
 
 def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def _prepare_output(out: Path, config: DistillConfig, env: Distributed) -> Path | None:
-    """Refuse to mix two runs in one directory; find the checkpoint to resume from."""
-    if env.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-    if config.resume not in (None, "", "auto"):
-        checkpoint = Path(config.resume)
-        if not checkpoint.is_dir():
-            raise FileNotFoundError(f"resume={config.resume}: no such checkpoint directory")
-        return checkpoint
-    if config.resume == "auto":
-        return latest_checkpoint(out)
-    holds_run = out.is_dir() and any((out / m).exists() for m in RUN_MARKERS)
-    if holds_run and not config.overwrite:
-        raise FileExistsError(
-            f"output directory {out} holds another run; pass --resume (resume=auto) to continue it or "
-            "--overwrite to replace it"
-        )
-    if holds_run and env.is_main:
-        for marker in RUN_MARKERS + ("teacher_responses.jsonl", "tensorboard"):
-            path = out / marker
-            shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
-    env.barrier()
-    return None
 
 
 def _weights_digest(model: torch.nn.Module) -> str:
