@@ -41,19 +41,23 @@ def _add_data(commands: argparse._SubParsersAction) -> None:
     data = commands.add_parser("data", help="generate or inspect data sets")
     kinds = data.add_subparsers(dest="data_command", metavar="KIND", required=True)
     shapes = kinds.add_parser("shapes", help="write the synthetic scenes set (VQA + captions), offline")
-    shapes.add_argument("--out", required=True, help="output directory")
+    shapes.add_argument("--out", "--output", dest="out", required=True, help="output directory")
     shapes.add_argument("--n-train", type=int, default=2000, help="training scenes (default 2000)")
     shapes.add_argument("--n-test", type=int, default=500, help="test scenes (default 500)")
     shapes.add_argument("--seed", type=int, default=0)
     shapes.add_argument("--image-size", type=int, default=64)
     shapes.add_argument("--text", action="store_true", help="describe scenes in text instead of images (text-only LLMs)")
     shapes.add_argument("--qa-turns", type=int, default=3, help="question turns per training conversation (default 3)")
+    shapes.add_argument("--overwrite", action="store_true", help="replace the data set files already in --out")
     shapes.set_defaults(func=_run_data_shapes)
 
 
 def _run_data_shapes(args: argparse.Namespace) -> int:
     from .data import format_summary, generate_shapes
+    from .data.shapes import refuse_to_replace
 
+    if not args.overwrite:
+        refuse_to_replace(args.out)
     summary = generate_shapes(args.out, args.n_train, args.n_test, seed=args.seed, image_size=args.image_size,
                               text=args.text, qa_turns=args.qa_turns)
     print(format_summary(summary))
@@ -112,7 +116,8 @@ def _add_demo(commands: argparse._SubParsersAction) -> None:
         description="Generates the shapes set, trains a teacher, distils students with sft, fkl and taid under one "
                     "budget, evaluates all of them and writes OUT/report.md. Default preset: <= 10 min on 2 CPU cores.",
     )
-    demo.add_argument("--out", default="taid-demo", help="output directory (default ./taid-demo)")
+    demo.add_argument("--out", "--output", dest="out", default="taid-demo", help="output directory (default ./taid-demo)")
+    demo.add_argument("--overwrite", action="store_true", help="use --out even though it holds files the demo did not write")
     size = demo.add_mutually_exclusive_group()
     size.add_argument("--quick", dest="preset", action="store_const", const="quick", help="~2 min smoke run (CI)")
     size.add_argument("--full", dest="preset", action="store_const", const="full", help="a bigger budget (more data, 3x the steps)")
@@ -127,7 +132,8 @@ def _run_demo(args: argparse.Namespace) -> int:
     from .demo import PRESETS, run_demo
     from .demo.report import gap_closed
 
-    result = run_demo(args.out, PRESETS[args.preset], text=args.text, seed=args.seed, progress=args.progress)
+    result = run_demo(args.out, PRESETS[args.preset], text=args.text, seed=args.seed, progress=args.progress,
+                      overwrite=args.overwrite)
     closed = gap_closed(result.rows)
     print(f"\n{'model':<14}{'params':>10}{'VQA acc':>10}{'CIDEr':>9}{'BLEU-4':>9}{'gap closed':>12}")
     for r in result.rows:

@@ -124,6 +124,7 @@ def _distill(config: DistillConfig, env: Distributed, run_output: RunOutput) -> 
     started = time.perf_counter()
     out = Path(config.output)
     check_devices(config, env.device)
+    records = _training_records(config)  # before the models: a broken data file fails in seconds
     _seed_everything(config.seed)
 
     teacher = None
@@ -142,7 +143,6 @@ def _distill(config: DistillConfig, env: Distributed, run_output: RunOutput) -> 
         _freeze_vision(student.model)
     student.model.train()
 
-    records = _training_records(config)
     check_data(config, records, env.world_size, student, teacher)
     run_output.claim()  # the first write: everything above only read
     if config.responses == "teacher":
