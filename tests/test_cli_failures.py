@@ -108,6 +108,13 @@ def test_data_errors_name_the_file_and_touch_nothing(pair, tmp_path, capsys, row
     assert snapshot(out) == before  # no config.yaml, no metrics: the output was never touched
 
 
+def test_data_that_is_not_utf8_names_the_line(pair, tmp_path, capsys):
+    data = tmp_path / "latin1.jsonl"
+    data.write_bytes(GOOD_ROW.encode() + b"\n" + "caf\u00e9".encode("latin-1") + b"\n")
+    line = fails_cleanly(common(pair, tmp_path / "out") + [f"--data={data}"], capsys)
+    assert "latin1.jsonl:2: not UTF-8 text" in line and not (tmp_path / "out").exists()
+
+
 def test_too_long_record_is_refused_before_the_output_exists(pair, tmp_path, capsys):
     long = json.dumps({"id": "long", "messages": [{"role": "user", "content": "word " * 3000},
                                                   {"role": "assistant", "content": "ok"}]})
