@@ -212,6 +212,9 @@ def load_newest_intact(candidates: list[Path], **kwargs: Any) -> tuple[Path, Tra
         if failures:
             warnings.warn(f"resuming from {path} instead: {'; '.join(failures)}", stacklevel=2)
         return path, state
+    if len(candidates) == 1:
+        raise CorruptCheckpoint(f"{failures[0]}; resume from another checkpoints/step-N folder, --resume alone for "
+                                "the newest intact one, or start over with --overwrite")
     raise CorruptCheckpoint(f"no intact checkpoint to resume from: {'; '.join(failures)}. Start over with --overwrite")
 
 
