@@ -274,6 +274,7 @@ def cases() -> list[Case]:
         flag_case("max_length 4", ["--max-length=4"], "max_length must be >= 8"),
         flag_case("max_length beyond the model", ["--max-length=100000"], "exceeds the 1024 positions"),
         flag_case("data_limit 0", ["--data-limit=0"], "data_limit must be >= 1"),
+        flag_case("resume and overwrite together", ["--resume", "--overwrite"], "exclude each other"),
         flag_case("distil_ratio 2", ["--distil-ratio=2"], "distil_ratio must lie in [0, 1]"),
         flag_case("freeze_vision on a text LM", ["--freeze-vision"], "no vision module"),
         # ---- YAML recipes

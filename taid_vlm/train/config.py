@@ -116,6 +116,9 @@ class DistillConfig:
         for name in ("batch_size", "grad_accum", "max_steps", "save_every", "log_every"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.resume and self.overwrite:
+            problems.append("resume and overwrite exclude each other: --resume continues the run in output, "
+                            "--overwrite replaces it; pass one")
         problems += value_problems(self)
         if problems:
             raise ConfigError("invalid configuration: " + "; ".join(problems))

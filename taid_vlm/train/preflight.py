@@ -67,7 +67,8 @@ def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
     sa, sb = a.state_dict(), b.state_dict()
     if sa.keys() != sb.keys() or any(sa[k].shape != sb[k].shape for k in sa):
         return False
-    return all(torch.equal(sa[k].detach().cpu(), sb[k].detach().cpu().to(sa[k].dtype)) for k in sa)
+    # all() stops at the first differing tensor: two different models cost one comparison
+    return all(torch.equal(sa[k].detach(), sb[k].detach().to(sa[k].device, sa[k].dtype)) for k in sa)
 
 
 def check_data(config: DistillConfig, records: Sequence[Record], world_size: int, student: ModelAdapter,
