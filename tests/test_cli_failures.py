@@ -287,6 +287,25 @@ def test_disk_full_names_the_folder_and_leaves_no_partial_checkpoint(pair, tmp_p
     assert (out / "notes.txt").read_text() == "mine"
 
 
+def test_disk_full_while_saving_the_student_keeps_the_checkpoint_for_resume(pair, tmp_path, capsys, monkeypatch):
+    from taid_vlm.models import ModelAdapter
+
+    real = ModelAdapter.save
+
+    def full_disk(self, out_dir):
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        (Path(out_dir) / "model.safetensors").write_bytes(b"\0" * 64)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(ModelAdapter, "save", full_disk)
+    out = tmp_path / "out"
+    line = fails_cleanly(common(pair, out), capsys)
+    assert "no space left" in line and str(out) in line and "--resume" in line
+    assert not (out / ".tmp-student").exists() and not (out / "student").exists()
+    monkeypatch.setattr(ModelAdapter, "save", real)
+    assert main(common(pair, out, "--resume")) == 0 and (out / "student" / "model.safetensors").is_file()
+
+
 def test_os_errors_the_user_can_fix_are_worded_as_such():
     assert "no space left" in user_message(OSError(errno.ENOSPC, "No space", "/x/y"))
     assert "read-only" in user_message(OSError(errno.EROFS, "Read-only file system", "/x"))
@@ -314,6 +333,8 @@ def test_internal_errors_say_how_to_see_the_traceback(pair, tmp_path, capsys, mo
 
 def test_sigint_prints_where_the_last_checkpoint_is_and_exits_130(pair, tmp_path):
     out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
     argv = [sys.executable, "-m", "taid_vlm.cli"] + common(pair, out, "--max-steps=100000", "--save-every=1")
     env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1")
     proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -328,3 +349,4 @@ def test_sigint_prints_where_the_last_checkpoint_is_and_exits_130(pair, tmp_path
     assert last.startswith("taid-vlm distill: interrupted. Last checkpoint: ") and "--resume" in last
     named = Path(last.split("Last checkpoint: ")[1].split(";")[0])
     assert named.parent == out / "checkpoints" and (named / "trainer_state.json").is_file()
+    assert (out / "notes.txt").read_text() == "mine" and not list((out / "checkpoints").glob(".tmp-*"))

@@ -95,20 +95,22 @@ def save_checkpoint(
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     barrier()
-    torch.save(rng_state(), tmp / f"rng_rank{rank}.pt")
-    barrier()
-    if rank == 0:
-        try:
+    try:
+        torch.save(rng_state(), tmp / f"rng_rank{rank}.pt")
+        barrier()
+        if rank == 0:
             _write_files(tmp, model, optimizer, lr_scheduler, state, extra_modules, config_yaml, world_size)
-        except BaseException as e:
-            shutil.rmtree(tmp, ignore_errors=True)  # never leave half a checkpoint filling the disk
-            if is_disk_full(e):
-                raise RunError(
-                    f"no space left on the device of {root} while writing the step-{state.step} checkpoint; the "
-                    f"partial checkpoint was removed and {len(list_checkpoints(run_dir))} complete one(s) remain. "
-                    "Free space there (or lower keep_checkpoints) and continue with --resume"
-                ) from e
-            raise
+    except BaseException as e:  # a full disk, Ctrl-C: never leave half a checkpoint behind
+        if rank == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+        if is_disk_full(e):
+            raise RunError(
+                f"no space left on the device of {root} while writing the step-{state.step} checkpoint; the "
+                f"partial checkpoint was removed and {len(list_checkpoints(run_dir))} complete one(s) remain. "
+                "Free space there (or lower keep_checkpoints) and continue with --resume"
+            ) from e
+        raise
+    if rank == 0:
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)

@@ -37,6 +37,7 @@ from transformers import get_scheduler
 
 from ..data import detect_format, load_records
 from ..data.truncate import fit_prompt
+from ..errors import RunError, is_disk_full
 from ..losses import CTKDTemperature, TAIDSchedule
 from ..models import ModelAdapter, check_alignment, check_vocab_compatible, is_composed_spec
 from .batches import BatchStream
@@ -374,7 +375,15 @@ def _check_ranks_agree(env: Distributed, model: torch.nn.Module, schedule: TAIDS
 def _save_student_atomically(student: ModelAdapter, target: Path) -> None:
     tmp = target.parent / f".tmp-{target.name}"
     shutil.rmtree(tmp, ignore_errors=True)
-    student.save(tmp)
+    try:
+        student.save(tmp)
+    except BaseException as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if is_disk_full(e):
+            raise RunError(f"no space left on the device of {target.parent} while saving the student; the partial "
+                           "copy was removed and the last checkpoint holds the trained weights. Free space there "
+                           "and run the same command with --resume to save it") from e
+        raise
     old = target.parent / f".old-{target.name}"
     if target.exists():
         shutil.rmtree(old, ignore_errors=True)
