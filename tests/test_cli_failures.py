@@ -350,3 +350,44 @@ def test_sigint_prints_where_the_last_checkpoint_is_and_exits_130(pair, tmp_path
     named = Path(last.split("Last checkpoint: ")[1].split(";")[0])
     assert named.parent == out / "checkpoints" and (named / "trainer_state.json").is_file()
     assert (out / "notes.txt").read_text() == "mine" and not list((out / "checkpoints").glob(".tmp-*"))
+
+
+# ---- the output directory's life, without models ----------------------------------------------------------
+
+
+def run_config(out: Path, **values):
+    from taid_vlm.train.config import load_config
+
+    return load_config(None, dict(student="s", teacher="t", data="d", output=str(out), **values))
+
+
+def test_claim_moves_aside_and_abandon_restores_exactly(tmp_path):
+    from taid_vlm.train.output import RunOutput
+
+    out = tmp_path / "out"
+    (out / "student").mkdir(parents=True)
+    (out / "student" / "model.safetensors").write_bytes(b"old weights")
+    (out / "config.yaml").write_text("old: run\n")
+    (out / "notes.txt").write_text("mine")
+    before = snapshot(out)
+    run = RunOutput(run_config(out, overwrite=True))
+    run.claim()
+    assert not (out / "student").exists() and (out / "notes.txt").exists()  # only the run's own files move
+    (out / "metrics.jsonl").write_text("new run, failed\n")
+    run.abandon()
+    assert snapshot(out) == before and not list(out.glob(".replaced-*"))
+    # after the first applied step the old run goes and config.yaml is the new one
+    run = RunOutput(run_config(out, overwrite=True))
+    run.claim()
+    run.started("new: run\n")
+    assert (out / "config.yaml").read_text() == "new: run\n" and not (out / "student").exists()
+    assert not list(out.glob(".replaced-*")) and (out / "notes.txt").read_text() == "mine"
+
+
+def test_a_run_set_aside_by_a_killed_overwrite_is_pointed_out(tmp_path):
+    from taid_vlm.train.output import RunOutput
+
+    out = tmp_path / "out"
+    (out / ".replaced-20260101-1" / "student").mkdir(parents=True)
+    with pytest.warns(UserWarning, match="killed before its first step"):
+        RunOutput(run_config(out))

@@ -11,8 +11,10 @@ is what keeps a user's previous work safe:
    (a rename: nothing is deleted yet).
 3. ``started(config_yaml)`` runs once the first optimizer step was applied: it writes
    ``config.yaml`` atomically and only now deletes the replaced run.
-4. ``abandon()`` runs when the run fails or is interrupted before that: the previous run's files
-   are put back exactly where they were.
+4. ``abandon()`` runs when the run fails or is interrupted before that: the failed run's files
+   are removed and the previous run's put back exactly where they were. Without a previous run,
+   a failed start keeps its ``metrics.jsonl`` (what was skipped, and why) and a retry may reuse
+   the folder: only ``STARTED_MARKERS`` make it "another run".
 """
 
 from __future__ import annotations
@@ -63,6 +65,9 @@ class RunOutput:
         out, config = self.out, self.config
         if out.exists() and not out.is_dir():
             raise RunError(f"output {out} is a file, not a folder; choose another --output")
+        for left in sorted(out.glob(f"{ASIDE_PREFIX}*")) if out.is_dir() else []:
+            warnings.warn(f"{left} holds a run that an --overwrite killed before its first step set aside; move "
+                          f"its files back into {out} or delete it", stacklevel=3)
         if config.resume not in (None, "", "auto"):
             checkpoint = Path(config.resume)
             if not checkpoint.is_dir():
@@ -141,17 +146,28 @@ class RunOutput:
     # ---- 4. restore on failure -------------------------------------------------------------------
 
     def abandon(self) -> None:
-        """Failure before the first applied step: put the previous run back as it was."""
+        """Failure before the first applied step: put the previous run back as it was.
+
+        Runs while another error is on its way to the user, so it never raises: if the files
+        cannot be moved back, a warning says where the previous run is."""
         if self.committed or not self.is_main:
             return
+        try:
+            self._restore()
+        except OSError as e:
+            warnings.warn(f"could not move the previous run back into {self.out} ({e}); its files are in {self.aside}",
+                          stacklevel=2)
+
+    def _restore(self) -> None:
         if self.aside is not None and self.aside.is_dir():
-            for saved in self.aside.iterdir():
-                target = self.out / saved.name
+            for name in RUN_FILES:  # the failed run's files make way, so the folder is exactly as before
+                target = self.out / name
                 if target.is_dir():
                     shutil.rmtree(target)
                 elif target.exists():
                     target.unlink()
-                os.replace(saved, target)
+            for saved in self.aside.iterdir():
+                os.replace(saved, self.out / saved.name)
             self.aside.rmdir()
             self.aside = None
         if self.created and self.out.is_dir() and not any(self.out.iterdir()):
