@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 import typing
 
 from . import __version__
+from .errors import user_message
 from .eval.command import add_eval_parser
 from .teacher_cache.command import add_teacher_cache_parser
+
+DEBUG_ENV = "TAID_VLM_DEBUG"  # =1: failures keep their traceback, as --debug does
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -22,6 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Distil compact VLMs and LLMs with TAID, and evaluate them on VQA, captioning and text.",
     )
     parser.add_argument("--version", action="version", version=f"taid-vlm {__version__}")
+    parser.add_argument("--debug", action="store_true", help=f"show the traceback of a failure (or set {DEBUG_ENV}=1)")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_data(commands)
     _add_distill(commands)
@@ -38,19 +43,23 @@ def _add_data(commands: argparse._SubParsersAction) -> None:
     data = commands.add_parser("data", help="generate or inspect data sets")
     kinds = data.add_subparsers(dest="data_command", metavar="KIND", required=True)
     shapes = kinds.add_parser("shapes", help="write the synthetic scenes set (VQA + captions), offline")
-    shapes.add_argument("--out", required=True, help="output directory")
+    shapes.add_argument("--out", "--output", dest="out", required=True, help="output directory")
     shapes.add_argument("--n-train", type=int, default=2000, help="training scenes (default 2000)")
     shapes.add_argument("--n-test", type=int, default=500, help="test scenes (default 500)")
     shapes.add_argument("--seed", type=int, default=0)
     shapes.add_argument("--image-size", type=int, default=64)
     shapes.add_argument("--text", action="store_true", help="describe scenes in text instead of images (text-only LLMs)")
     shapes.add_argument("--qa-turns", type=int, default=3, help="question turns per training conversation (default 3)")
+    shapes.add_argument("--overwrite", action="store_true", help="replace the data set files already in --out")
     shapes.set_defaults(func=_run_data_shapes)
 
 
 def _run_data_shapes(args: argparse.Namespace) -> int:
     from .data import format_summary, generate_shapes
+    from .data.shapes import refuse_to_replace
 
+    if not args.overwrite:
+        refuse_to_replace(args.out)
     summary = generate_shapes(args.out, args.n_train, args.n_test, seed=args.seed, image_size=args.image_size,
                               text=args.text, qa_turns=args.qa_turns)
     print(format_summary(summary))
@@ -87,22 +96,14 @@ def _add_distill(commands: argparse._SubParsersAction) -> None:
 
 
 def _run_distill(args: argparse.Namespace) -> int:
-    from .train.config import FIELDS, ConfigError, load_config
+    from .train.config import FIELDS, load_config
 
     flags = {name: getattr(args, name) for name in FIELDS if hasattr(args, name)}
-    try:
-        config = load_config(args.config, flags, args.overrides)
-    except ConfigError as e:
-        print(f"taid-vlm distill: {e}", file=sys.stderr)
-        return 2
-    from .teacher_cache import CacheError
+    config = load_config(args.config, flags, args.overrides)
+    args.run_dir = config.output  # for the interruption message
     from .train import distill
 
-    try:
-        result = distill(config)
-    except CacheError as e:  # the cache does not match the data or the run
-        print(f"taid-vlm: error: {e}", file=sys.stderr)
-        return 2
+    result = distill(config)
     if result.is_main:
         print(f"student saved to {result.student_dir} after {result.steps} steps ({result.seconds:.0f} s)")
     return 0
@@ -117,7 +118,8 @@ def _add_demo(commands: argparse._SubParsersAction) -> None:
         description="Generates the shapes set, trains a teacher, distils students with sft, fkl and taid under one "
                     "budget, evaluates all of them and writes OUT/report.md. Default preset: aimed at about 10 min on 2 quiet CPU cores.",
     )
-    demo.add_argument("--out", default="taid-demo", help="output directory (default ./taid-demo)")
+    demo.add_argument("--out", "--output", dest="out", default="taid-demo", help="output directory (default ./taid-demo)")
+    demo.add_argument("--overwrite", action="store_true", help="use --out even though it holds files the demo did not write")
     size = demo.add_mutually_exclusive_group()
     size.add_argument("--quick", dest="preset", action="store_const", const="quick", help="~2 min smoke run (CI)")
     size.add_argument("--full", dest="preset", action="store_const", const="full", help="a bigger budget (more data, 3x the steps)")
@@ -132,7 +134,8 @@ def _run_demo(args: argparse.Namespace) -> int:
     from .demo import PRESETS, run_demo
     from .demo.report import gap_closed
 
-    result = run_demo(args.out, PRESETS[args.preset], text=args.text, seed=args.seed, progress=args.progress)
+    result = run_demo(args.out, PRESETS[args.preset], text=args.text, seed=args.seed, progress=args.progress,
+                      overwrite=args.overwrite)
     closed = gap_closed(result.rows)
     print(f"\n{'model':<14}{'params':>10}{'VQA acc':>10}{'CIDEr':>9}{'BLEU-4':>9}{'gap closed':>12}")
     for r in result.rows:
@@ -149,7 +152,38 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    return int(args.func(args) or 0)
+    debug = args.debug or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+    prog = f"taid-vlm {args.command}"
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print(f"{prog}: interrupted. {_resume_hint(args)}", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 - the one place every failure becomes one line
+        if debug:
+            raise
+        message = user_message(e)
+        if message is not None:
+            print(f"{prog}: error: {message}", file=sys.stderr)
+            return 2
+        print(f"{prog}: error: internal error ({type(e).__name__}: {' '.join(str(e).split())}); rerun with --debug "
+              f"or {DEBUG_ENV}=1 for the traceback and report it", file=sys.stderr)
+        return 1
+
+
+def _resume_hint(args: argparse.Namespace) -> str:
+    """Where the last checkpoint is and how to continue (distill); other commands just stop."""
+    run_dir = getattr(args, "run_dir", None)
+    if not run_dir:
+        return "Nothing was lost; run the command again to redo it."
+    from .train.checkpoint import latest_checkpoint
+
+    last = latest_checkpoint(run_dir)
+    if last is None:
+        return f"No checkpoint was written in {run_dir} yet; run the same command again to start over."
+    return f"Last checkpoint: {last}; continue with the same command plus --resume."
 
 
 if __name__ == "__main__":

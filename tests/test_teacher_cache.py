@@ -136,7 +136,7 @@ def test_mismatches_fail_with_the_record_and_the_fix(pair, capsys):
                  f"--teacher-cache={pair / 'k8'}", f"--output={pair / 'bad-cli'}", "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err
-    assert err.strip().splitlines()[-1].startswith("taid-vlm: error: record 'brand-new' is not in teacher cache")
+    assert err.strip().splitlines()[-1].startswith("taid-vlm distill: error: record 'brand-new' is not in teacher cache")
     with pytest.raises(CacheError, match="max_length=None, the run uses max_length=512"):
         distill(run_config(pair, "bad3", teacher_cache=str(pair / "k8"), max_length=512))
     with pytest.raises(CacheError, match="was built with teacher .*the run names 'someone/else'"):

@@ -51,9 +51,9 @@ def weights(path: Path) -> dict[str, torch.Tensor]:
 
 def test_config_precedence_yaml_then_flags_then_overrides(tmp_path):
     recipe = tmp_path / "r.yaml"
-    recipe.write_text("student: s\nteacher: t\ndata: d\noutput: o\nlr: 0.5\nmax_steps: 7\nloss: fkl\n")
+    recipe.write_text("student: s\nteacher: t\ndata: d\noutput: o\nlr: 0.5\nmax_steps: 7\nloss: gjsd\n")
     config = load_config(recipe, {"lr": "0.25", "loss": None}, ["lr=0.125", "loss_params.beta=0.3", "chunked=false"])
-    assert config.lr == 0.125 and config.max_steps == 7 and config.loss == "fkl"
+    assert config.lr == 0.125 and config.max_steps == 7 and config.loss == "gjsd"
     assert config.loss_params == {"beta": 0.3} and config.chunked is False
     assert config.weight_decay == 0.01 and config.t_start == 0.4 and config.taid_alpha == 5e-4  # paper defaults
 

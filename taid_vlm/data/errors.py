@@ -11,10 +11,12 @@ from __future__ import annotations
 import warnings
 from typing import Callable, Iterable, Iterator, TypeVar
 
+from ..errors import UserError
+
 T = TypeVar("T")
 
 
-class DataError(ValueError):
+class DataError(UserError):
     """A record or file that cannot be used; the message says where and what to do."""
 
     def __init__(self, where: str, problem: str, fix: str = ""):

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from .errors import DataError
+
+
+NOT_UTF8_FIX = "save the file as UTF-8 JSON or JSONL (is it the right file?)"
 
 
 def iter_json_rows(path: str | Path) -> Iterator[tuple[str, Any]]:
@@ -25,11 +29,11 @@ def iter_json_rows(path: str | Path) -> Iterator[tuple[str, Any]]:
 
 
 def _starts_with_array(path: Path) -> bool:
-    with open(path, encoding="utf-8") as f:
+    with open(path, "rb") as f:
         while True:
             ch = f.read(1)
             if not ch or not ch.isspace():
-                return ch == "["
+                return ch == b"["
 
 
 def _array_rows(path: Path) -> Iterator[tuple[str, Any]]:
@@ -38,16 +42,23 @@ def _array_rows(path: Path) -> Iterator[tuple[str, Any]]:
             rows = json.load(f)
     except json.JSONDecodeError as e:
         raise DataError(f"{path}:{e.lineno}", f"invalid JSON ({e.msg})", "fix the JSON syntax") from None
+    except UnicodeDecodeError as e:
+        raise DataError(str(path), f"not UTF-8 text (byte {e.start})", NOT_UTF8_FIX) from None
     for i, row in enumerate(rows):
         yield f"{path}[{i}]", row
 
 
 def _line_rows(path: Path) -> Iterator[tuple[str, Any]]:
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            where = f"{path}:{lineno}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                yield where, DataError(where, f"not UTF-8 text (byte {e.start} of the line)", NOT_UTF8_FIX)
+                continue
             if not line.strip():
                 continue
-            where = f"{path}:{lineno}"
             try:
                 yield where, json.loads(line)
             except json.JSONDecodeError as e:
@@ -66,9 +77,16 @@ def dumps(row: Any) -> str:
 
 
 def write_jsonl(path: str | Path, rows: Iterable[Any]) -> int:
+    """Write rows to a temporary file renamed into place: a failure never leaves half a file."""
+    path = Path(path)
+    tmp = path.with_name(f".tmp-{path.name}")
     n = 0
-    with open(path, "w", encoding="utf-8", newline="\n") as f:
-        for row in rows:
-            f.write(dumps(row) + "\n")
-            n += 1
+    try:
+        with open(tmp, "w", encoding="utf-8", newline="\n") as f:
+            for row in rows:
+                f.write(dumps(row) + "\n")
+                n += 1
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return n

@@ -143,8 +143,8 @@ def _is_coco_annotations(path: Path) -> bool:
     """A single JSON object with ``images`` and ``annotations`` (one line or pretty-printed)."""
     if not path.is_file() or path.suffix != ".json":
         return False
-    with open(path, encoding="utf-8") as f:
-        first = f.readline()
+    with open(path, "rb") as f:
+        first = f.readline().decode("utf-8", errors="replace")
     if not first.lstrip().startswith("{"):
         return False
     try:
@@ -152,7 +152,7 @@ def _is_coco_annotations(path: Path) -> bool:
     except json.JSONDecodeError:
         try:
             data = read_json_object(path)  # pretty-printed: a JSONL file would have failed too
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, UnicodeDecodeError):
             return False
     return isinstance(data, dict) and "annotations" in data and "images" in data
 

@@ -76,7 +76,7 @@ def _checked_path(path: Path, ctx: RowContext) -> str:
     if ctx.check_images == "open":
         try:
             with Image.open(path) as im:
-                im.verify()
+                im.load()  # decodes every pixel: verify() misses truncated JPEGs
         except Exception as e:  # PIL raises many types for corrupt files
             raise DataError(_where(ctx), f"image unreadable: {path} ({e})",
                             "replace the file or use skip_bad=True") from None

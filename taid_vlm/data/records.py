@@ -15,6 +15,8 @@ from typing import Any, Union
 
 from PIL import Image
 
+from .images import to_rgb
+
 IMAGE_PLACEHOLDER = "<image>"
 ROLES = ("system", "user", "assistant")
 
@@ -76,16 +78,17 @@ class Record:
 
 
 def load_image(image: ImageLike, base_dir: Path | None = None) -> Image.Image:
-    """Open an image as RGB; relative paths resolve against ``base_dir`` (the data file's folder)."""
+    """Open an image as 8-bit RGB, any mode converted faithfully (``data/images.py``); relative
+    paths resolve against ``base_dir`` (the data file's folder)."""
     if isinstance(image, Image.Image):
-        return image.convert("RGB")
+        return to_rgb(image, getattr(image, "filename", "") or "in-memory image")
     path = Path(image)
     if not path.is_absolute() and base_dir is not None:
         path = base_dir / path
     try:
         with Image.open(path) as im:
-            return im.convert("RGB")
+            return to_rgb(im, str(path))
     except FileNotFoundError:
         raise FileNotFoundError(f"image not found: {path} (paths are relative to the data file)") from None
-    except OSError as e:
+    except (OSError, Image.DecompressionBombError) as e:
         raise OSError(f"image unreadable: {path}: {e}") from None

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .captions import caption_references
+from .errors import DataError
 from .jsonl import dumps, write_jsonl
 from .prompts import CAPTION_PROMPT, TEXT_CAPTION_PROMPT, VQA_SUFFIX
 from .questions import FAMILIES, MULTI_ANSWER_FAMILIES, AnswerBalancer, Question, ask
@@ -96,7 +97,21 @@ def _check_arguments(n_train: int, n_test: int, image_size: int, grid: int, qa_t
     for name, value, low in (("n_train", n_train, 0), ("n_test", n_test, 0), ("image_size", image_size, 16),
                              ("grid", grid, 2), ("qa_turns", qa_turns, 0), ("questions_per_test_image", per_image, 1)):
         if not isinstance(value, int) or value < low:
-            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+            raise DataError(f"argument {name}", f"must be an integer >= {low}, got {value!r}", f"pass {name} >= {low}")
+
+
+SHAPES_FILES = ("train.jsonl", "test_vqa.jsonl", "test_caption.jsonl", "summary.json", "images")
+
+
+def refuse_to_replace(out_dir: str | Path) -> None:
+    """``data shapes`` never replaces a data set silently: existing outputs need ``--overwrite``."""
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise DataError(str(out), "is a file, not a folder", "choose a folder for --out")
+    present = [name for name in SHAPES_FILES if (out / name).exists()]
+    if present:
+        raise DataError(str(out), f"already holds {', '.join(present)}",
+                        "choose an empty folder, or pass --overwrite to replace them")
 
 
 class _SceneWriter:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ..data import generate_shapes, load_records
+from ..errors import UserError
 from ..eval import evaluate
 from ..models.composed import build_composed_vlm
 from ..models.text_lm import build_text_lm
@@ -29,6 +30,7 @@ from ..train import distill, load_config
 from .presets import DemoPreset, TrainBudget
 
 KEY_FILE = "demo_key.json"
+DEMO_MARKER = ".taid-demo"
 
 
 @dataclass
@@ -69,9 +71,9 @@ class _Phases:
 
 
 def run_demo(out: str | Path, preset: DemoPreset, text: bool = False, seed: int = 0, progress: bool = True,
-             losses: tuple[str, ...] | None = None) -> DemoResult:
+             losses: tuple[str, ...] | None = None, overwrite: bool = False) -> DemoResult:
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    claim_demo_dir(out, overwrite)
     losses = tuple(losses or preset.losses)
     phases = _Phases(6, progress)
     data_dir = phases.run("data", prepare_data, out / "data", preset, text, seed)
@@ -95,6 +97,20 @@ def run_demo(out: str | Path, preset: DemoPreset, text: bool = False, seed: int 
     result.phase_seconds = phases.seconds
     write_report(result, preset)  # again, now with the report phase's own time in the table
     return result
+
+
+def claim_demo_dir(out: Path, overwrite: bool) -> None:
+    """The demo replaces its own subfolders freely, so it only works in an empty folder or one it
+    made before (``DEMO_MARKER``); anything else needs ``overwrite``."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"demo --out {out} is a file; choose a folder")
+    foreign = out.is_dir() and any(out.iterdir()) and not (out / DEMO_MARKER).is_file()
+    if foreign and not overwrite:
+        shown = ", ".join(sorted(p.name for p in out.iterdir())[:5])
+        raise UserError(f"demo --out {out} holds files the demo did not write ({shown}); the demo replaces its "
+                        "data/, init/, teacher/, students/ and eval/ there. Choose a new folder or pass --overwrite")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / DEMO_MARKER).write_text("written by taid-vlm demo; its subfolders are replaced on every run\n")
 
 
 # ---- building blocks (also used by scripts/bench_quality.py) --------------------------------------

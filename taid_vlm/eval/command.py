@@ -79,7 +79,7 @@ def run_eval(args: argparse.Namespace) -> int:
             data_options=options, vqa_rules=args.vqa_rules, benchmark=args.benchmark,
         )  # fmt: skip
     except (EvalError, DataError) as e:
-        print(f"taid-vlm eval: {e}", file=sys.stderr)
+        print(f"taid-vlm eval: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
     print(Path(args.output, "results.md").read_text(encoding="utf-8"), end="")
     submissions = [m["extra"]["submission"] for m in results["models"].values() if m["extra"].get("submission")]

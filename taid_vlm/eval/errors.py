@@ -8,6 +8,8 @@ which already names the file and line.
 
 from __future__ import annotations
 
+from ..errors import UserError
 
-class EvalError(ValueError):
+
+class EvalError(UserError):
     """An evaluation that cannot run as asked; the message names what is wrong and the fix."""

@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Callable, Iterator, Sequence
 
 import torch
 from torch.nn import functional as F
+from transformers import LogitsProcessor, LogitsProcessorList
 from transformers.generation.streamers import BaseStreamer
 
 from ..data.records import Record
@@ -45,6 +47,30 @@ class GenerationRun:
         if self.generated_tokens is None:
             return None
         return self.generated_tokens / self.seconds if self.seconds > 0 else math.inf
+
+
+class NonFiniteLogits(UserWarning):
+    """A model produced NaN or infinite logits: its answers or scores there mean nothing."""
+
+
+class NonFiniteWatch(LogitsProcessor):
+    """Notes whether any decoding step saw a non-finite logit; leaves the scores untouched."""
+
+    def __init__(self) -> None:
+        self.seen = False
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        if not self.seen and not bool(torch.isfinite(scores).all()):
+            self.seen = True
+        return scores
+
+
+def warn_non_finite(name: str, batch: Sequence[Record], what: str) -> None:
+    warnings.warn(
+        f"model {name!r} produced non-finite logits while {what} record(s) {_ids(batch)}; those results are "
+        "meaningless. Check the checkpoint and its dtype (float16 overflows; try --dtype float32)",
+        NonFiniteLogits, stacklevel=3,
+    )
 
 
 class TokenCounter(BaseStreamer):
@@ -107,16 +133,20 @@ def generate_answers(
     seconds, tokens, hit_limit, streamed = 0.0, 0, 0, True
     for batch in batches(prompts, batch_size):
         counter = TokenCounter(adapter.stop_token_ids)
+        watch = NonFiniteWatch()
         start = time.perf_counter()
         try:
             with eval_mode(adapter.model):
-                answers = adapter.generate(batch, max_new_tokens=max_new_tokens, streamer=counter)
+                answers = adapter.generate(batch, max_new_tokens=max_new_tokens, streamer=counter,
+                                           logits_processor=LogitsProcessorList([watch]))
         except Exception as e:  # noqa: BLE001 - any failure is re-raised naming the model and records
             raise EvalError(
                 f"model {name!r} could not generate answers for record(s) {_ids(batch)}: "
                 f"{type(e).__name__}: {e}"
             ) from e
         seconds += time.perf_counter() - start
+        if watch.seen:
+            warn_non_finite(name, batch, "answering")
         _check_answers(answers, batch, name)
         predictions.extend(answers)
         if counter.counts is None:
@@ -166,6 +196,8 @@ def reference_nll(
             raise EvalError(
                 f"model {name!r} could not score the references of record(s) {_ids(batch)}: {type(e).__name__}: {e}"
             ) from e
+        if not bool(torch.isfinite(outputs.logits).all()):
+            warn_non_finite(name, batch, "scoring the references of")
         out.extend(_per_record_nll(outputs.logits, outputs.token_ids, outputs.record_index, len(batch), rendered))
     return out
 

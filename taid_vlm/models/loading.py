@@ -16,6 +16,7 @@ from typing import Any, Sequence
 import torch
 
 from ..data.records import Record
+from ..errors import UserError
 from .adapter import ROLES, ModelAdapter
 from .families import detect_family
 from .outputs import ResponseOutputs
@@ -188,7 +189,7 @@ def check_vocab_compatible(teacher: Any, student: Any, sample: int | None = None
         return
     for i, a, b in zip(ids, strings_t, strings_s):
         if a != b:
-            raise ValueError(
+            raise UserError(
                 f"teacher and student vocabularies differ at id {i}: teacher {a!r}, student {b!r} "
                 f"(sizes {len(tok_t)} and {len(tok_s)}); distillation needs one tokenizer over the shared range "
                 "(cross-tokenizer distillation is not supported yet)"
@@ -217,7 +218,7 @@ def check_alignment(
     t_ids, s_ids = teacher_out.token_ids.cpu(), student_out.token_ids.cpu()
     t_rec, s_rec = teacher_out.record_index.cpu(), student_out.record_index.cpu()
     if not (torch.equal(t_ids, s_ids) and torch.equal(t_rec, s_rec)):
-        raise ValueError(_misalignment(t_ids, s_ids, t_rec, s_rec, record_ids, tokenizer))
+        raise UserError(_misalignment(t_ids, s_ids, t_rec, s_rec, record_ids, tokenizer))
     device, dtype = _placement(student_out)
     return teacher_out.to(device=device, dtype=dtype)
 

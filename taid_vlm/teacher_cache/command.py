@@ -8,7 +8,6 @@ of the shards.
 from __future__ import annotations
 
 import argparse
-import sys
 
 LOGIT_DTYPE_NAMES = ("bfloat16", "float16", "float32")  # store.LOGIT_DTYPES, without importing torch
 
@@ -44,23 +43,18 @@ def add_teacher_cache_parser(subparsers: argparse._SubParsersAction) -> argparse
 
 
 def run_teacher_cache(args: argparse.Namespace) -> int:
+    """Mistakes (CacheError, DataError, a missing file) reach the CLI's one error path (cli.main)."""
     from ..data import detect_format, load_records
-    from ..data.errors import DataError
     from .builder import build_cache
-    from .store import CacheError
 
-    try:
-        fmt = detect_format(args.data) if args.data_format == "auto" else args.data_format
-        options = {"split": args.data_split} if fmt == "hf" else {}
-        records = load_records(args.data, format=fmt, limit=args.data_limit, **options)
-        teacher = _load_teacher(args)
-        result = build_cache(teacher, args.teacher, records, args.output, top_k=args.top_k, logit_dtype=args.logit_dtype,
-                             responses=args.responses, batch_size=args.batch_size, max_length=args.max_length,
-                             records_per_shard=args.records_per_shard, max_new_tokens=args.max_new_tokens,
-                             progress=args.progress)
-    except (CacheError, DataError, FileNotFoundError) as e:
-        print(f"taid-vlm: error: {e}", file=sys.stderr)
-        return 2
+    fmt = detect_format(args.data) if args.data_format == "auto" else args.data_format
+    options = {"split": args.data_split} if fmt == "hf" else {}
+    records = load_records(args.data, format=fmt, limit=args.data_limit, **options)
+    teacher = _load_teacher(args)
+    result = build_cache(teacher, args.teacher, records, args.output, top_k=args.top_k, logit_dtype=args.logit_dtype,
+                         responses=args.responses, batch_size=args.batch_size, max_length=args.max_length,
+                         records_per_shard=args.records_per_shard, max_new_tokens=args.max_new_tokens,
+                         progress=args.progress)
     if result.is_main:
         print(f"teacher cache complete in {result.root}: {result.shards_total} shard(s), {result.shards_built} built now "
               f"({result.seconds:.0f} s)")

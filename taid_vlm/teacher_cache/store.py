@@ -31,6 +31,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from ..data.records import Record
+from ..errors import UserError
 from ..losses.topk import TopK
 from .fingerprint import record_hash, teacher_name
 
@@ -41,7 +42,7 @@ LOGIT_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32":
 RESPONSE_SOURCES = ("data", "teacher")
 
 
-class CacheError(ValueError):
+class CacheError(UserError):
     """The cache does not match the data or the run; the message names the record and the fix."""
 
 

@@ -5,6 +5,9 @@ into place only once every file (weights, optimizer, LR scheduler, RNG states of
 position, TAID schedule, CTKD temperature, config) is on disk and synced. A crash at any moment
 leaves either the previous checkpoints or the new one, never half of one. ``latest_checkpoint``
 ignores temporary directories, so a run killed mid-save resumes from the last complete one.
+A write that fails (a full disk) removes its temporary directory and says which folder is full;
+a checkpoint that cannot be read back (truncated weights, optimizer or state) is named, and
+``load_newest_intact`` falls back to the previous one, saying so.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import os
 import random
 import re
 import shutil
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,9 +26,15 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, load_model, save_file, save_model
 
+from ..errors import RunError, is_disk_full
+
 CHECKPOINT_DIR = "checkpoints"
 STATE_FILE = "trainer_state.json"
 _NAME = re.compile(r"^step-(\d+)$")
+
+
+class CorruptCheckpoint(RunError):
+    """A checkpoint file that cannot be read back; the message names the file."""
 
 
 @dataclass
@@ -91,27 +101,47 @@ def save_checkpoint(
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     barrier()
-    torch.save(rng_state(), tmp / f"rng_rank{rank}.pt")
-    barrier()
+    try:
+        torch.save(rng_state(), tmp / f"rng_rank{rank}.pt")
+        barrier()
+        if rank == 0:
+            _write_files(tmp, model, optimizer, lr_scheduler, state, extra_modules, config_yaml, world_size,
+                         model_state, optimizer_state)
+    except BaseException as e:  # a full disk, Ctrl-C: never leave half a checkpoint behind
+        if rank == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+        if is_disk_full(e):
+            raise RunError(
+                f"no space left on the device of {root} while writing the step-{state.step} checkpoint; the "
+                f"partial checkpoint was removed and {len(list_checkpoints(run_dir))} complete one(s) remain. "
+                "Free space there (or lower keep_checkpoints) and continue with --resume"
+            ) from e
+        raise
     if rank == 0:
-        if model_state is not None:
-            save_file({k: v.contiguous() for k, v in model_state.items()}, str(tmp / "model.safetensors"))
-        else:
-            save_model(model, str(tmp / "model.safetensors"))
-        torch.save(optimizer_state if optimizer_state is not None else optimizer.state_dict(), tmp / "optimizer.pt")
-        torch.save(lr_scheduler.state_dict(), tmp / "lr_scheduler.pt")
-        for name, module in (extra_modules or {}).items():
-            torch.save(module.state_dict(), tmp / f"{name}.pt")
-        (tmp / "config.yaml").write_text(config_yaml)
-        payload = dict(state.__dict__, world_size=world_size)
-        (tmp / STATE_FILE).write_text(json.dumps(payload, indent=1, default=_jsonable))
-        _fsync_dir(tmp)
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
         _prune(root, keep)
     barrier()
     return final if rank == 0 else None
+
+
+def _write_files(tmp: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, lr_scheduler: Any,
+                 state: TrainerState, extra_modules: dict[str, torch.nn.Module] | None, config_yaml: str,
+                 world_size: int, model_state: dict[str, torch.Tensor] | None = None,
+                 optimizer_state: dict[str, Any] | None = None) -> None:
+    if model_state is not None:
+        save_file({k: v.contiguous() for k, v in model_state.items()}, str(tmp / "model.safetensors"))
+    else:
+        save_model(model, str(tmp / "model.safetensors"))
+    torch.save(optimizer_state if optimizer_state is not None else optimizer.state_dict(), tmp / "optimizer.pt")
+    torch.save(lr_scheduler.state_dict(), tmp / "lr_scheduler.pt")
+    for name, module in (extra_modules or {}).items():
+        torch.save(module.state_dict(), tmp / f"{name}.pt")
+    (tmp / "config.yaml").write_text(config_yaml)
+    payload = dict(state.__dict__, world_size=world_size)
+    (tmp / STATE_FILE).write_text(json.dumps(payload, indent=1, default=_jsonable))
+    _fsync_dir(tmp)
 
 
 def _jsonable(value: Any) -> Any:
@@ -154,28 +184,73 @@ def load_checkpoint(
     loading of model and optimizer when the model is sharded (every rank calls it)."""
     path = Path(path)
     if not (path / STATE_FILE).is_file():
-        raise FileNotFoundError(f"{path} is not a complete checkpoint (no {STATE_FILE}); pass a checkpoints/step-N directory")
-    payload = json.loads((path / STATE_FILE).read_text())
+        raise RunError(f"{path} is not a complete checkpoint (no {STATE_FILE}); pass a checkpoints/step-N directory")
+    payload = _read(path / STATE_FILE, lambda f: json.loads(f.read_text()))
+    if not isinstance(payload, dict):
+        raise CorruptCheckpoint(f"checkpoint file {path / STATE_FILE} is damaged (not a JSON object)")
     saved_world = payload.pop("world_size", 1)
     if saved_world != world_size:
-        raise ValueError(
+        raise RunError(
             f"checkpoint {path} was written by {saved_world} process(es) but this run has {world_size}; "
             "resume with the same number of processes so the data order and RNG streams continue exactly"
         )
     if load_state is not None:
-        optimizer_state = torch.load(path / "optimizer.pt", weights_only=False)
-        missing, unexpected = load_state(load_file(str(path / "model.safetensors")), optimizer_state)
+        optimizer_state = _read(path / "optimizer.pt", _torch_load)
+        missing, unexpected = load_state(_read(path / "model.safetensors", lambda f: load_file(str(f))), optimizer_state)
     else:
-        missing, unexpected = load_model(model, str(path / "model.safetensors"), strict=False)
+        missing, unexpected = _read(path / "model.safetensors", lambda f: load_model(model, str(f), strict=False))
     if missing or unexpected:
-        raise ValueError(
+        raise RunError(
             f"checkpoint {path} does not fit this student (missing {sorted(missing)[:5]}, "
             f"unexpected {sorted(unexpected)[:5]}); resume with the student the run started with"
         )
     if load_state is None:
-        optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=False))
-    lr_scheduler.load_state_dict(torch.load(path / "lr_scheduler.pt", weights_only=False))
+        optimizer.load_state_dict(_read(path / "optimizer.pt", _torch_load))
+    lr_scheduler.load_state_dict(_read(path / "lr_scheduler.pt", _torch_load))
     for name, module in (extra_modules or {}).items():
-        module.load_state_dict(torch.load(path / f"{name}.pt", weights_only=False))
-    set_rng_state(torch.load(path / f"rng_rank{rank}.pt", weights_only=False))
-    return TrainerState(**payload)
+        module.load_state_dict(_read(path / f"{name}.pt", _torch_load))
+    set_rng_state(_read(path / f"rng_rank{rank}.pt", _torch_load))
+    try:
+        return TrainerState(**payload)
+    except TypeError as e:
+        raise CorruptCheckpoint(f"checkpoint file {path / STATE_FILE} is damaged ({e})") from None
+
+
+def load_newest_intact(candidates: list[Path], **kwargs: Any) -> tuple[Path, TrainerState]:
+    """Load the first checkpoint of ``candidates`` (newest first) that reads back whole.
+
+    Every later load rewrites everything an earlier failed one may have touched (weights,
+    optimizer, scheduler, RNG), so falling back is exact. Each skipped checkpoint is named in a
+    warning; when none is intact the error lists them all.
+    """
+    failures = []
+    for path in candidates:
+        try:
+            state = load_checkpoint(path, **kwargs)
+        except CorruptCheckpoint as e:
+            failures.append(str(e))
+            continue
+        if failures:
+            warnings.warn(f"resuming from {path} instead: {'; '.join(failures)}", stacklevel=2)
+        return path, state
+    if len(candidates) == 1:
+        raise CorruptCheckpoint(f"{failures[0]}; resume from another checkpoints/step-N folder, --resume alone for "
+                                "the newest intact one, or start over with --overwrite")
+    raise CorruptCheckpoint(f"no intact checkpoint to resume from: {'; '.join(failures)}. Start over with --overwrite")
+
+
+def _torch_load(path: Path) -> Any:
+    return torch.load(path, weights_only=False)
+
+
+def _read(path: Path, reader: Any) -> Any:
+    """Run ``reader(path)``; any failure to read the file becomes a CorruptCheckpoint naming it."""
+    if not path.is_file():
+        raise CorruptCheckpoint(f"checkpoint file {path} is missing")
+    try:
+        return reader(path)
+    except RunError:
+        raise
+    except Exception as e:  # noqa: BLE001 - torch, safetensors, pickle and json each raise their own types
+        raise CorruptCheckpoint(f"checkpoint file {path} is damaged ({type(e).__name__}: "
+                                f"{' '.join(str(e).split())[:200]})") from None

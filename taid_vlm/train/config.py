@@ -9,6 +9,8 @@ decay, gradient clipping 1.0, t_start 0.4, t_end 1.0, alpha 5e-4, beta 0.99.
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -17,9 +19,12 @@ from typing import Any
 
 import yaml
 
-from ..losses import LOSS_NAMES
+from ..errors import UserError
+from ..losses import DIVERGENCES, LOSS_NAMES
 
 RESPONSE_SOURCES = ("data", "teacher")
+MIXED_PRECISION = ("no", "bf16", "fp16")
+DISTRIBUTED = ("ddp", "fsdp")
 LR_SCHEDULERS = ("cosine", "linear", "constant")
 
 
@@ -77,6 +82,14 @@ class DistillConfig:
     max_steps: int = 1000
     freeze_vision: bool = False
 
+    # --- scale (train/precision.py, train/parallel.py, train/data.py) -----------------------
+    mixed_precision: str = "no"  # "bf16" / "fp16": autocast over fp32 master weights and optimizer state
+    gradient_checkpointing: bool = False  # recompute activations in backward (LM and vision encoder)
+    distributed: str = "ddp"  # with several processes: "ddp" replicates the student, "fsdp" shards it (FSDP2)
+    teacher_shard: bool = False  # with distributed=fsdp: shard the teacher's layers too (inference only)
+    num_workers: int = 0  # DataLoader workers rendering records for student and teacher off the step
+    save_dtype: str | None = None  # dtype of the saved student (e.g. bfloat16); default: the training dtype
+
     # --- run --------------------------------------------------------------------------------
     output: str = ""
     seed: int = 0
@@ -88,6 +101,8 @@ class DistillConfig:
     max_bad_steps: int = 3
     tensorboard: bool = False
     progress: bool = True
+    resume_accept_changes: bool = False  # resume although teacher/student/data/loss differ from the checkpoint's
+    allow_self_distill: bool = False  # teacher and student may be the same model (a zero loss otherwise refused)
 
     def validate(self) -> "DistillConfig":
         problems = []
@@ -113,12 +128,45 @@ class DistillConfig:
             problems.append(f"distil_ratio must lie in [0, 1], got {self.distil_ratio}")
         if self.lr_scheduler not in LR_SCHEDULERS:
             problems.append(f"lr_scheduler must be one of {LR_SCHEDULERS}, got {self.lr_scheduler!r}")
+        problems += self._scale_problems()
         for name in ("batch_size", "grad_accum", "max_steps", "save_every", "log_every"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.chunk_memory_mb is not None and not self.chunk_memory_mb > 0:
+            problems.append(f"chunk_memory_mb must be positive (MiB), got {self.chunk_memory_mb}")
+        if self.resume and self.overwrite:
+            problems.append("resume and overwrite exclude each other: --resume continues the run in output, "
+                            "--overwrite replaces it; pass one")
+        problems += value_problems(self)
         if problems:
-            raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(problems))
+            raise ConfigError("invalid configuration: " + "; ".join(problems))
         return self
+
+    def _scale_problems(self) -> list[str]:
+        problems = []
+        if self.mixed_precision not in MIXED_PRECISION:
+            problems.append(f"mixed_precision must be one of {MIXED_PRECISION}, got {self.mixed_precision!r}")
+        elif self.mixed_precision != "no" and self.student_dtype not in ("float32", "fp32", "float"):
+            problems.append(f"mixed_precision={self.mixed_precision} keeps fp32 master weights: set student_dtype=float32 "
+                            f"(got {self.student_dtype}), or mixed_precision=no to train in {self.student_dtype} alone")
+        if self.distributed not in DISTRIBUTED:
+            problems.append(f"distributed must be one of {DISTRIBUTED}, got {self.distributed!r}")
+        if self.distributed == "fsdp" and self.on_policy > 0:
+            problems.append("on_policy sampling needs the whole student on every rank: use distributed=ddp")
+        if self.distributed == "fsdp" and self.mixed_precision == "fp16":
+            problems.append("mixed_precision=fp16 (a loss scaler over sharded gradients) is not supported with "
+                            "distributed=fsdp: use mixed_precision=bf16")
+        if self.distributed == "fsdp" and not self.chunked:
+            problems.append("distributed=fsdp reads the LM head in the chunked loss: keep chunked=true")
+        if self.distributed == "fsdp" and self.loss == "ctkd":
+            problems.append("loss=ctkd's learned temperature lives outside the student: use distributed=ddp")
+        if self.teacher_shard and self.distributed != "fsdp":
+            problems.append("teacher_shard=true shards the teacher with FSDP: set distributed=fsdp")
+        if self.num_workers < 0:
+            problems.append(f"num_workers must be >= 0, got {self.num_workers}")
+        if self.save_dtype is not None and self.save_dtype not in ("float32", "bfloat16", "float16"):
+            problems.append(f"save_dtype must be float32, bfloat16 or float16, got {self.save_dtype!r}")
+        return problems
 
     @property
     def needs_teacher(self) -> bool:
@@ -131,8 +179,8 @@ class DistillConfig:
         Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
 
 
-class ConfigError(ValueError):
-    pass
+class ConfigError(UserError):
+    """A config key or value that cannot run; the message names the key and its valid range."""
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(DistillConfig)}
@@ -165,9 +213,82 @@ def coerce(name: str, value: Any, source: str) -> Any:
     elif base is str:
         return str(value)
     elif typing.get_origin(base) is dict:
-        if isinstance(value, dict):
+        if isinstance(value, dict) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value.values()):
             return {str(k): float(v) for k, v in value.items()}
     raise ConfigError(f"{source}: {name} expects {_type_name(base)}, got {value!r}")
+
+
+# ---- value ranges ---------------------------------------------------------------------------------
+
+DTYPES = ("float32", "fp32", "float", "bfloat16", "bf16", "float16", "fp16", "half")  # models.loading._DTYPES
+DATA_FORMATS = ("auto", "llava", "chat", "vqa", "caption", "coco", "hf")  # data.loaders.FORMATS
+_DEVICE = re.compile(r"^(cpu|auto|mps|meta|(cuda|xpu|npu)(:\d+)?)$")
+# Each loss parameter's valid interval (inclusive); t of TAID comes from the schedule, never a config.
+LOSS_PARAM_RANGES = {
+    "beta": (0.0, 1.0), "skew": (0.0, 1.0), "mu": (0.0, 1.0),
+}
+DKD_PARAM_RANGES = {"alpha": (0.0, math.inf), "beta": (0.0, math.inf)}
+
+
+def value_problems(config: "DistillConfig") -> list[str]:
+    """Every out-of-range value, each with its valid range: nothing is clamped behind the user's back."""
+    problems = []
+
+    def check(name: str, ok: bool, expected: str) -> None:
+        if not ok:
+            problems.append(f"{name} must be {expected}, got {getattr(config, name)}")
+
+    finite = {f: getattr(config, f) for f in FIELDS if isinstance(getattr(config, f), float)}
+    for name, value in finite.items():
+        if not math.isfinite(value):
+            problems.append(f"{name} must be a finite number, got {value}")
+    if problems:
+        return problems
+    check("lr", config.lr > 0, "> 0 (e.g. 1e-4)")
+    check("weight_decay", config.weight_decay >= 0, ">= 0")
+    check("grad_clip", config.grad_clip >= 0, ">= 0 (0 turns clipping off)")
+    check("temperature", config.temperature > 0, "> 0 (1.0 = no scaling)")
+    check("warmup_steps", config.warmup_steps >= 0, ">= 0")
+    check("t_start", 0.0 <= config.t_start <= 1.0, "in [0, 1]")
+    check("t_end", 0.0 <= config.t_end <= 1.0, "in [0, 1]")
+    if 0.0 <= config.t_start <= 1.0 and 0.0 <= config.t_end <= 1.0 and config.t_start > config.t_end:
+        problems.append(f"t_start ({config.t_start}) must be <= t_end ({config.t_end}): TAID's t only moves toward the teacher")
+    check("taid_alpha", config.taid_alpha >= 0, ">= 0")
+    check("taid_beta", 0.0 <= config.taid_beta < 1.0, "in [0, 1) (a momentum)")
+    check("taid_alpha_per_run", config.taid_alpha_per_run is None or config.taid_alpha_per_run >= 0, ">= 0 or null")
+    check("ctkd_lambda_max", config.ctkd_lambda_max >= 0, ">= 0")
+    check("chunk_size", config.chunk_size is None or config.chunk_size >= 1, ">= 1 or null (automatic)")
+    check("max_length", config.max_length is None or config.max_length >= 8, ">= 8 tokens or null (no limit)")
+    check("data_limit", config.data_limit is None or config.data_limit >= 1, ">= 1 or null (all records)")
+    check("generation_max_new_tokens", config.generation_max_new_tokens >= 1, ">= 1")
+    check("generation_temperature", config.generation_temperature > 0, "> 0")
+    check("keep_checkpoints", config.keep_checkpoints >= 0, ">= 0 (0 keeps all)")
+    check("max_bad_steps", config.max_bad_steps >= 0, ">= 0")
+    check("student_dtype", config.student_dtype.lower() in DTYPES, f"one of {', '.join(DTYPES)}")
+    check("teacher_dtype", config.teacher_dtype.lower() in DTYPES + ("auto",), f"auto or one of {', '.join(DTYPES)}")
+    check("teacher_device", config.teacher_device is None or bool(_DEVICE.match(config.teacher_device)),
+          "cpu, cuda, cuda:N, mps or auto")
+    check("data_format", config.data_format in DATA_FORMATS, f"one of {', '.join(DATA_FORMATS)}")
+    problems += _loss_param_problems(config)
+    return problems
+
+
+def _loss_param_problems(config: "DistillConfig") -> list[str]:
+    if config.loss not in DIVERGENCES:
+        return []  # already reported
+    accepted = [k for k in DIVERGENCES[config.loss][2] if not (config.loss == "taid" and k == "t")]
+    problems = []
+    for key, value in config.loss_params.items():
+        if key not in accepted:
+            takes = ", ".join(accepted) if accepted else "no parameters"
+            extra = " (TAID's t comes from t_start/t_end and the schedule)" if key == "t" and config.loss == "taid" else ""
+            problems.append(f"loss_params.{key} is not a parameter of loss {config.loss!r}; it takes {takes}{extra}")
+            continue
+        low, high = (DKD_PARAM_RANGES if config.loss == "dkd" else LOSS_PARAM_RANGES)[key]
+        if not (math.isfinite(value) and low <= value <= high):
+            span = f">= {low}" if high == math.inf else f"in [{low}, {high}]"
+            problems.append(f"loss_params.{key} of loss {config.loss!r} must be {span}, got {value}")
+    return problems
 
 
 def _is_optional(kind: Any) -> bool:
@@ -189,7 +310,10 @@ def apply(config: DistillConfig, values: dict[str, Any], source: str) -> Distill
     """Set ``values`` on ``config``; ``loss_params.beta`` style keys set one loss parameter."""
     for key, value in values.items():
         if key.startswith("loss_params."):
-            config.loss_params[key.split(".", 1)[1]] = float(yaml.safe_load(str(value)))
+            number = yaml.safe_load(str(value)) if isinstance(value, str) else value
+            if isinstance(number, bool) or not isinstance(number, (int, float)):
+                raise ConfigError(f"{source}: {key} expects a number, got {value!r}")
+            config.loss_params[key.split(".", 1)[1]] = float(number)
             continue
         if key not in FIELDS:
             close = [f for f in FIELDS if key.replace("-", "_") == f or key in f]
@@ -211,7 +335,9 @@ def load_config(
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")
         try:
-            values = yaml.safe_load(path.read_text()) or {}
+            values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"{path}: not valid YAML: not UTF-8 text (byte {e.start}); is it the right file?") from None
         except yaml.YAMLError as e:
             raise ConfigError(f"{path}: not valid YAML: {e}") from None
         if not isinstance(values, dict):

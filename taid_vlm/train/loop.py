@@ -38,22 +38,25 @@ import yaml
 from transformers import get_scheduler
 
 from ..data import detect_format, load_records
+from ..errors import RunError, is_disk_full
 from ..losses import CTKDTemperature, TAIDSchedule
-from ..models import ModelAdapter, check_alignment, check_vocab_compatible, is_composed_spec, load
+from ..models import ModelAdapter, check_alignment, check_vocab_compatible, is_composed_spec
 from ..models.checkpointing import enable_gradient_checkpointing
 from ..models.loading import resolve_dtype
-from .checkpoint import TrainerState, latest_checkpoint, load_checkpoint, save_checkpoint
-from .config import DistillConfig
+from .checkpoint import TrainerState, load_newest_intact, save_checkpoint
+from .config import ConfigError, DistillConfig
 from .data import MicroBatch, MicroBatches, RenderCollator
+from .diagnose import likely_cause, nothing_applied, too_many_bad_steps
 from .metrics import MetricsLog, Progress
 from .objective import LossParts, training_loss
 from .parallel import Distributed, HiddenStates, full_model_state, full_optimizer_state, load_full_state, shard
+from .output import RunOutput
 from .precision import Precision
+from .preflight import check_data, check_devices, check_pair, load_model
 from .responses import on_policy_batch, teacher_responses
 from .teacher import CachedTeacher, LiveTeacher, open_teacher_cache
 
 VISION_MODULE_NAMES = ("vision_tower", "vision_model", "visual", "vision_encoder", "vision")
-RUN_MARKERS = ("config.yaml", "metrics.jsonl", "checkpoints", "student", "ranks.json")
 
 __all__ = ["DistillResult", "Distributed", "distill", "setup", "step", "finish"]
 
@@ -94,31 +97,48 @@ class Run:
     log: MetricsLog
     progress: Progress
     config_yaml: str
+    run_output: RunOutput  # the output directory's life: claimed, committed at the first applied step (train/output.py)
     last_loss: float | None = None
+    last_kd: float = float("nan")
+    last_ce: float = float("nan")
+    steps_this_run: int = 0
 
 
 def distill(config: DistillConfig) -> DistillResult:
-    run = setup(config)
+    """Check everything that can be checked, then train; a failure before the first applied step
+    leaves the output directory as it was (train/output.py)."""
+    env = Distributed()
+    run_output = RunOutput(config, is_main=env.is_main, barrier=env.barrier)  # looks only
     try:
-        while run.state.step < config.max_steps:
-            step(run)
-    finally:
-        run.data.close()
-    return finish(run)
+        run = setup(config, env, run_output)
+        try:
+            while run.state.step < config.max_steps:
+                step(run)
+        finally:
+            run.data.close()
+        return finish(run)
+    except BaseException:
+        run_output.abandon()
+        raise
 
 
 # ---- setup ----------------------------------------------------------------------------------------
 
 
-def setup(config: DistillConfig) -> Run:
+def setup(config: DistillConfig, env: Distributed | None = None, run_output: RunOutput | None = None) -> Run:
+    """Inputs first (devices, records, models, data against the models), all read-only; only then
+    the output directory is claimed, and the run built."""
     started = time.perf_counter()
-    env = Distributed()
+    env = env or Distributed()
+    run_output = run_output or RunOutput(config, is_main=env.is_main, barrier=env.barrier)
     out = Path(config.output)
-    resume_from = _prepare_output(out, config, env)
+    check_devices(config, env.device)
+    records = _training_records(config)  # before the models: a broken data file fails in seconds
     _seed_everything(config.seed)
 
     teacher, student = _load_models(config, env)
-    records = _training_records(config)
+    check_data(config, records, env.world_size, student, teacher)
+    run_output.claim()  # the first write: everything above only read
     cached = None
     if config.teacher_cache:  # the teacher's signal comes from disk; records are checked against it now
         cache, loaded = open_teacher_cache(config.teacher_cache, config.teacher, config.max_length, config.responses, records)
@@ -144,19 +164,18 @@ def setup(config: DistillConfig) -> Run:
     extra_modules = {**({"ctkd_temperature": ctkd} if ctkd is not None else {}), **precision.checkpoint_modules()}
 
     state = TrainerState()
-    if resume_from is not None:
+    if run_output.resume_candidates:
         load_state = (lambda m, o: load_full_state(sharded, optimizer, m, o)) if sharded is not None else None
-        state = load_checkpoint(resume_from, model=student.model, optimizer=optimizer, lr_scheduler=lr_scheduler,
-                                extra_modules=extra_modules, rank=env.rank, world_size=env.world_size, load_state=load_state)
+        _, state = load_newest_intact(run_output.resume_candidates, model=student.model, optimizer=optimizer,
+                                      lr_scheduler=lr_scheduler, extra_modules=extra_modules, rank=env.rank,
+                                      world_size=env.world_size, load_state=load_state)
         if schedule is not None and state.schedule is not None:
             schedule.load_state_dict(state.schedule)
     else:
         random.seed(config.seed + env.rank)
         torch.manual_seed(config.seed + env.rank)  # samples differ per rank; weights were broadcast
 
-    config_yaml = yaml.safe_dump(config.to_dict(), sort_keys=False)
-    if env.is_main:
-        (out / "config.yaml").write_text(config_yaml)
+    config_yaml = yaml.safe_dump(config.to_dict(), sort_keys=False)  # written once the first step is applied
     renders_teacher = getattr(teacher_signal, "adapter", None)  # a live teacher: render its inputs in workers too
     collator = RenderCollator(student, renders_teacher, config.max_length)
     data = MicroBatches(records, collator, config.batch_size, config.seed, env.rank, env.world_size, state.epoch,
@@ -165,20 +184,21 @@ def setup(config: DistillConfig) -> Run:
                      tensorboard_dir=out / "tensorboard" if config.tensorboard else None)
     progress = Progress(config.max_steps, state.step, enabled=config.progress and env.is_main)
     return Run(config, env, out, started, student, teacher, teacher_signal, sharded, precision, params, optimizer,
-               lr_scheduler, schedule, ctkd, extra_modules, state, data, collator, log, progress, config_yaml)
+               lr_scheduler, schedule, ctkd, extra_modules, state, data, collator, log, progress, config_yaml, run_output)
 
 
 def _load_models(config: DistillConfig, env: Distributed) -> tuple[ModelAdapter | None, ModelAdapter]:
     teacher = None
     if not config.teacher_cache and (config.needs_teacher or config.responses == "teacher"):
-        teacher = load(config.teacher, role="teacher", dtype=None if config.teacher_dtype == "auto" else config.teacher_dtype,
-                       device=config.teacher_device or env.device, chat_template=config.teacher_chat_template)
+        teacher = load_model("teacher", config.teacher, dtype=None if config.teacher_dtype == "auto" else config.teacher_dtype,
+                             device=config.teacher_device or env.device, chat_template=config.teacher_chat_template)
     # A student built from parts shares the teacher's tokenizer (the vocabularies must match).
     shared_tokenizer = {"tokenizer": teacher.tokenizer} if teacher is not None and is_composed_spec(config.student) else {}
-    student = load(config.student, role="student", dtype=config.student_dtype, device=env.device,
-                   chat_template=config.student_chat_template, **shared_tokenizer)
+    student = load_model("student", config.student, dtype=config.student_dtype, device=env.device,
+                         chat_template=config.student_chat_template, **shared_tokenizer)
     if teacher is not None:
         check_vocab_compatible(teacher, student)
+        check_pair(config, teacher, student)
     return teacher, student
 
 
@@ -220,6 +240,7 @@ def step(run: Run) -> None:
         sums += torch.stack([_value(parts.total), _value(parts.kd), _value(parts.ce)]).to(sums.device)
         del parts
     total, kd, ce = env.sum(sums).tolist()
+    run.last_kd, run.last_ce = kd, ce
 
     row: dict[str, Any] = {"step": state.step + 1, "epoch": state.epoch}
     if math.isfinite(total):
@@ -228,6 +249,7 @@ def step(run: Run) -> None:
         grad_norm = _skip_step(run, total, micro_batches, row)
 
     state.step += 1
+    run.steps_this_run += 1
     state.tokens_seen += global_tokens
     state.epoch, state.position = run.data.epoch, run.data.position
     state.schedule = run.schedule.state_dict() if run.schedule is not None else None
@@ -291,6 +313,7 @@ def _apply_update(run: Run, kd: float) -> float:
     run.optimizer.zero_grad(set_to_none=True)
     if run.schedule is not None:
         run.schedule.step(kd)
+    run.run_output.started(run.config_yaml)  # the first applied step commits the output (writes config.yaml)
     return grad_norm
 
 
@@ -303,11 +326,8 @@ def _skip_step(run: Run, total: float, micro_batches: list[MicroBatch], row: dic
     row.update(skipped=True, records=ids, loss=total)
     if state.bad_steps > config.max_bad_steps:
         run.log.log(row)
-        raise RuntimeError(
-            f"{state.bad_steps} steps had a non-finite loss (limit max_bad_steps={config.max_bad_steps}); the "
-            f"last at step {state.step + 1} on records {ids[:20]}. Check those records, lower lr, or use "
-            "student_dtype=float32; metrics.jsonl lists every skipped step."
-        )
+        cause = likely_cause(config, run.last_kd, run.last_ce, run.params, state.step - state.bad_steps + 1)
+        raise too_many_bad_steps(config, state.bad_steps, state.step + 1, ids, cause)
     return float("nan")
 
 
@@ -327,6 +347,8 @@ def finish(run: Run) -> DistillResult:
     """Close logs, check that ranks agree, save the student atomically."""
     run.progress.close()
     run.log.close()
+    if run.steps_this_run and not run.run_output.committed:
+        raise nothing_applied(run.config, run.steps_this_run, likely_cause(run.config, run.last_kd, run.last_ce, run.params, 0))
     env = run.env
     full_state = full_model_state(run.sharded) if run.sharded is not None else None
     _check_ranks_agree(env, run.student.model, run.schedule, run.out, full_state)
@@ -383,7 +405,9 @@ def _on_policy_this_step(config: DistillConfig, step: int) -> bool:
 def _training_records(config: DistillConfig) -> list:
     fmt = detect_format(config.data) if config.data_format == "auto" else config.data_format
     hf_options = {"split": config.data_split} if fmt == "hf" else {}
-    return load_records(config.data, format=fmt, skip_bad=config.skip_bad, limit=config.data_limit, **hf_options)
+    # check_images="open": a corrupt image fails here, naming its record, before the output is touched
+    return load_records(config.data, format=fmt, skip_bad=config.skip_bad, limit=config.data_limit,
+                        check_images="open", **hf_options)
 
 
 def _optimizer(model: torch.nn.Module, config: DistillConfig, ctkd: CTKDTemperature | None) -> torch.optim.Optimizer:
@@ -406,38 +430,13 @@ def _freeze_vision(model: torch.nn.Module) -> None:
                 p.requires_grad_(False)
                 frozen += 1
     if frozen == 0:
-        raise ValueError(f"freeze_vision=true but {type(model).__name__} has no vision module named one of {VISION_MODULE_NAMES}")
+        raise ConfigError(f"freeze_vision=true but {type(model).__name__} has no vision module named one of {VISION_MODULE_NAMES}")
 
 
 def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def _prepare_output(out: Path, config: DistillConfig, env: Distributed) -> Path | None:
-    """Refuse to mix two runs in one directory; find the checkpoint to resume from."""
-    if env.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-    if config.resume not in (None, "", "auto"):
-        checkpoint = Path(config.resume)
-        if not checkpoint.is_dir():
-            raise FileNotFoundError(f"resume={config.resume}: no such checkpoint directory")
-        return checkpoint
-    if config.resume == "auto":
-        return latest_checkpoint(out)
-    holds_run = out.is_dir() and any((out / m).exists() for m in RUN_MARKERS)
-    if holds_run and not config.overwrite:
-        raise FileExistsError(
-            f"output directory {out} holds another run; pass --resume (resume=auto) to continue it or "
-            "--overwrite to replace it"
-        )
-    if holds_run and env.is_main:
-        for marker in RUN_MARKERS + ("teacher_responses.jsonl", "tensorboard"):
-            path = out / marker
-            shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
-    env.barrier()
-    return None
 
 
 def _weights_digest(model: torch.nn.Module) -> str:
@@ -479,7 +478,15 @@ def _check_ranks_agree(env: Distributed, model: torch.nn.Module, schedule: TAIDS
 def _save_student_atomically(student: ModelAdapter, target: Path, state_dict: dict[str, torch.Tensor] | None = None) -> None:
     tmp = target.parent / f".tmp-{target.name}"
     shutil.rmtree(tmp, ignore_errors=True)
-    student.save(tmp, state_dict=state_dict)
+    try:
+        student.save(tmp, state_dict=state_dict)
+    except BaseException as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if is_disk_full(e):
+            raise RunError(f"no space left on the device of {target.parent} while saving the student; the partial "
+                           "copy was removed and the last checkpoint holds the trained weights. Free space there "
+                           "and run the same command with --resume to save it") from e
+        raise
     old = target.parent / f".old-{target.name}"
     if target.exists():
         shutil.rmtree(old, ignore_errors=True)
