@@ -215,7 +215,7 @@ def run_variant(args: argparse.Namespace) -> dict:
     chunked_s, floor_s = statistics.median(times[1:]), statistics.median(floors)
     result.update(
         chunk_size=chunk, chunk_memory_mb=args.chunk_memory_mb or DEFAULT_CHUNK_MEMORY_MB.get(device.type),
-        seconds=round(chunked_s, 4), floor_s=round(floor_s, 4), ratio=round(chunked_s / floor_s, 3),
+        seconds=round(chunked_s, 6), floor_s=round(floor_s, 6), ratio=round(chunked_s / floor_s, 3),
         gemm_at_chunk_s=round(gemm_floor(inputs, chunk), 4), kernel_s=round(kernel_only(args, inputs, chunk), 4),
         one_chunk_profile_s=chunk_profile(args, inputs, chunk),
         all_seconds=[round(t, 4) for t in times], all_floor_s=[round(t, 4) for t in floors],
