@@ -15,7 +15,7 @@ weights: step time and memory do not depend on what the weights have learnt):
 Part ``quality``: the demo's teacher (trained as the demo trains it), one k = 64 cache built
 from it, and for each seed a TAID student from the live teacher and one from the cache (same
 initial weights, data order and budget); both are evaluated like the demo (VQA accuracy,
-CIDEr-D). Writes docs/results/cache_quality.{json,md}.
+CIDEr-D). Writes cache_quality.json and cache_quality.md into --out.
 
 Usage:
   python scripts/bench_cache.py                                   # speed, default preset

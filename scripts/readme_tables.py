@@ -95,20 +95,78 @@ def demo_block() -> str:
 # ---- the loss engine --------------------------------------------------------------------------
 
 
+LOSS_RUNS = (  # (JSON in docs/results/, what the run varied); rows of one file share its process and floor
+    ("bench_loss.json", "CPU default budget"),
+    ("bench_loss_chunk1024.json", "`chunk_size: 1024`"),
+    ("bench_loss_chunk96_light_load.json", "`chunk_size: 96`"),
+)
+PROFILE_STEPS = {"student_logits": "student logits", "teacher_logits": "teacher logits",
+                 "grad_hidden_gemm": "gradient w.r.t. the hidden states", "grad_head_gemm": "w.r.t. the head",
+                 "loss_and_grad_kernel": "the loss + gradient kernel"}
+
+
+def _times(values: list[float]) -> str:
+    return ", ".join(f"{v:.1f}" for v in values)
+
+
 def loss_block() -> str:
-    d = load("bench_loss.json")
-    s = d["summary"]
+    """The engine against the plain path and against the GEMM floor timed in the same process."""
+    main = load("bench_loss.json")
+    s = main["summary"]
+    plain = load(Path(s["naive_source"]).name)["naive"][s["naive_reference"]]
+    lines = [
+        f"Forward + backward over {s['tokens']:,} response tokens, hidden {s['hidden']:,}, vocabulary {s['vocab']:,}, "
+        f"{s['dtype']}, {s['device']}, the teacher given as hidden states + LM head; *ratio* = engine / floor (medians):",
+        "",
+        "| | chunk | peak memory | plain path / engine | time | ratio to floor | floor | load (1 min, end) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        f"| plain full logits | - | {plain['peak_mb']:,.0f} MB | 1x | {plain['seconds']:.1f} s | - | - | "
+        f"{load(Path(s['naive_source']).name)['machine']['load_average_1_5_15min_at_end'][0]:.1f} |",
+    ]
+    swings = []
+    for name, what in LOSS_RUNS:
+        for r in load(name)["rows"]:
+            lines.append(f"| engine, {r['loss']}, {what} | {r['chunk_size']:,} | {r['peak_mb']:,.0f} MB | "
+                         f"{plain['peak_mb'] / r['peak_mb']:.1f}x | {r['seconds']:.1f} s | {r['ratio']:.2f} | "
+                         f"{r['floor_s']:.1f} s | {r['load_average_1min_at_end']:.1f} |")
+            if max(r["all_floor_s"]) > 1.5 * min(r["all_floor_s"]):
+                swings.append(f"{r['loss']} at chunk {r['chunk_size']} (passes {_times(r['all_seconds'])} s, floors "
+                              f"{_times(r['all_floor_s'])} s; [{name}](docs/results/{name}))")
+    taid = next(r for r in main["rows"] if r["loss"] == "taid")
+    profile = taid["one_chunk_profile_s"]
+    lines += [
+        "",
+        f"Plain path: [{Path(s['naive_source']).name}]({s['naive_source']}); engine rows: "
+        + ", ".join(f"[{name}](docs/results/{name})" for name, _ in LOSS_RUNS) + ".",
+        f"One {taid['chunk_size']}-token chunk of taid, each step timed alone: "
+        + ", ".join(f"{label} {profile[key]:.2f} s" for key, label in PROFILE_STEPS.items()) + ".",
+    ]
+    if swings:
+        lines.append("The load swung within these runs (a floor moved by more than half): " + "; ".join(swings) + ".")
+    return "\n".join(lines)
+
+
+# ---- the teacher cache ------------------------------------------------------------------------
+
+
+def cache_block() -> str:
+    """Live teacher against a top-k cache on the demo pair (CPU seconds of one-thread processes)."""
+    d = load("bench_cache.json")
+    load_1min = [m["load_average_1_5_15min_at_start"][0] for m in [d["machine"]] if m.get("load_average_1_5_15min_at_start")]
     return "\n".join([
-        f"TAID forward + backward over {s['tokens']:,} response tokens, hidden {s['hidden']:,}, vocabulary "
-        f"{s['vocab']:,}, {s['dtype']}, {s['device']}, the teacher given as hidden states + LM head:",
+        f"A top-{d['top_k']} {d['logit_dtype']} cache of {d['cache_records']:,} training records "
+        f"({d['cache_tokens']:,} response tokens), then {d['steps_per_run']} TAID steps (batch {d['batch_size']}) from the "
+        f"live teacher and from the cache, {d['repeats']} runs each, alternating, each in its own one-thread process:",
         "",
-        "| | peak memory | time |",
-        "|---|---:|---:|",
-        f"| full logits (plain PyTorch) | {s['naive_peak_mb']:,.0f} MB | {s['naive_s']:.1f} s |",
-        f"| chunked fused-linear engine (ours) | {s['chunked_peak_mb']:,.0f} MB | {s['chunked_s']:.1f} s |",
+        "| | step (CPU s, median) | step (wall s, median) | peak memory |",
+        "|---|---:|---:|---:|",
+        f"| live teacher | {d['live_step_s']:.2f} | {d['live_step_wall_s']:.1f} | {d['live_peak_mb']:,.0f} MB |",
+        f"| top-{d['top_k']} cache | {d['cached_step_s']:.2f} | {d['cached_step_wall_s']:.1f} | {d['cached_peak_mb']:,.0f} MB |",
         "",
-        f"Ours: {_ratio(s['naive_peak_mb'], s['chunked_peak_mb'])} less memory, {_speed(s['naive_s'], s['chunked_s'])} "
-        f"({_load_text(d['machine'])}; [bench_loss.json](docs/results/bench_loss.json)).",
+        f"{d['step_speedup']:.2f}x less work per student step; {d['bytes_per_token']:.0f} bytes per response token "
+        f"(DistillKit's published figure: ~300); the cache was built in {d['build_s']:.0f} s ({d['build_cpu_s']:.0f} CPU s)"
+        + (f"; load average {load_1min[0]:.1f} (1 min) at the start" if load_1min else "")
+        + " ([bench_cache.json](docs/results/bench_cache.json)).",
     ])
 
 
@@ -211,7 +269,7 @@ def gap_block() -> str:
 
 
 RENDERERS: dict[str, Callable[[], str]] = {
-    "demo": demo_block, "loss": loss_block, "trl": trl_block, "zoo": zoo_block, "gap": gap_block, "taid": taid_block,
+    "demo": demo_block, "loss": loss_block, "cache": cache_block, "trl": trl_block, "zoo": zoo_block, "gap": gap_block, "taid": taid_block,
 }
 
 
