@@ -13,7 +13,8 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from taid_vlm.data import generate_shapes, load_records
+from composed_pair import save_composed_pair
+from taid_vlm.data import load_records
 from taid_vlm.models import adapt, load
 from taid_vlm.models.checkpointing import enable_gradient_checkpointing
 from taid_vlm.models.composed import build_composed_vlm
@@ -28,14 +29,7 @@ TEXT_FAMILIES = ("llama", "qwen2")
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory):
     root = tmp_path_factory.mktemp("scale")
-    generate_shapes(root / "shapes", 16, 2, seed=0, image_size=32)
-    texts = [m["content"] for r in load_records(root / "shapes" / "train.jsonl") for m in r.messages]
-    teacher, processor = build_composed_vlm("tiny", texts=texts, seed=1)
-    student, student_processor = build_composed_vlm("tiny", tokenizer=processor.tokenizer, num_image_tokens=4, seed=2)
-    for model, proc, name in ((teacher, processor, "teacher"), (student, student_processor, "student")):
-        model.save_pretrained(root / name)
-        proc.save_pretrained(root / name)
-    return root
+    return save_composed_pair(root, 16, 2)
 
 
 def run_config(root: Path, out: str, **overrides):

@@ -10,12 +10,11 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 from safetensors.torch import load_file
 
 from taid_vlm.cli import main
-from taid_vlm.data import generate_shapes, load_records
-from taid_vlm.models.composed import build_composed_vlm
+from composed_pair import save_composed_pair
+from taid_vlm.data import load_records
 from taid_vlm.teacher_cache import CacheError, TeacherCache
 from taid_vlm.train import distill, load_config
 from taid_vlm.train.metrics import read_metrics
@@ -26,14 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory):
     root = tmp_path_factory.mktemp("cache")
-    generate_shapes(root / "shapes", 16, 2, seed=0, image_size=32)
-    texts = [m["content"] for r in load_records(root / "shapes" / "train.jsonl") for m in r.messages]
-    teacher, processor = build_composed_vlm("tiny", texts=texts, seed=1)
-    student, student_processor = build_composed_vlm("tiny", tokenizer=processor.tokenizer, num_image_tokens=4, seed=2)
-    for model, proc, name in ((teacher, processor, "teacher"), (student, student_processor, "student")):
-        model.save_pretrained(root / name)
-        proc.save_pretrained(root / name)
-    return root
+    return save_composed_pair(root, 16, 2)
 
 
 def cache_args(root: Path, out: str, *extra: str) -> list[str]:

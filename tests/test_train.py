@@ -13,8 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from taid_vlm.data import generate_shapes, load_records
-from taid_vlm.models.composed import build_composed_vlm
+from composed_pair import save_composed_pair
 from taid_vlm.train import ConfigError, DistillConfig, distill, load_config
 from taid_vlm.train.metrics import read_metrics
 
@@ -25,14 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def vlm_pair(tmp_path_factory):
     """Shapes data plus a composed teacher (16 image tokens) and student (4 image tokens)."""
     root = tmp_path_factory.mktemp("vlm")
-    generate_shapes(root / "shapes", 48, 4, seed=0, image_size=32)
-    texts = [m["content"] for r in load_records(root / "shapes" / "train.jsonl") for m in r.messages]
-    teacher, processor = build_composed_vlm("tiny", texts=texts, seed=1)
-    student, student_processor = build_composed_vlm("tiny", tokenizer=processor.tokenizer, num_image_tokens=4, seed=2)
-    for model, proc, name in ((teacher, processor, "teacher"), (student, student_processor, "student")):
-        model.save_pretrained(root / name)
-        proc.save_pretrained(root / name)
-    return root
+    return save_composed_pair(root, 48, 4)
 
 
 def config_for(root: Path, out: str, **overrides) -> DistillConfig:

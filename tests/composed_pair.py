@@ -1,0 +1,20 @@
+"""The tiny composed teacher/student pair several test modules distil with (saved, reloadable)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from taid_vlm.data import generate_shapes, load_records
+from taid_vlm.models.composed import build_composed_vlm
+
+
+def save_composed_pair(root: Path, n_train: int, n_test: int) -> Path:
+    """Shapes data plus a composed teacher (16 image tokens) and student (4 image tokens) under ``root``."""
+    generate_shapes(root / "shapes", n_train, n_test, seed=0, image_size=32)
+    texts = [m["content"] for r in load_records(root / "shapes" / "train.jsonl") for m in r.messages]
+    teacher, processor = build_composed_vlm("tiny", texts=texts, seed=1)
+    student, student_processor = build_composed_vlm("tiny", tokenizer=processor.tokenizer, num_image_tokens=4, seed=2)
+    for model, proc, name in ((teacher, processor, "teacher"), (student, student_processor, "student")):
+        model.save_pretrained(root / name)
+        proc.save_pretrained(root / name)
+    return root
