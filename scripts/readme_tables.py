@@ -167,7 +167,24 @@ def cache_block() -> str:
         f"(DistillKit's published figure: ~300); the cache was built in {d['build_s']:.0f} s ({d['build_cpu_s']:.0f} CPU s)"
         + (f"; load average {load_1min[0]:.1f} (1 min) at the start" if load_1min else "")
         + " ([bench_cache.json](docs/results/bench_cache.json)).",
+        *_cache_quality_lines(),
     ])
+
+
+def _cache_quality_lines() -> list[str]:
+    """Live teacher against the top-k cache on student quality (TAID students over seeds)."""
+    q = load("cache_quality.json")
+    s = q["summary"]
+    per_seed = {v: ", ".join(f"{r['vqa']:.2f}" for r in q["rows"] if r["variant"] == v) for v in ("live", "cached")}
+    verdict = "within" if q["within_seed_spread"] else "outside"
+    return [
+        "",
+        f"TAID students of the default demo (teacher {q['teacher_vqa']:.2f}), seeds {', '.join(map(str, q['seeds']))}: "
+        f"live teacher {s['live']['vqa_mean']:.2f} +- {s['live']['vqa_std']:.2f} VQA accuracy ({per_seed['live']}), "
+        f"top-{q['top_k']} cache {s['cached']['vqa_mean']:.2f} +- {s['cached']['vqa_std']:.2f} ({per_seed['cached']}): "
+        f"{q['cached_minus_live_vqa']:+.2f} points, {verdict} the live student's seed spread "
+        f"([cache_quality.json](docs/results/cache_quality.json)).",
+    ]
 
 
 # ---- against TRL ------------------------------------------------------------------------------
