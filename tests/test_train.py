@@ -41,6 +41,18 @@ def weights(path: Path) -> dict[str, torch.Tensor]:
 # ---- config ---------------------------------------------------------------------------------------
 
 
+def test_scientific_notation_without_a_dot_is_a_number_everywhere(tmp_path):
+    """PyYAML (YAML 1.1) reads '2e-5' as a string; a user writing lr: 2e-5 means a number."""
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("student: s\nteacher: t\ndata: d\noutput: o\nlr: 2e-5\ntaid_alpha: 5e-4\nloss: gjsd\n")
+    config = load_config(recipe, {}, [])
+    assert (config.lr, config.taid_alpha) == (2e-5, 5e-4)
+    config = load_config(recipe, {"lr": "3e-4"}, ["loss_params.beta=5e-1", "warmup_steps=10"])
+    assert config.lr == 3e-4 and config.loss_params == {"beta": 0.5} and config.warmup_steps == 10
+    with pytest.raises(ConfigError, match="lr expects float"):
+        load_config(recipe, {"lr": "fast"}, [])
+
+
 def test_config_precedence_yaml_then_flags_then_overrides(tmp_path):
     recipe = tmp_path / "r.yaml"
     recipe.write_text("student: s\nteacher: t\ndata: d\noutput: o\nlr: 0.5\nmax_steps: 7\nloss: gjsd\n")

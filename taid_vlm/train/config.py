@@ -190,6 +190,17 @@ def field_type(name: str) -> Any:
     return typing.get_type_hints(DistillConfig)[name]
 
 
+def _scalar(text: str) -> Any:
+    """A flag or YAML string as a value; '2e-5' is a number too (YAML 1.1 wants '2.0e-5')."""
+    value = yaml.safe_load(text)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
 def coerce(name: str, value: Any, source: str) -> Any:
     """Check (and convert strings of) a value against the field's declared type."""
     kind = field_type(name)
@@ -200,7 +211,7 @@ def coerce(name: str, value: Any, source: str) -> Any:
             return None
         raise ConfigError(f"{source}: {name} cannot be empty")
     if isinstance(value, str) and base is not str:
-        value = yaml.safe_load(value)
+        value = _scalar(value)
     if base is bool:
         if isinstance(value, bool):
             return value
@@ -310,7 +321,7 @@ def apply(config: DistillConfig, values: dict[str, Any], source: str) -> Distill
     """Set ``values`` on ``config``; ``loss_params.beta`` style keys set one loss parameter."""
     for key, value in values.items():
         if key.startswith("loss_params."):
-            number = yaml.safe_load(str(value)) if isinstance(value, str) else value
+            number = _scalar(value) if isinstance(value, str) else value
             if isinstance(number, bool) or not isinstance(number, (int, float)):
                 raise ConfigError(f"{source}: {key} expects a number, got {value!r}")
             config.loss_params[key.split(".", 1)[1]] = float(number)
