@@ -19,18 +19,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.mark.skipif(shutil.which("accelerate", path=str(Path(sys.executable).parent)) is None, reason="accelerate CLI missing")
 def test_two_processes_hold_identical_weights_and_t_and_match_one_process(tmp_path):
-    generate_shapes(tmp_path / "shapes", 24, 2, seed=0, image_size=32)
-    texts = [m["content"] for r in load_records(tmp_path / "shapes" / "train.jsonl") for m in r.messages]
-    teacher, processor = build_composed_vlm("tiny", texts=texts, seed=1)
-    teacher.save_pretrained(tmp_path / "teacher")
-    processor.save_pretrained(tmp_path / "teacher")
+    texts = _shapes_and_teacher(tmp_path)
     args = ["distill", f"--teacher={tmp_path / 'teacher'}", "--student=composed:tiny?num_image_tokens=4&seed=2",
             f"--data={tmp_path / 'shapes' / 'train.jsonl'}", "--max-steps=3", "--save-every=3", "--no-progress",
             "lr=0.003", "taid_alpha_per_run=5"]
-    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT), ACCELERATE_USE_CPU="true", OMP_NUM_THREADS="1")
-    launcher = [str(Path(sys.executable).parent / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2",
-                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "taid_vlm.cli"]
-    two = subprocess.run(launcher + args + [f"--output={tmp_path / 'ddp'}", "--batch-size=2"],
+    env = _env()
+    two = subprocess.run(_launch_two(args + [f"--output={tmp_path / 'ddp'}", "--batch-size=2"]),
                          env=env, capture_output=True, text=True, timeout=300)
     assert two.returncode == 0, two.stderr[-3000:]
     ranks = json.loads((tmp_path / "ddp" / "ranks.json").read_text())
@@ -52,9 +46,24 @@ def test_two_processes_hold_identical_weights_and_t_and_match_one_process(tmp_pa
     assert t_ddp == pytest.approx(t_one, rel=1e-4)  # t follows the all-reduced loss
 
 
-def _launch_two(args: list[str], env: dict[str, str], **kwargs) -> list[str]:
+def _launch_two(args: list[str]) -> list[str]:
+    """Two real CPU processes over gloo (``accelerate launch --cpu`` would start only one)."""
     return [str(Path(sys.executable).parent / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2",
             "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "taid_vlm.cli", *args]
+
+
+def _env() -> dict[str, str]:
+    return dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT), ACCELERATE_USE_CPU="true", OMP_NUM_THREADS="1")
+
+
+def _shapes_and_teacher(root: Path) -> list[str]:
+    """Shapes data and a saved composed teacher under ``root``; the texts its tokenizer was built on."""
+    generate_shapes(root / "shapes", 24, 2, seed=0, image_size=32)
+    texts = [m["content"] for r in load_records(root / "shapes" / "train.jsonl") for m in r.messages]
+    teacher, processor = build_composed_vlm("tiny", texts=texts, seed=1)
+    teacher.save_pretrained(root / "teacher")
+    processor.save_pretrained(root / "teacher")
+    return texts
 
 
 def _max_rel_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
@@ -73,17 +82,13 @@ def test_fsdp_two_processes_match_one_process_and_resume_exactly_after_sigkill(t
     import signal
     import time
 
-    generate_shapes(tmp_path / "shapes", 24, 2, seed=0, image_size=32)
-    texts = [m["content"] for r in load_records(tmp_path / "shapes" / "train.jsonl") for m in r.messages]
-    teacher, processor = build_composed_vlm("tiny", texts=texts, seed=1)
-    teacher.save_pretrained(tmp_path / "teacher")
-    processor.save_pretrained(tmp_path / "teacher")
+    texts = _shapes_and_teacher(tmp_path)
     args = ["distill", f"--teacher={tmp_path / 'teacher'}", "--student=composed:tiny?num_image_tokens=4&seed=2",
             f"--data={tmp_path / 'shapes' / 'train.jsonl'}", "--max-steps=8", "--save-every=2", "--keep-checkpoints=10",
             "--no-progress", "--log-every=1", "lr=0.003", "taid_alpha_per_run=2"]
-    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT), ACCELERATE_USE_CPU="true", OMP_NUM_THREADS="1")
+    env = _env()
     fsdp = args + ["--distributed=fsdp", "--batch-size=1", "--grad-accum=2"]  # global batch 4, as one process
-    whole = subprocess.run(_launch_two(fsdp + ["--teacher-shard", "--gradient-checkpointing", f"--output={tmp_path / 'fsdp'}"], env), env=env, capture_output=True,
+    whole = subprocess.run(_launch_two(fsdp + ["--teacher-shard", "--gradient-checkpointing", f"--output={tmp_path / 'fsdp'}"]), env=env, capture_output=True,
                            text=True, timeout=600)
     assert whole.returncode == 0, whole.stderr[-3000:]
     one = subprocess.run([sys.executable, "-m", "taid_vlm.cli"] + args + [f"--output={tmp_path / 'single'}", "--batch-size=4"],
@@ -102,7 +107,7 @@ def test_fsdp_two_processes_match_one_process_and_resume_exactly_after_sigkill(t
     assert [r["t"] for r in ranks] == [ranks[0]["t"]] * 2
 
     killed = tmp_path / "killed"
-    victim = subprocess.Popen(_launch_two(fsdp + [f"--output={killed}"], env), env=env, start_new_session=True,
+    victim = subprocess.Popen(_launch_two(fsdp + [f"--output={killed}"]), env=env, start_new_session=True,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     marker = killed / "checkpoints" / "step-0000004" / "trainer_state.json"
     deadline = time.time() + 400
@@ -112,7 +117,7 @@ def test_fsdp_two_processes_match_one_process_and_resume_exactly_after_sigkill(t
     victim.wait()
     assert marker.exists(), "the fsdp run never reached its step-4 checkpoint"
     assert not (killed / "student").exists()
-    resumed = subprocess.run(_launch_two(fsdp + [f"--output={killed}", "--resume"], env), env=env, capture_output=True,
+    resumed = subprocess.run(_launch_two(fsdp + [f"--output={killed}", "--resume"]), env=env, capture_output=True,
                              text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     c = load_file(str(killed / "student" / "model.safetensors"))
