@@ -129,6 +129,7 @@ def test_mismatches_fail_with_the_record_and_the_fix(pair, capsys):
     err = capsys.readouterr().err
     assert "Traceback" not in err
     assert err.strip().splitlines()[-1].startswith("taid-vlm distill: error: record 'brand-new' is not in teacher cache")
+    assert not (pair / "bad-cli").exists()  # the cache is checked before the output is created
     with pytest.raises(CacheError, match="max_length=None, the run uses max_length=512"):
         distill(run_config(pair, "bad3", teacher_cache=str(pair / "k8"), max_length=512))
     with pytest.raises(CacheError, match="was built with teacher .*the run names 'someone/else'"):

@@ -138,12 +138,12 @@ def setup(config: DistillConfig, env: Distributed | None = None, run_output: Run
 
     teacher, student = _load_models(config, env)
     check_data(config, records, env.world_size, student, teacher)
-    run_output.claim()  # the first write: everything above only read
     cached = None
-    if config.teacher_cache:  # the teacher's signal comes from disk; records are checked against it now
+    if config.teacher_cache:  # the teacher's signal comes from disk; records are checked against it (read-only)
         cache, loaded = open_teacher_cache(config.teacher_cache, config.teacher, config.max_length, config.responses, records)
         cached, records = CachedTeacher(cache, records, env.device), loaded
-    elif config.responses == "teacher":
+    run_output.claim()  # the first write: everything above only read
+    if config.responses == "teacher" and cached is None:
         cache = out / "teacher_responses.jsonl"
         if env.is_main:
             teacher_responses(teacher, records, cache, config.batch_size, config.generation_max_new_tokens, config.progress)
