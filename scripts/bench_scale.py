@@ -71,7 +71,7 @@ def build_pair(work: Path, args: argparse.Namespace) -> dict[str, Any]:
 
     from taid_vlm.data import Record, load_records
     from taid_vlm.models import adapt
-    from taid_vlm.models.tiny import _mrope_section, build_tiny
+    from taid_vlm.testing.tiny import _mrope_section, build_tiny
 
     _, processor = build_tiny("qwen2_vl", image_size=args.image_size)  # the processor only: 14 px patches, 2x2 merge
     tok = processor.tokenizer

@@ -30,7 +30,8 @@ from benchlib import current_rss_mb, max_rss_mb  # noqa: E402
 def run_variant(args: argparse.Namespace) -> dict:
     import torch
 
-    from taid_vlm.data import generate_shapes, load_records
+    from taid_vlm.data import load_records
+    from taid_vlm.demo.shapes import generate_shapes
     from taid_vlm.models import adapt, check_alignment
     from taid_vlm.models.composed import build_composed_vlm
     from taid_vlm.train.objective import training_loss

@@ -183,7 +183,7 @@ def build_side(args: argparse.Namespace, teacher, student, batch: dict, optimize
 def _tokenizer():
     """Any real tokenizer with a chat template: both libraries want one to construct their
     objects; the batch is already token ids, so it never tokenises anything here."""
-    from taid_vlm.models.tiny import QWEN2_TEMPLATE, tiny_tokenizer
+    from taid_vlm.testing.tiny import QWEN2_TEMPLATE, tiny_tokenizer
 
     return tiny_tokenizer(QWEN2_TEMPLATE)
 

@@ -41,11 +41,11 @@ from safetensors.torch import load_model  # noqa: E402
 from taid_vlm.data import (  # noqa: E402
     CAPTION_PROMPT,
     VQA_SUFFIX,
-    generate_shapes,
     load_caption_eval,
     load_records,
     load_vqa_eval,
 )
+from taid_vlm.demo.shapes import generate_shapes  # noqa: E402
 from taid_vlm.eval.caption_metrics import caption_scores  # noqa: E402
 from taid_vlm.eval.vqa_metrics import vqa_score  # noqa: E402
 from taid_vlm.models import load  # noqa: E402

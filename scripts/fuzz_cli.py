@@ -97,9 +97,9 @@ def build_workspace(root: Path) -> Workspace:
     from PIL import Image
 
     from taid_vlm.cli import main
-    from taid_vlm.data import generate_shapes
+    from taid_vlm.demo.shapes import generate_shapes
     from taid_vlm.models.composed import build_composed_vlm
-    from taid_vlm.models.tiny import save_tiny
+    from taid_vlm.testing.tiny import save_tiny
 
     ws = Workspace(root)
     generate_shapes(root / "shapes", 16, 2, seed=0, text=True)

@@ -55,8 +55,7 @@ def _add_data(commands: argparse._SubParsersAction) -> None:
 
 
 def _run_data_shapes(args: argparse.Namespace) -> int:
-    from .data import format_summary, generate_shapes
-    from .data.shapes import refuse_to_replace
+    from .demo.shapes import format_summary, generate_shapes, refuse_to_replace
 
     if not args.overwrite:
         refuse_to_replace(args.out)

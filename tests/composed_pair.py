@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from taid_vlm.data import generate_shapes, load_records
+from taid_vlm.data import load_records
+from taid_vlm.demo.shapes import generate_shapes
 from taid_vlm.models.composed import build_composed_vlm
 
 

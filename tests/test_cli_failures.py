@@ -22,9 +22,9 @@ from pathlib import Path
 import pytest
 
 from taid_vlm.cli import main
-from taid_vlm.data import generate_shapes
+from taid_vlm.demo.shapes import generate_shapes
 from taid_vlm.errors import user_message
-from taid_vlm.models.tiny import save_tiny
+from taid_vlm.testing.tiny import save_tiny
 
 ROOT = Path(__file__).resolve().parents[1]
 

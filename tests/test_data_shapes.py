@@ -17,15 +17,14 @@ from PIL import Image
 
 from taid_vlm.data import (
     CAPTION_PROMPT,
-    FAMILIES,
     TEXT_CAPTION_PROMPT,
     VQA_SUFFIX,
-    generate_shapes,
     load_caption_eval,
     load_records,
     load_vqa_eval,
 )
-from taid_vlm.data.scenes import COLORS, SHAPES, SIZES
+from taid_vlm.demo.shapes import FAMILIES, generate_shapes
+from taid_vlm.demo.shapes.scenes import COLORS, SHAPES, SIZES
 
 COLOR_NAMES, RELATION = set(COLORS), r"(left of|right of|above|below)"
 

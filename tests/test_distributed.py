@@ -11,7 +11,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from taid_vlm.data import generate_shapes, load_records
+from taid_vlm.data import load_records
+from taid_vlm.demo.shapes import generate_shapes
 from taid_vlm.models.composed import build_composed_vlm
 
 ROOT = Path(__file__).resolve().parents[1]

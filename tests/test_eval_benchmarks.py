@@ -26,7 +26,7 @@ from taid_vlm.eval.caption_metrics import caption_scores
 from taid_vlm.eval.command import add_eval_parser, data_options, run_eval
 from taid_vlm.models import load
 from taid_vlm.models.composed import build_composed_vlm
-from taid_vlm.models.tiny import tiny_tokenizer
+from taid_vlm.testing.tiny import tiny_tokenizer
 
 FIX = Path(__file__).parent / "fixtures" / "benchmarks"
 VQAV2_Q = FIX / "vqav2" / "v2_OpenEnded_mscoco_val2014_questions.json"

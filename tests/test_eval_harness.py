@@ -10,7 +10,8 @@ import math
 import pytest
 import torch
 
-from taid_vlm.data import DataError, VQA_SUFFIX, generate_shapes
+from taid_vlm.data import DataError, VQA_SUFFIX
+from taid_vlm.demo.shapes import generate_shapes
 from taid_vlm.eval import EvalError, evaluate, load_eval_set, model_names
 from taid_vlm.eval.caption_metrics import java_available
 from taid_vlm.eval.command import add_eval_parser, run_eval
@@ -18,7 +19,7 @@ from taid_vlm.eval.generation import last_run
 from taid_vlm.eval.scoring import score_text, score_vqa
 from taid_vlm.models import load
 from taid_vlm.models.composed import build_composed_vlm
-from taid_vlm.models.tiny import save_tiny, tiny_tokenizer
+from taid_vlm.testing.tiny import save_tiny, tiny_tokenizer
 
 LIMIT = 8
 RUN_FIELDS = ("metrics", "n", "prompt", "decoding", "normalizer_version", "timings", "extra")

@@ -8,7 +8,7 @@ import torch
 from taid_vlm.data import Record
 from taid_vlm.eval.generation import NonFiniteLogits, generate_answers, reference_nll
 from taid_vlm.models import adapt
-from taid_vlm.models.tiny import build_tiny
+from taid_vlm.testing.tiny import build_tiny
 
 
 def broken_adapter():

@@ -15,7 +15,7 @@ import torch
 
 from taid_vlm.losses import chunked_divergence, divergence
 from taid_vlm.models import check_alignment, check_vocab_compatible, load
-from taid_vlm.models.tiny import save_tiny, tiny_records
+from taid_vlm.testing.tiny import save_tiny, tiny_records
 from taid_vlm.models.tokenizer import train_bpe_tokenizer
 
 

@@ -9,7 +9,7 @@ import torch
 
 from taid_vlm.models import ModelAdapter, load
 from taid_vlm.models.families import detect_family
-from taid_vlm.models.tiny import TINY_FAMILIES, build_tiny, save_tiny, tiny_records
+from taid_vlm.testing.tiny import TINY_FAMILIES, build_tiny, save_tiny, tiny_records
 
 FAMILIES = [*TINY_FAMILIES, "composed"]
 TEXT_ONLY = {"llama", "qwen2"}

@@ -7,7 +7,7 @@ import torch
 
 from taid_vlm.data import Record
 from taid_vlm.models import ModelAdapter, check_alignment, load
-from taid_vlm.models.tiny import save_tiny, tiny_records
+from taid_vlm.testing.tiny import save_tiny, tiny_records
 from taid_vlm.models.tokenizer import PLAIN_TEMPLATE
 
 
@@ -202,7 +202,7 @@ def test_device_map_auto_places_a_checkpoint_and_still_renders(tmp_path, monkeyp
     from transformers import AutoModelForCausalLM
 
     from taid_vlm.models import load
-    from taid_vlm.models.tiny import save_tiny, tiny_records
+    from taid_vlm.testing.tiny import save_tiny, tiny_records
 
     save_tiny("qwen2", tmp_path / "m")
     seen = {}

@@ -18,7 +18,7 @@ from taid_vlm.data import load_records
 from taid_vlm.models import adapt, load
 from taid_vlm.models.checkpointing import enable_gradient_checkpointing
 from taid_vlm.models.composed import build_composed_vlm
-from taid_vlm.models.tiny import TINY_FAMILIES, build_tiny, tiny_records
+from taid_vlm.testing.tiny import TINY_FAMILIES, build_tiny, tiny_records
 from taid_vlm.train import ConfigError, distill, load_config
 from taid_vlm.train.data import MicroBatches, RenderCollator
 from taid_vlm.train.metrics import read_metrics

@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from taid_vlm.data import generate_shapes
-from taid_vlm.models.tiny import save_tiny
+from taid_vlm.demo.shapes import generate_shapes
+from taid_vlm.testing.tiny import save_tiny
 from taid_vlm.train import distill, load_config
 from taid_vlm.train.metrics import read_metrics
 

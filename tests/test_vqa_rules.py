@@ -12,7 +12,7 @@ import json
 
 import pytest
 
-from taid_vlm.data import generate_shapes
+from taid_vlm.demo.shapes import generate_shapes
 from taid_vlm.eval import command
 from taid_vlm.eval.command import add_eval_parser, run_eval
 from taid_vlm.eval.vqa_metrics import (
@@ -25,7 +25,7 @@ from taid_vlm.eval.vqa_metrics import (
     score_vqa_samples,
     vqa_score,
 )
-from taid_vlm.models.tiny import save_tiny
+from taid_vlm.testing.tiny import save_tiny
 
 BOTH = pytest.mark.parametrize("rules", VQA_RULES)
 

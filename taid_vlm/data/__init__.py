@@ -1,4 +1,4 @@
-"""Records, loaders for real formats, and the synthetic scenes generator. No model code."""
+"""Records and loaders for real formats (the synthetic scenes generator is ``demo/shapes``). No model code."""
 
 from .errors import DataError, SkippedRecordsWarning
 from .hf import iter_hf_records
@@ -12,14 +12,12 @@ from .loaders import (
     load_vqa_eval,
 )
 from .prompts import CAPTION_PROMPT, TEXT_CAPTION_PROMPT, VQA_SUFFIX
-from .questions import FAMILIES, MULTI_ANSWER_FAMILIES
 from .records import IMAGE_PLACEHOLDER, Record, load_image
-from .shapes import format_summary, generate_shapes
 from .truncate import fit_prompt, fit_prompts
 
 __all__ = [
-    "CAPTION_PROMPT", "DataError", "FAMILIES", "IMAGE_PLACEHOLDER", "MULTI_ANSWER_FAMILIES", "Record",
+    "CAPTION_PROMPT", "DataError", "IMAGE_PLACEHOLDER", "Record",
     "SkippedRecordsWarning", "TEXT_CAPTION_PROMPT", "VQA_SUFFIX", "detect_format", "fit_prompt", "fit_prompts",
-    "format_summary", "generate_shapes", "iter_hf_records", "iter_records", "load_caption_eval", "load_chat",
+    "iter_hf_records", "iter_records", "load_caption_eval", "load_chat",
     "load_image", "load_llava", "load_records", "load_vqa_eval",
 ]

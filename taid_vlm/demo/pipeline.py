@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..data import generate_shapes, load_records
+from ..data import load_records
 from ..errors import UserError
 from ..eval import evaluate
 from ..models.composed import build_composed_vlm
@@ -28,6 +28,7 @@ from ..models.text_lm import build_text_lm
 from ..models.tokenizer import train_bpe_tokenizer
 from ..train import distill, load_config
 from .presets import DemoPreset, TrainBudget
+from .shapes import generate_shapes
 
 KEY_FILE = "demo_key.json"
 DEMO_MARKER = ".taid-demo"

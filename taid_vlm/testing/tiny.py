@@ -23,7 +23,7 @@ import torch
 from tokenizers import Tokenizer
 from transformers import PreTrainedTokenizerFast
 
-from .tokenizer import CHATML_TEMPLATE, train_bpe_tokenizer
+from ..models.tokenizer import CHATML_TEMPLATE, train_bpe_tokenizer
 
 # Every family's special tokens, in one fixed order, so every tiny tokenizer has the same ids.
 _ROW_COL_TOKENS = [f"<row_{r}_col_{c}>" for r in range(1, 7) for c in range(1, 7)]

@@ -20,11 +20,11 @@ from pathlib import Path
 from typing import Any
 
 from .captions import caption_references
-from .errors import DataError
-from .jsonl import dumps, write_jsonl
-from .prompts import CAPTION_PROMPT, TEXT_CAPTION_PROMPT, VQA_SUFFIX
+from ...data.errors import DataError
+from ...data.jsonl import dumps, write_jsonl
+from ...data.prompts import CAPTION_PROMPT, TEXT_CAPTION_PROMPT, VQA_SUFFIX
 from .questions import FAMILIES, MULTI_ANSWER_FAMILIES, AnswerBalancer, Question, ask
-from .records import IMAGE_PLACEHOLDER
+from ...data.records import IMAGE_PLACEHOLDER
 from .scenes import Scene, describe_scene, render_scene, sample_scene, scene_key
 
 GENERATOR_VERSION = "shapes-v1"
