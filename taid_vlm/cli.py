@@ -7,14 +7,14 @@ answers at once.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
+import re
 import sys
-import typing
 
 from . import __version__
 from .errors import user_message
 from .eval.command import add_eval_parser
+from .flags import add_dataclass_arguments, values_from
 from .teacher_cache.command import add_teacher_cache_parser
 
 DEBUG_ENV = "TAID_VLM_DEBUG"  # =1: failures keep their traceback, as --debug does
@@ -74,31 +74,19 @@ def _add_distill(commands: argparse._SubParsersAction) -> None:
     distill = commands.add_parser(
         "distill",
         help="distil a student from a teacher (TAID by default)",
-        description="Every config key is also a flag; a YAML --config is read first, then flags, then key=value overrides.",
+        description="Every config key is also a flag; a YAML --config is read first, then flags, then key=value "
+                    "overrides (anywhere on the line).",
     )
     distill.add_argument("--config", help="YAML file of config keys (a recipe)")
     distill.add_argument("overrides", nargs="*", metavar="key=value", help="final overrides, e.g. loss_params.beta=0.3")
-    hints = typing.get_type_hints(DistillConfig)
-    for f in dataclasses.fields(DistillConfig):
-        flag = "--" + f.name.replace("_", "-")
-        kind = hints[f.name]
-        if f.name == "resume":
-            distill.add_argument(flag, dest=f.name, nargs="?", const="auto", default=None,
-                                 help="continue the run in --output (latest checkpoint), or from a checkpoint dir")
-        elif kind is bool:
-            distill.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None)
-        elif f.name == "loss_params":
-            continue  # set with key=value overrides: loss_params.beta=0.3
-        else:
-            distill.add_argument(flag, dest=f.name, default=None, metavar=f.name.upper())
+    add_dataclass_arguments(distill, DistillConfig, layered=True)
     distill.set_defaults(func=_run_distill)
 
 
 def _run_distill(args: argparse.Namespace) -> int:
-    from .train.config import FIELDS, load_config
+    from .train.config import DistillConfig, load_config
 
-    flags = {name: getattr(args, name) for name in FIELDS if hasattr(args, name)}
-    config = load_config(args.config, flags, args.overrides)
+    config = load_config(args.config, values_from(args, DistillConfig), args.overrides)
     args.run_dir = config.output  # for the interruption message
     from .train import distill
 
@@ -147,7 +135,7 @@ def _run_demo(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse_command_line(parser, argv)
     if args.command is None:
         parser.print_help()
         return 0
@@ -170,6 +158,27 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{prog}: error: internal error ({type(e).__name__}: {' '.join(str(e).split())}); rerun with --debug "
               f"or {DEBUG_ENV}=1 for the traceback and report it", file=sys.stderr)
         return 1
+
+
+_OVERRIDE = re.compile(r"^[A-Za-z_][\w.]*=")  # key=value, e.g. save_every=5 or loss_params.beta=0.3
+
+
+def parse_command_line(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """``parse_args``, except that a command's ``key=value`` overrides may stand anywhere on the line.
+
+    argparse fills a positional list once, from the words before the first flag that follows it:
+    ``--output DIR save_every=5`` would leave ``save_every=5`` "unrecognized". Those words come
+    back from ``parse_known_args`` and join the overrides in the order written; anything else
+    unrecognized is refused as ``parse_args`` refuses it.
+    """
+    args, extra = parser.parse_known_args(argv)
+    if extra and hasattr(args, "overrides"):
+        late = [word for word in extra if _OVERRIDE.match(word)]
+        args.overrides = [*(args.overrides or []), *late]
+        extra = [word for word in extra if not _OVERRIDE.match(word)]
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
 
 
 def _resume_hint(args: argparse.Namespace) -> str:

@@ -5,6 +5,7 @@ files, bad files named with their entry, and one end-to-end run per task with a 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import io
 import json
 import re
@@ -18,12 +19,12 @@ from PIL import Image
 from taid_vlm.data import DataError
 from taid_vlm.data.benchmarks import read_benchmark
 from taid_vlm.data.prompts import CAPTION_PROMPT, VQA_SUFFIX
-from taid_vlm.eval import EvalError, evaluate
+from taid_vlm.eval import EvalError, evaluate, run_evaluation
 from taid_vlm.eval.benchmark_scores import score_benchmark, score_results_file
 from taid_vlm.eval.benchmarks import BENCHMARKS, UNANSWERABLE_HINT, load_benchmark_set
 from taid_vlm.eval.submissions import write_submissions
 from taid_vlm.eval.caption_metrics import caption_scores
-from taid_vlm.eval.command import add_eval_parser, data_options, run_eval
+from taid_vlm.eval.command import add_eval_parser, config_from_args, run_eval
 from taid_vlm.models import load
 from taid_vlm.models.composed import build_composed_vlm
 from taid_vlm.testing.tiny import tiny_tokenizer
@@ -336,7 +337,7 @@ def test_cli_vqav2_writes_results_samples_and_a_submission_with_the_benchmark_re
 def test_cli_nocaps_with_limit_and_a_caption_prompt(tmp_path, vlm):
     out = tmp_path / "out"
     results = evaluate([vlm], [NOCAPS], None, out, benchmark="nocaps", limit=3, max_new_tokens=4,
-                       caption_backend="python", progress=False, data_options={"image_dir": str(FIX / "nocaps" / "validation")})
+                       caption_backend="python", progress=False, image_dir=str(FIX / "nocaps" / "validation"))
     model = results["models"]["student"]
     assert model["n"] == 3 and results["meta"]["benchmark"]["prompt"] == "<image>\n" + CAPTION_PROMPT
     assert set(model["extra"]["benchmark_breakdowns"]["domain"]) == {"in-domain", "near-domain"}
@@ -440,8 +441,9 @@ def test_the_readme_lists_every_benchmark_with_a_command_that_runs(tmp_path, vlm
         monkeypatch.chdir(FIX / name)
         args = parser.parse_args(["eval", "--model", str(vlm), "--output", str(tmp_path / f"out{k}"),
                                   *shlex.split(command)])
-        results = evaluate([adapter], args.data, args.task, args.output, limit=1, max_new_tokens=2, progress=False,
-                           caption_backend="python", data_options=data_options(args), benchmark=args.benchmark)
+        config = dataclasses.replace(config_from_args(args), models=[adapter], limit=1, max_new_tokens=2,
+                                     progress=False, caption_backend="python")
+        results = run_evaluation(config)
         assert results["meta"]["benchmark"]["name"] == name and results["meta"]["n_items"] == 1, command
 
 

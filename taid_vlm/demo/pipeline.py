@@ -22,11 +22,11 @@ from typing import Any
 
 from ..data import load_records
 from ..errors import UserError
-from ..eval import evaluate
+from ..eval import EvalConfig, run_evaluation
 from ..models.composed import build_composed_vlm
 from ..models.text_lm import build_text_lm
 from ..models.tokenizer import train_bpe_tokenizer
-from ..train import distill, load_config
+from ..train import DistillConfig, distill
 from .presets import DemoPreset, TrainBudget
 from .shapes import generate_shapes
 
@@ -190,12 +190,12 @@ def train_teacher(directory: Path, init_dir: Path, data_dir: Path, budget: Train
     key = {"budget": dataclasses.asdict(budget), "init": _digest(init_dir), "data": _key_of(data_dir), "seed": seed}
     if _cached(directory, key) and (directory / "student").is_dir():
         return directory / "student", True
-    config = load_config(None, dict(
+    config = DistillConfig(
         student=str(init_dir), data=str(data_dir / "train.jsonl"), output=str(directory), loss="sft",
         max_steps=budget.steps, lr=budget.lr, batch_size=budget.batch_size, warmup_steps=budget.warmup_steps,
         save_every=budget.steps, log_every=5, seed=seed, progress=progress, overwrite=True,
-    ))  # fmt: skip
-    distill(config)
+    )  # fmt: skip
+    distill(config.validate())
     _mark(directory, key)
     return directory / "student", False
 
@@ -219,12 +219,12 @@ def distil_student(run_dir: Path, init_dir: Path, teacher_dir: Path | None, data
     key = student_run_key(init_dir, teacher_dir, data_dir, loss, budget, seed, t_start, **config)
     if reuse and _cached(run_dir, key) and (run_dir / "student").is_dir():
         return run_dir
-    distill(load_config(None, dict(
+    distill(DistillConfig(
         student=str(init_dir), teacher=None if loss == "sft" else str(teacher_dir), data=str(data_dir / "train.jsonl"),
         output=str(run_dir), loss=loss, max_steps=budget.steps, lr=budget.lr, batch_size=budget.batch_size,
         warmup_steps=budget.warmup_steps, t_start=t_start, save_every=budget.steps, log_every=5, seed=seed,
         progress=progress, overwrite=True, **config,
-    )))  # fmt: skip
+    ).validate())  # fmt: skip
     _mark(run_dir, key)
     return run_dir
 
@@ -233,11 +233,15 @@ def evaluate_models(directory: Path, models: dict[str, Path], data_dir: Path, pr
                     progress: bool) -> dict[str, Any]:
     """VQA accuracy (overall and per family) and caption metrics for every model, one table."""
     names, paths = list(models), [str(p) for p in models.values()]
-    vqa = evaluate(paths, data_dir / "test_vqa.jsonl", "vqa", directory / "vqa", batch_size=preset.eval_batch_size,
-                   limit=preset.eval_questions, labels=names, progress=progress)
-    captions = evaluate(paths, data_dir / "test_caption.jsonl", "caption", directory / "caption",
-                        batch_size=preset.eval_batch_size, limit=preset.eval_captions, labels=names, progress=progress,
-                        caption_backend=preset.caption_backend)
+    vqa = run_evaluation(EvalConfig(
+        models=paths, data=str(data_dir / "test_vqa.jsonl"), task="vqa", output=str(directory / "vqa"), labels=names,
+        batch_size=preset.eval_batch_size, limit=preset.eval_questions, progress=progress,
+    ))  # fmt: skip
+    captions = run_evaluation(EvalConfig(
+        models=paths, data=str(data_dir / "test_caption.jsonl"), task="caption", output=str(directory / "caption"),
+        labels=names, batch_size=preset.eval_batch_size, limit=preset.eval_captions, progress=progress,
+        caption_backend=preset.caption_backend,
+    ))  # fmt: skip
     rows, by_family = [], {}
     for name, path in models.items():
         v, c = vqa["models"][name], captions["models"][name]

@@ -11,7 +11,7 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "EvalConfig": "harness", "evaluate": "harness", "model_names": "harness", "run_evaluation": "harness",
+    "EvalConfig": "config", "evaluate": "harness", "model_names": "harness", "run_evaluation": "harness",
     "EvalError": "errors",
     "EvalItem": "items", "EvalSet": "items", "load_eval_set": "items",
     "ModelResult": "reports", "write_reports": "reports",

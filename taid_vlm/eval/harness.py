@@ -19,7 +19,6 @@ import os
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence
@@ -29,97 +28,27 @@ import torch
 from .. import __version__
 from ..models import ModelAdapter, load
 from .benchmark_scores import score_benchmark
-from .benchmarks import (BenchmarkSet, benchmark_markdown, benchmark_task, benchmark_vqa_rules, data_paths,
-                         load_benchmark_set)
-from .caption_metrics import BACKENDS
+from .benchmarks import BenchmarkSet, benchmark_markdown, load_benchmark_set
+from .config import EvalConfig
 from .errors import EvalError
 from .generation import GenerationRun, generate_answers, reference_nll
 from .items import EvalSet, load_eval_set
-from .prompts import DEFAULT_MAX_NEW_TOKENS, TASKS
 from .reports import RESULTS_MD, ModelResult, render_results_md, write_results_json, write_samples_jsonl
-from .vqa_metrics import DEFAULT_VQA_RULES, VQA_RULES
+from .vqa_metrics import DEFAULT_VQA_RULES
 from .scoring import SAMPLE_SCORE, TaskScores, score_captions, score_text, score_vqa
 from .submissions import write_submissions
 
 ModelLike = str | Path | dict | ModelAdapter
 
 
-@dataclass
-class EvalConfig:
-    """Everything a run depends on. ``models`` are paths, hub ids, composed specs or loaded
-    adapters; ``labels`` name them in the outputs (default: the directory name). ``dtype`` and
-    ``device`` apply to the models the harness loads; loaded adapters are used where they are."""
-
-    models: list[ModelLike]
-    data: str | list[str]  # a list only with a benchmark (VQAv2: questions + annotations)
-    task: str | None  # None when ``benchmark`` names it
-    output: str
-    batch_size: int = 8
-    max_new_tokens: int | None = None
-    limit: int | None = None
-    labels: list[str] | None = None
-    dtype: str | None = None
-    device: str | None = None
-    caption_backend: str = "auto"
-    vqa_rules: str | None = None  # None: the benchmark's reference rules, else DEFAULT_VQA_RULES
-    data_options: dict[str, Any] = field(default_factory=dict)  # HF sets: split, columns, ...
-    progress: bool = True
-    benchmark: str | None = None  # one of benchmarks.BENCHMARK_NAMES: its files, prompt, metric
-
-    def validate(self) -> "EvalConfig":
-        if self.benchmark is not None:
-            self.task = benchmark_task(self.benchmark, self.task)
-        self.data = data_paths(self.data, self.benchmark)
-        if self.task is None:
-            raise EvalError(f"no task: pass --task ({', '.join(TASKS)}) or --benchmark NAME")
-        if self.task not in TASKS:
-            raise EvalError(f"--task {self.task!r} is not one of {', '.join(TASKS)}")
-        if not self.models:
-            raise EvalError("no models to evaluate; pass at least one --model")
-        for name, value in (("batch_size", self.batch_size), ("max_new_tokens", self.max_new_tokens)):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise EvalError(f"{name} must be a positive integer, got {value!r}")
-        if self.caption_backend not in BACKENDS:
-            raise EvalError(f"caption backend {self.caption_backend!r} is not one of {', '.join(BACKENDS)}")
-        self.vqa_rules = benchmark_vqa_rules(self.benchmark, self.vqa_rules)
-        if self.vqa_rules not in VQA_RULES:
-            raise EvalError(f"--vqa-rules {self.vqa_rules!r} is not one of {', '.join(VQA_RULES)}")
-        if Path(self.output).is_file():
-            raise EvalError(f"--output {self.output} is a file; give a directory for the results")
-        return self
-
-    @property
-    def new_tokens(self) -> int:
-        return self.max_new_tokens or DEFAULT_MAX_NEW_TOKENS[self.task]
-
-
 def evaluate(
-    models: Sequence[ModelLike],
-    data: str | Path | Sequence[str | Path],
-    task: str | None,
-    output: str | Path,
-    batch_size: int = 8,
-    max_new_tokens: int | None = None,
-    limit: int | None = None,
-    labels: Sequence[str] | None = None,
-    dtype: str | None = None,
-    device: str | None = None,
-    progress: bool = True,
-    caption_backend: str = "auto",
-    data_options: dict[str, Any] | None = None,
-    vqa_rules: str | None = None,
-    benchmark: str | None = None,
+    models: Sequence[ModelLike], data: str | Path | Sequence[str | Path], task: str | None = None,
+    output: str | Path = "", **settings: Any,
 ) -> dict[str, Any]:
     """Evaluate ``models`` on ``data`` for ``task`` (or on ``benchmark``'s files, which name the task), write
-    the three outputs (and a benchmark's submission files), return results.json's content."""
-    config = EvalConfig(
-        models=list(models), data=[str(d) for d in data] if isinstance(data, (list, tuple)) else str(data),
-        task=task, output=str(output), batch_size=batch_size,
-        max_new_tokens=max_new_tokens, limit=limit, labels=list(labels) if labels is not None else None,
-        dtype=dtype, device=device, caption_backend=caption_backend, data_options=dict(data_options or {}),
-        progress=progress, vqa_rules=vqa_rules, benchmark=benchmark,
-    )  # fmt: skip
-    return run_evaluation(config)
+    the three outputs (and a benchmark's submission files), return results.json's content. ``settings``:
+    any other ``EvalConfig`` field (``batch_size``, ``limit``, ``labels``, ``benchmark``, ``image_dir``, ...)."""
+    return run_evaluation(EvalConfig(models=models, data=data, task=task, output=output, **settings))
 
 
 def run_evaluation(config: EvalConfig) -> dict[str, Any]:

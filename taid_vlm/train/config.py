@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from ..errors import UserError
+from ..flags import flag
 from ..losses import DIVERGENCES, LOSS_NAMES
 
 RESPONSE_SOURCES = ("data", "teacher")
@@ -96,7 +97,8 @@ class DistillConfig:
     save_every: int = 500
     keep_checkpoints: int = 2
     log_every: int = 10
-    resume: str | None = None  # "auto" (latest checkpoint in output) or a checkpoint dir
+    resume: str | None = field(default=None, metadata=flag(  # "auto" (latest checkpoint in output) or a checkpoint dir
+        nargs="?", const="auto", help="continue the run in --output (latest checkpoint), or from a checkpoint dir"))
     overwrite: bool = False
     max_bad_steps: int = 3
     tensorboard: bool = False
