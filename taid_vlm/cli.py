@@ -43,14 +43,14 @@ def _add_data(commands: argparse._SubParsersAction) -> None:
     data = commands.add_parser("data", help="generate or inspect data sets")
     kinds = data.add_subparsers(dest="data_command", metavar="KIND", required=True)
     shapes = kinds.add_parser("shapes", help="write the synthetic scenes set (VQA + captions), offline")
-    shapes.add_argument("--out", "--output", dest="out", required=True, help="output directory")
+    shapes.add_argument("--output", "--out", dest="output", required=True, help="output directory")
     shapes.add_argument("--n-train", type=int, default=2000, help="training scenes (default 2000)")
     shapes.add_argument("--n-test", type=int, default=500, help="test scenes (default 500)")
     shapes.add_argument("--seed", type=int, default=0)
     shapes.add_argument("--image-size", type=int, default=64)
     shapes.add_argument("--text", action="store_true", help="describe scenes in text instead of images (text-only LLMs)")
     shapes.add_argument("--qa-turns", type=int, default=3, help="question turns per training conversation (default 3)")
-    shapes.add_argument("--overwrite", action="store_true", help="replace the data set files already in --out")
+    shapes.add_argument("--overwrite", action="store_true", help="replace the data set files already in --output")
     shapes.set_defaults(func=_run_data_shapes)
 
 
@@ -58,8 +58,8 @@ def _run_data_shapes(args: argparse.Namespace) -> int:
     from .demo.shapes import format_summary, generate_shapes, refuse_to_replace
 
     if not args.overwrite:
-        refuse_to_replace(args.out)
-    summary = generate_shapes(args.out, args.n_train, args.n_test, seed=args.seed, image_size=args.image_size,
+        refuse_to_replace(args.output)
+    summary = generate_shapes(args.output, args.n_train, args.n_test, seed=args.seed, image_size=args.image_size,
                               text=args.text, qa_turns=args.qa_turns)
     print(format_summary(summary))
     return 0
@@ -103,10 +103,10 @@ def _add_demo(commands: argparse._SubParsersAction) -> None:
     demo = commands.add_parser(
         "demo", help="the whole pipeline offline on synthetic data: teacher, sft/fkl/taid students, evaluation, report",
         description="Generates the shapes set, trains a teacher, distils students with sft, fkl and taid under one "
-                    "budget, evaluates all of them and writes OUT/report.md. Default preset: aimed at about 10 min on 2 quiet CPU cores.",
+                    "budget, evaluates all of them and writes OUTPUT/report.md. Default preset: aimed at about 10 min on 2 quiet CPU cores.",
     )
-    demo.add_argument("--out", "--output", dest="out", default="taid-demo", help="output directory (default ./taid-demo)")
-    demo.add_argument("--overwrite", action="store_true", help="use --out even though it holds files the demo did not write")
+    demo.add_argument("--output", "--out", dest="output", default="taid-demo", help="output directory (default ./taid-demo)")
+    demo.add_argument("--overwrite", action="store_true", help="use --output even though it holds files the demo did not write")
     size = demo.add_mutually_exclusive_group()
     size.add_argument("--quick", dest="preset", action="store_const", const="quick", help="~2 min smoke run (CI)")
     size.add_argument("--full", dest="preset", action="store_const", const="full", help="a bigger budget (more data, 3x the steps)")
@@ -121,7 +121,7 @@ def _run_demo(args: argparse.Namespace) -> int:
     from .demo import PRESETS, run_demo
     from .demo.report import gap_closed
 
-    result = run_demo(args.out, PRESETS[args.preset], text=args.text, seed=args.seed, progress=args.progress,
+    result = run_demo(args.output, PRESETS[args.preset], text=args.text, seed=args.seed, progress=args.progress,
                       overwrite=args.overwrite)
     closed = gap_closed(result.rows)
     print(f"\n{'model':<14}{'params':>10}{'VQA acc':>10}{'CIDEr':>9}{'BLEU-4':>9}{'gap closed':>12}")
