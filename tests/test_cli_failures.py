@@ -233,6 +233,18 @@ def test_data_shapes_and_demo_refuse_files_they_did_not_write(tmp_path, capsys):
     assert "did not write" in line and snapshot(mine) == before
 
 
+def test_distill_and_teacher_cache_word_a_model_that_does_not_load_alike(pair, tmp_path, capsys):
+    """One loader with user-facing errors (models.load_model) serves both commands."""
+    missing = tmp_path / "no-teacher"
+    line = fails_cleanly(["distill", f"--teacher={missing}", f"--student={pair / 'student'}",
+                          f"--data={pair / 'shapes' / 'train.jsonl'}", f"--output={tmp_path / 'run'}",
+                          "--no-progress"], capsys)
+    assert f"teacher={missing}: cannot load it" in line
+    line = fails_cleanly(["teacher-cache", "--teacher", str(missing), "--data", str(pair / "shapes" / "train.jsonl"),
+                          "--output", str(tmp_path / "cache"), "--no-progress"], capsys, "teacher-cache")
+    assert f"teacher={missing}: cannot load it" in line and not (tmp_path / "cache").exists()
+
+
 # ---- resume ----------------------------------------------------------------------------------------------
 
 

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+from ..files import atomic_path
 from .errors import DataError
 
 
@@ -78,15 +78,9 @@ def dumps(row: Any) -> str:
 
 def write_jsonl(path: str | Path, rows: Iterable[Any]) -> int:
     """Write rows to a temporary file renamed into place: a failure never leaves half a file."""
-    path = Path(path)
-    tmp = path.with_name(f".tmp-{path.name}")
     n = 0
-    try:
-        with open(tmp, "w", encoding="utf-8", newline="\n") as f:
-            for row in rows:
-                f.write(dumps(row) + "\n")
-                n += 1
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8", newline="\n") as f:
+        for row in rows:
+            f.write(dumps(row) + "\n")
+            n += 1
     return n

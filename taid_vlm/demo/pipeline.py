@@ -22,6 +22,7 @@ from typing import Any
 
 from ..data import load_records
 from ..errors import UserError
+from ..files import write_text_atomically
 from ..eval import EvalConfig, run_evaluation
 from ..models.composed import build_composed_vlm
 from ..models.text_lm import build_text_lm
@@ -123,7 +124,7 @@ def _cached(directory: Path, key: dict[str, Any]) -> bool:
 
 
 def _mark(directory: Path, key: dict[str, Any]) -> None:
-    (directory / KEY_FILE).write_text(json.dumps(key, indent=1, sort_keys=True))
+    write_text_atomically(directory / KEY_FILE, json.dumps(key, indent=1, sort_keys=True))
 
 
 def _digest(model_dir: Path) -> str:

@@ -22,6 +22,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from ..files import write_text_atomically  # noqa: E402
 from ..train.metrics import read_metrics  # noqa: E402
 
 PLOTS = {"accuracy": "accuracy.png", "loss": "loss_curves.png", "t": "taid_t.png"}
@@ -35,7 +36,7 @@ def write_report(result: Any, preset: Any) -> Path:
     if has_taid:
         _plot_t(result, out / PLOTS["t"])
     schedule = t_schedule_summary(Path(result.extra["students"]["taid"]) / "metrics.jsonl") if has_taid else None
-    _write_atomic(out / "results.json", json.dumps({
+    write_text_atomically(out / "results.json", json.dumps({
         "preset": result.preset, "text": result.text, "seed": result.seed, "rows": result.rows,
         "by_family": result.by_family, "phase_seconds": result.phase_seconds,
         "total_seconds": round(sum(result.phase_seconds.values()), 1), "majority": result.extra["majority"],
@@ -45,14 +46,8 @@ def write_report(result: Any, preset: Any) -> Path:
         "taid_schedule": schedule, "command": reproduce_command(result), "invoked_as": shlex.join(sys.argv),
         "machine": machine_description(), "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }, indent=1))  # fmt: skip
-    _write_atomic(result.report, _markdown(result, preset, schedule))
+    write_text_atomically(result.report, _markdown(result, preset, schedule))
     return result.report
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(text, encoding="utf-8")
-    os.replace(temporary, path)
 
 
 def reproduce_command(result: Any) -> str:

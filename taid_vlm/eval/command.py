@@ -11,9 +11,7 @@ import sys
 from pathlib import Path
 
 from ..flags import add_dataclass_arguments, values_from
-from .caption_metrics import BACKENDS as CAPTION_BACKENDS  # noqa: F401 - the flag's choices, for callers
 from .config import EvalConfig
-from .vqa_metrics import VQA_RULES  # noqa: F401 - the flag's choices, for callers
 
 
 def add_eval_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:

@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import gc
 import json
-import os
 import sys
-import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -26,6 +24,7 @@ from typing import Any, Sequence
 import torch
 
 from .. import __version__
+from ..files import write_text_atomically
 from ..models import ModelAdapter, load
 from .benchmark_scores import score_benchmark
 from .benchmarks import BenchmarkSet, benchmark_markdown, load_benchmark_set
@@ -235,7 +234,7 @@ def write_outputs(
         for result in results:
             result.extra["submission"] = submissions.get(result.model)
     results_path = write_results_json(out_dir, results, meta)
-    _write_text(Path(out_dir) / RESULTS_MD, render_markdown(eval_set, config, results))
+    write_text_atomically(Path(out_dir) / RESULTS_MD, render_markdown(eval_set, config, results))
     return json.loads(results_path.read_text(encoding="utf-8"))
 
 
@@ -264,21 +263,6 @@ def _family_table(results: list[ModelResult]) -> str:
     ]
     sizes = ", ".join(f"{f} {g['n']}" for f, g in families.items())
     return render_results_md(rows, title="VQA accuracy by question family", notes=[f"questions per family: {sizes}"])
-
-
-def _write_text(path: Path, text: str) -> None:
-    """Write to a temporary sibling and move it into place: a killed run leaves the old file whole."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 # ---- progress ----------------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """Write an evaluation's three outputs: results.json, samples.jsonl, results.md.
 
-Every file is written to a temporary sibling and moved into place with ``os.replace``, so a run
+Every file is written with ``taid_vlm/files.py`` (temporary sibling, fsync, rename), so a run
 killed mid-write leaves the previous complete file rather than a truncated one. Each score
 travels with what produced it (prompt, decoding settings, normaliser version, timings), as the
 harnesses people trust do (docs/EVALUATION.md).
@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
+
+from ..files import write_text_atomically
 
 RESULTS_JSON = "results.json"
 SAMPLES_JSONL = "samples.jsonl"
@@ -61,23 +61,6 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
-def _write_atomic(path: Path, text: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.chmod(tmp, 0o644)  # mkstemp makes it owner-only; results are meant to be shared
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    return path
-
-
 def _check_unique(results: Sequence[ModelResult]) -> None:
     names = [r.model for r in results]
     duplicates = sorted({n for n in names if names.count(n) > 1})
@@ -96,7 +79,7 @@ def write_results_json(
         "models": {r.model: {k: v for k, v in asdict(r).items() if k != "model"} for r in results},
     }
     text = json.dumps(_json_safe(payload), indent=2, ensure_ascii=False, allow_nan=False)
-    return _write_atomic(Path(out_dir) / RESULTS_JSON, text + "\n")
+    return write_text_atomically(Path(out_dir) / RESULTS_JSON, text + "\n")
 
 
 def write_samples_jsonl(out_dir: str | Path, samples: Iterable[Mapping[str, Any]]) -> Path:
@@ -111,7 +94,7 @@ def write_samples_jsonl(out_dir: str | Path, samples: Iterable[Mapping[str, Any]
                 f"sample #{k} (id {sample.get('id')!r}) lacks field(s) {missing}; each needs {SAMPLE_FIELDS}"
             )
         lines.append(json.dumps(_json_safe(dict(sample)), ensure_ascii=False, allow_nan=False))
-    return _write_atomic(Path(out_dir) / SAMPLES_JSONL, "".join(line + "\n" for line in lines))
+    return write_text_atomically(Path(out_dir) / SAMPLES_JSONL, "".join(line + "\n" for line in lines))
 
 
 def _is_number(value: Any) -> bool:
@@ -166,7 +149,7 @@ def render_results_md(
 
 
 def write_results_md(out_dir: str | Path, results: Sequence[ModelResult], **kwargs: Any) -> Path:
-    return _write_atomic(Path(out_dir) / RESULTS_MD, render_results_md(results, **kwargs))
+    return write_text_atomically(Path(out_dir) / RESULTS_MD, render_results_md(results, **kwargs))
 
 
 def write_reports(

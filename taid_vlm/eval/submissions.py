@@ -16,7 +16,7 @@ from typing import Any, Mapping, Sequence
 
 from .benchmarks import BenchmarkSet, Submission
 from .items import EvalItem
-from .reports import _write_atomic
+from ..files import write_text_atomically
 
 
 def write_submissions(out_dir: str | Path, eval_set: BenchmarkSet, samples: Sequence[Mapping[str, Any]]) -> dict[str, str]:
@@ -37,7 +37,7 @@ def write_submissions(out_dir: str | Path, eval_set: BenchmarkSet, samples: Sequ
         if every_id is not None:
             entries = _filled(entries, every_id, submission)
         name = f"submission-{eval_set.benchmark.name}-{_file_safe(model)}.json"
-        _write_atomic(Path(out_dir) / name, json.dumps(entries, ensure_ascii=False) + "\n")
+        write_text_atomically(Path(out_dir) / name, json.dumps(entries, ensure_ascii=False) + "\n")
         written[model] = name
     return written
 

@@ -64,6 +64,23 @@ def load(
     return adapt(model, processor, role=role, device=device, chat_template=template, source=str(path_or_spec))
 
 
+class ModelLoadError(UserError):
+    """A model argument that does not load; the message names the argument and what to pass."""
+
+
+def load_model(role: str, source: str, **options: Any) -> ModelAdapter:
+    """``load`` for a model a user named on the command line or in a recipe: its failures (a bad
+    path, a missing processor, a bad dtype) are worded as that argument, ``teacher=...: why; what
+    to do``. Used by ``distill`` (train/preflight.py) and ``teacher-cache``."""
+    try:
+        return load(source, role=role, **options)
+    except UserError:
+        raise
+    except (OSError, ValueError, ImportError, KeyError) as e:
+        raise ModelLoadError(f"{role}={source}: cannot load it ({' '.join(str(e).split())}); pass a checkpoint "
+                             "folder, a hub id available offline, or a composed:<size> spec") from e
+
+
 def adapt(
     model: torch.nn.Module,
     processor: Any,
@@ -77,24 +94,6 @@ def adapt(
     if device is not None:
         model = model.to(device)
     return ModelAdapter(model, processor, family, role=role, chat_template=chat_template)
-
-
-def load_pair(
-    teacher: Any,
-    student: Any,
-    teacher_kwargs: dict[str, Any] | None = None,
-    student_kwargs: dict[str, Any] | None = None,
-    **common: Any,
-) -> tuple[ModelAdapter, ModelAdapter]:
-    """Load a teacher and a student and check their vocabularies once.
-
-    ``common`` options apply to both; ``teacher_kwargs`` / ``student_kwargs`` override them per
-    model (e.g. different chat templates or devices).
-    """
-    t = load(teacher, role="teacher", **{**common, **(teacher_kwargs or {})})
-    s = load(student, role="student", **{**common, **(student_kwargs or {})})
-    check_vocab_compatible(t, s)
-    return t, s
 
 
 def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:

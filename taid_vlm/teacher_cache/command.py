@@ -64,8 +64,8 @@ def run_teacher_cache(args: argparse.Namespace) -> int:
 def _load_teacher(args: argparse.Namespace):
     from accelerate import PartialState
 
-    from ..models import load
+    from ..models import load_model
 
     device = args.teacher_device or PartialState(cpu=not __import__("torch").cuda.is_available()).device
     dtype = None if args.teacher_dtype == "auto" else args.teacher_dtype
-    return load(args.teacher, role="teacher", dtype=dtype, device=device, chat_template=args.teacher_chat_template)
+    return load_model("teacher", args.teacher, dtype=dtype, device=device, chat_template=args.teacher_chat_template)

@@ -21,7 +21,6 @@ process or several built it, interrupted or not.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +31,7 @@ from safetensors.torch import save_file
 
 from ..data.records import Record
 from ..errors import UserError
+from ..files import atomic_path, write_text_atomically
 from ..losses.topk import TopK
 from .fingerprint import record_hash, teacher_name
 
@@ -96,9 +96,7 @@ def shard_path(root: Path, index: int) -> Path:
 
 
 def write_json_atomically(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(f".tmp-{path.name}")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    write_text_atomically(path, json.dumps(data, indent=1, sort_keys=True) + "\n")
 
 
 def read_meta(root: Path) -> dict[str, Any] | None:
@@ -129,12 +127,8 @@ def write_shard(path: Path, rows: list[RecordRows], settings: CacheSettings) -> 
     metadata = {"records": json.dumps([[r.record_id, r.content_hash] for r in rows])}
     if settings.responses == "teacher":
         metadata["responses"] = json.dumps([r.responses for r in rows])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{path.name}")
-    save_file({name: t.contiguous() for name, t in tensors.items()}, str(tmp), metadata=metadata)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        save_file({name: t.contiguous() for name, t in tensors.items()}, str(tmp), metadata=metadata)
 
 
 def shard_records(path: Path) -> list[tuple[str, str]] | None:

@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from ..errors import UserError
+from ..files import write_text_atomically
 from ..flags import flag
 from ..losses import DIVERGENCES, LOSS_NAMES
 
@@ -178,7 +179,7 @@ class DistillConfig:
         return dataclasses.asdict(self)
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+        write_text_atomically(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
 
 
 class ConfigError(UserError):

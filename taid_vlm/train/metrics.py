@@ -9,6 +9,8 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from ..files import write_text_atomically
+
 
 class MetricsLog:
     """Appends to ``metrics.jsonl``; on resume, lines past the resumed step are dropped first so a
@@ -22,7 +24,7 @@ class MetricsLog:
             return
         if path.is_file():
             kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line).get("step", 0) <= resume_step]
-            path.write_text("".join(line + "\n" for line in kept))
+            write_text_atomically(path, "".join(line + "\n" for line in kept))
         if tensorboard_dir is not None:
             try:
                 from torch.utils.tensorboard import SummaryWriter

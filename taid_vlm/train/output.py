@@ -29,6 +29,7 @@ from typing import Any, Callable
 import yaml
 
 from ..errors import RunError
+from ..files import write_text_atomically
 from .checkpoint import CHECKPOINT_DIR, list_checkpoints
 from .config import DistillConfig
 
@@ -137,7 +138,7 @@ class RunOutput:
         if self.committed:
             return
         if self.is_main:
-            write_atomically(self.out / "config.yaml", config_yaml)
+            write_text_atomically(self.out / "config.yaml", config_yaml)
             if self.aside is not None:
                 shutil.rmtree(self.aside, ignore_errors=True)
                 self.aside = None
@@ -172,15 +173,6 @@ class RunOutput:
             self.aside = None
         if self.created and self.out.is_dir() and not any(self.out.iterdir()):
             self.out.rmdir()
-
-
-def write_atomically(path: Path, text: str) -> None:
-    tmp = path.with_name(f".tmp-{path.name}")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _inside(path: Path, folder: Path) -> bool:

@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import torch
 
 from ..data import DataError, Record
 from ..data.records import IMAGE_PLACEHOLDER
-from ..errors import RunError, UserError
-from ..models import ModelAdapter, load
+from ..errors import RunError
+from ..models import ModelAdapter, load_model  # noqa: F401 - load_model: the loop loads through preflight
 from .config import ConfigError, DistillConfig
 
 # Upper bound of the tokens a template adds around the text of one record (roles, specials).
@@ -38,18 +38,6 @@ def check_devices(config: DistillConfig, default_device: torch.device) -> None:
             raise ConfigError(f"{name}={value} but only {torch.cuda.device_count()} CUDA device(s) are visible")
         if kind == "mps" and not torch.backends.mps.is_available():
             raise ConfigError(f"{name}={value} but MPS is not available here; use cpu")
-
-
-def load_model(role: str, source: str, **options: Any) -> ModelAdapter:
-    """``models.load`` with its failures (a bad path, a missing processor, a bad dtype) worded
-    as this run's argument: ``teacher=...: why; what to do``."""
-    try:
-        return load(source, role=role, **options)
-    except UserError:
-        raise
-    except (OSError, ValueError, ImportError, KeyError) as e:
-        raise ConfigError(f"{role}={source}: cannot load it ({' '.join(str(e).split())}); pass a checkpoint folder, "
-                          "a hub id available offline, or a composed:<size> spec") from e
 
 
 def check_pair(config: DistillConfig, teacher: ModelAdapter, student: ModelAdapter) -> None:

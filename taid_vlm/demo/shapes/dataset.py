@@ -21,6 +21,7 @@ from typing import Any
 
 from .captions import caption_references
 from ...data.errors import DataError
+from ...files import write_text_atomically
 from ...data.jsonl import dumps, write_jsonl
 from ...data.prompts import CAPTION_PROMPT, TEXT_CAPTION_PROMPT, VQA_SUFFIX
 from .questions import FAMILIES, MULTI_ANSWER_FAMILIES, AnswerBalancer, Question, ask
@@ -89,7 +90,7 @@ def generate_shapes(
         "n_references": n_references,
     }
     summary = _summary(config, train_rows, vqa_rows, caption_rows)
-    (out / "summary.json").write_text(dumps(summary) + "\n", encoding="utf-8")
+    write_text_atomically(out / "summary.json", dumps(summary) + "\n")
     return summary
 
 
