@@ -10,6 +10,7 @@ import os
 
 import pytest
 
+from taid_vlm import files
 from taid_vlm.eval import caption_metrics, reports, text_metrics
 from taid_vlm.eval.caption_metrics import caption_scores, java_available, ptb_like_tokenize
 from taid_vlm.eval.vqa_metrics import (
@@ -373,7 +374,7 @@ def test_reports_are_replaced_atomically(tmp_path, monkeypatch):
     def failing_replace(src, dst):
         raise OSError("disk full")
 
-    monkeypatch.setattr(reports.os, "replace", failing_replace)
+    monkeypatch.setattr(files.os, "replace", failing_replace)  # the one atomic writer reports use
     with pytest.raises(OSError, match="disk full"):
         reports.write_results_json(tmp_path, _results()[:1])
     assert (tmp_path / "results.json").read_text() == before
