@@ -16,6 +16,7 @@ from taid_vlm.demo.shapes import generate_shapes
 from taid_vlm.eval.command import config_from_args
 from taid_vlm.eval.config import EvalConfig
 from taid_vlm.flags import add_dataclass_arguments, flag, flag_fields, values_from
+from taid_vlm.teacher_cache.config import TeacherCacheConfig
 from taid_vlm.testing.tiny import save_tiny
 from taid_vlm.train.config import ConfigError, DistillConfig, load_config
 
@@ -114,6 +115,16 @@ def test_eval_flags_are_evalconfig_fields_with_its_defaults():
                                                                              ["q.json", "a.json"], "img")
     assert (config.progress, config.batch_size, config.vqa_rules) == (False, 3, "lmms-eval")
     assert config.data_options == {"image_dir": "img", "columns": {"answers": "x"}}
+
+
+def test_teacher_cache_flags_are_its_config_fields_with_their_defaults():
+    args = parse(["teacher-cache", "--teacher", "t", "--data", "d.jsonl", "--output", "c"])
+    assert TeacherCacheConfig(**values_from(args, TeacherCacheConfig)) == TeacherCacheConfig(teacher="t", data="d.jsonl",
+                                                                                         output="c")
+    args = parse(["teacher-cache", "--teacher", "t", "--data", "d", "--output", "c", "--top-k", "8", "--no-progress",
+                  "--logit-dtype", "float16", "--max-length", "128"])
+    config = TeacherCacheConfig(**values_from(args, TeacherCacheConfig))
+    assert (config.top_k, config.progress, config.logit_dtype, config.max_length) == (8, False, "float16", 128)
 
 
 def test_the_flag_helper_reads_types_defaults_and_metadata(capsys):
