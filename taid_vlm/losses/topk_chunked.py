@@ -14,9 +14,11 @@ from dataclasses import dataclass
 
 import torch
 
-from .api import reduce_tokens, resolve_params, upcast
+from .api import reduce_tokens, upcast
+from .base import Loss
 from .chunked import auto_chunk_size
-from .divergences import FUSED
+from .divergences import fused_interpolated_kl
+from .registry import build_loss
 from .topk import TopK, bucket_labels, check_ids, rest_gradient, split_student, teacher_buckets
 
 Tensor = torch.Tensor
@@ -24,14 +26,14 @@ Tensor = torch.Tensor
 
 @dataclass
 class _Spec:
-    fn: object
-    params: dict
+    loss: Loss
+    temperature: float | None  # a plain temperature; a learned one is the Function's input
     labels: Tensor | None
     topk: TopK
     vocab: int
     chunk_size: int
     num_tokens: float | Tensor | None
-    fused: tuple | None
+    interpolation: float | None  # t of the closed-form KL(p_t || q), or None: autograd per chunk
 
 
 class _ChunkedTopKDivergence(torch.autograd.Function):
@@ -56,20 +58,15 @@ class _ChunkedTopKDivergence(torch.autograd.Function):
                 student_b, rest = split_student(upcast(z), rows.ids)
                 del z
                 teacher_b = teacher_buckets(rows, spec.vocab)
-            if spec.fused is not None:
-                fused_fn, fixed = spec.fused
-                per_token, grad_b_logits = fused_fn(student_b, teacher_b, **{**spec.params, **fixed})
+            if spec.interpolation is not None:
+                per_token, grad_b_logits = fused_interpolated_kl(student_b, teacher_b, spec.interpolation, spec.temperature)
                 total += per_token.sum()
             else:
                 with torch.enable_grad():
                     leaf = student_b.requires_grad_(True)
-                    kwargs = dict(spec.params)
-                    if temperature is not None:
-                        t_leaf = temperature.detach().requires_grad_(want_t)
-                        kwargs["temperature"] = t_leaf
-                    if spec.labels is not None:
-                        kwargs["labels"] = spec.labels[start:end]
-                    chunk_loss = spec.fn(leaf, teacher_b, **kwargs).sum()
+                    t_leaf = temperature.detach().requires_grad_(want_t) if temperature is not None else spec.temperature
+                    labels = spec.labels[start:end] if spec.labels is not None else None
+                    chunk_loss = spec.loss.per_token(leaf, teacher_b, temperature=t_leaf, labels=labels).sum()
                     inputs = [leaf] + ([t_leaf] if want_t else [])
                     grads = torch.autograd.grad(chunk_loss, inputs)
                 total += chunk_loss.detach()
@@ -110,7 +107,7 @@ class _ChunkedTopKDivergence(torch.autograd.Function):
 
 
 def chunked_topk_divergence(
-    name: str,
+    loss: str | Loss,
     student_hidden: Tensor,
     student_weight: Tensor,
     topk: TopK,
@@ -125,13 +122,15 @@ def chunked_topk_divergence(
 ) -> Tensor:
     """Same value and gradients as ``topk_divergence(name, h @ W.T + b, topk, ...)``.
 
-    ``student_hidden [N, H]``, ``student_weight [V, H]``; ``topk`` holds N rows. ``taid`` and
-    ``fkl`` use their closed-form gradient on the buckets; the others differentiate the
+    ``student_hidden [N, H]``, ``student_weight [V, H]``; ``topk`` holds N rows. Losses that
+    are KL(p_t || q) (taid, fkl) use their closed-form gradient on the buckets; the others differentiate the
     ``[c, k + 1]`` bucket tensor of each chunk (a tiny graph), never the ``[c, V]`` logits.
     """
-    fn, needs_labels, resolved = resolve_params(name, params)
-    if name == "sft":
-        raise ValueError("sft uses no teacher: call chunked_divergence('sft', ...) instead")
+    loss = build_loss(loss, **params)
+    name = loss.label()
+    needs_labels = loss.needs_labels
+    if not loss.needs_teacher:
+        raise ValueError(f"loss {name!r} uses no teacher: call chunked_divergence({name!r}, ...) instead")
     if student_hidden.dim() != 2:
         raise ValueError(f"student_hidden must be 2-D [tokens, features], got shape {tuple(student_hidden.shape)}")
     n = student_hidden.shape[0]
@@ -145,16 +144,14 @@ def chunked_topk_divergence(
     ids = topk.ids.to(device, torch.long)
     topk = TopK(ids, topk.logprobs.to(device), topk.tail.to(device))
     temperature_tensor = temperature if isinstance(temperature, Tensor) else None
-    if temperature_tensor is None:
-        resolved = dict(resolved, temperature=temperature)
     spec = _Spec(
-        fn=fn,
-        params=resolved,
+        loss=loss,
+        temperature=None if temperature_tensor is not None else temperature,
         labels=bucket_labels(labels.reshape(-1).to(device), ids) if needs_labels else None,
         topk=topk,
         vocab=vocab,
         chunk_size=chunk_size or auto_chunk_size(vocab),
         num_tokens=num_tokens,
-        fused=FUSED.get(name) if temperature_tensor is None and use_closed_form else None,
+        interpolation=loss.interpolation() if temperature_tensor is None and use_closed_form else None,
     )
     return _ChunkedTopKDivergence.apply(student_hidden, student_weight, student_bias, temperature_tensor, spec)
