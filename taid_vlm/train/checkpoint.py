@@ -50,6 +50,10 @@ class TrainerState:
     schedule: dict[str, Any] | None = None  # where checkpoints before loss objects kept TAID's schedule (read only)
     extra: dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        if self.loss_state is None and self.schedule is not None:  # an older checkpoint: same dict, old key
+            self.loss_state, self.schedule = self.schedule, None
+
 
 def rng_state() -> dict[str, Any]:
     state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}

@@ -165,9 +165,8 @@ def setup(config: DistillConfig, env: Distributed | None = None, run_output: Run
         _, state = load_newest_intact(run_output.resume_candidates, model=student.model, optimizer=optimizer,
                                       lr_scheduler=lr_scheduler, extra_modules=extra_modules, rank=env.rank,
                                       world_size=env.world_size, load_state=load_state)
-        saved_loss_state = state.loss_state if state.loss_state is not None else state.schedule  # schedule: older checkpoints
-        if saved_loss_state:
-            loss.load_state_dict(saved_loss_state)
+        if state.loss_state:
+            loss.load_state_dict(state.loss_state)
     else:
         random.seed(config.seed + env.rank)
         torch.manual_seed(config.seed + env.rank)  # samples differ per rank; weights were broadcast
