@@ -113,3 +113,25 @@ def test_bad_ce_weight_and_missing_labels_are_clear_errors():
         chunked_divergence("fkl", h, w, ce_weight=0.5, **teacher)
     with pytest.raises(ValueError, match="student's own loss already"):
         chunked_divergence("sft", h, w, ce_weight=0.5, labels=labels)
+
+
+@pytest.mark.parametrize("name", DISTILLATION)
+@pytest.mark.parametrize("k", [5, V])
+def test_cached_teacher_one_pass_equals_two_calls(name, k):
+    from taid_vlm.losses.topk import topk_of_logits
+    from taid_vlm.losses.topk_chunked import chunked_topk_divergence
+
+    h, w, b, th, tw, labels, mask = make(seed=7, dtype=torch.float32)
+    labels_sel = labels[mask]
+    topk = topk_of_logits((th @ tw.t())[mask], k)
+    params = PARAMS.get(name, {})
+    kd = chunked_topk_divergence(name, h[mask], w, topk, student_bias=b, labels=labels_sel, num_tokens=50, chunk_size=4, **params)
+    ce = chunked_divergence("sft", h[mask], w, student_bias=b, labels=labels_sel, num_tokens=50, chunk_size=4)
+    ref = 0.7 * kd + 0.3 * ce
+    ref_grads = torch.autograd.grad(ref, (h, w, b))
+    got, got_kd, got_ce = chunked_topk_divergence(name, h[mask], w, topk, student_bias=b, labels=labels_sel, num_tokens=50,
+                                                  chunk_size=4, ce_weight=0.3, return_terms=True, **params)
+    assert got.item() == pytest.approx(ref.item(), rel=1e-5)
+    assert got_kd.item() == pytest.approx(kd.item(), rel=1e-5) and got_ce.item() == pytest.approx(ce.item(), rel=1e-5)
+    for a, r in zip(torch.autograd.grad(got, (h, w, b)), ref_grads):
+        assert_close_rel(a, r, 1e-5)

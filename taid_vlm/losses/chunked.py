@@ -241,7 +241,7 @@ def _closed_form_chunks(hidden: Tensor, w: Tensor, b: Tensor | None, spec: _Spec
             logits = student_buf[: end - start]
             _linear_into(logits, h_chunk, w, b, scratch)
             if ce_buf is not None:
-                total[1] += _cross_entropy_into(ce_buf[: end - start], logits, spec.labels[start:end])
+                total[1] += cross_entropy_into(ce_buf[: end - start], logits, spec.labels[start:end])
             target = teacher_buf[: end - start]
             spec.teacher.chunk_into(target, start, end, scratch)
             total[0] += kernel(logits, target, spec.interpolation, spec.temperature).sum()
@@ -256,19 +256,21 @@ def _closed_form_chunks(hidden: Tensor, w: Tensor, b: Tensor | None, spec: _Spec
     return total
 
 
-def _cross_entropy_into(out: Tensor, logits: Tensor, labels: Tensor) -> Tensor:
+def cross_entropy_into(out: Tensor, logits: Tensor, labels: Tensor) -> Tensor:
     """Sum of the chunk's cross entropy; ``out`` receives its logits gradient softmax(z) - onehot.
 
     Labels below 0 (ignored positions) give 0 loss and a zero gradient row, as in ``cross_entropy``.
     """
     valid = labels >= 0
     safe = labels.clamp_min(0).unsqueeze(-1)
-    out.copy_(logits)
+    label_logits = logits.gather(-1, safe).squeeze(-1)  # first: ``out`` may be ``logits`` itself
+    if out.data_ptr() != logits.data_ptr():
+        out.copy_(logits)
     top = out.amax(-1, keepdim=True)
     out.sub_(top).exp_()
     sums = out.sum(-1, keepdim=True)
     out.div_(sums)
-    per_token = (top + sums.log()).squeeze(-1) - logits.gather(-1, safe).squeeze(-1)
+    per_token = (top + sums.log()).squeeze(-1) - label_logits
     out.scatter_add_(-1, safe, torch.full_like(safe, -1, dtype=out.dtype))
     if not bool(valid.all()):
         out.mul_(valid.unsqueeze(-1).to(out.dtype))

@@ -2,9 +2,9 @@
 
 ``total = distil_ratio * divergence + (1 - distil_ratio) * cross_entropy``; a teacher-free loss
 (sft) is the student's own term alone. What a loss needs is asked of the loss object
-(``losses/base.py``). On the chunked path with a live teacher both terms come from ONE pass of
-the engine (one head matmul per chunk, one head gradient); the plain path and the cached
-teacher make one call per term.
+(``losses/base.py``). On the chunked path (live or cached teacher) both terms come from ONE pass
+of the engine (one head matmul per chunk, one head gradient); the plain path makes one call per
+term.
 """
 
 from __future__ import annotations
@@ -42,16 +42,17 @@ def response_divergence(
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One loss over aligned response tokens (labels are the response token ids).
 
-    ``ce_weight`` > 0 (chunked path, live teacher only) mixes in cross entropy in the same pass
-    and returns ``(total, kd, ce)``.
+    ``ce_weight`` > 0 (chunked path only) mixes in cross entropy in the same pass and returns
+    ``(total, kd, ce)``.
     """
     loss = build_loss(loss, **params)
     labels = student.token_ids
+    fused = dict(ce_weight=ce_weight, return_terms=True) if ce_weight else {}
     if teacher is not None and teacher.topk is not None and loss.needs_teacher:  # a cached teacher: top-k + tail
         common = dict(labels=labels, num_tokens=num_tokens, temperature=temperature)
         if chunked and student.hidden is not None:
             return chunked_topk_divergence(loss, student.hidden, student.head_weight, teacher.topk,
-                                           student_bias=student.head_bias, chunk_size=chunk_size, **common)
+                                           student_bias=student.head_bias, chunk_size=chunk_size, **common, **fused)
         return topk_divergence(loss, student.full_logits(), teacher.topk, **common)
     if chunked and student.hidden is not None:
         teacher_kwargs = {}
@@ -60,7 +61,6 @@ def response_divergence(
                 teacher_kwargs = dict(teacher_hidden=teacher.hidden, teacher_weight=teacher.head_weight, teacher_bias=teacher.head_bias)
             else:
                 teacher_kwargs = dict(teacher_logits=teacher.logits)
-        fused = dict(ce_weight=ce_weight, return_terms=True) if ce_weight else {}
         return chunked_divergence(
             loss, student.hidden, student.head_weight, student_bias=student.head_bias, labels=labels,
             num_tokens=num_tokens, temperature=temperature, chunk_size=chunk_size, chunk_memory_mb=chunk_memory_mb,
@@ -93,7 +93,7 @@ def training_loss(
         own = response_divergence(loss, student, None, temperature=temperature, **common)
         return LossParts(total=own, kd=None, ce=own)
     uses_kd, uses_ce = loss.uses_kd(distil_ratio), loss.uses_ce(distil_ratio)
-    one_pass = chunked and student.hidden is not None and teacher is not None and teacher.topk is None
+    one_pass = chunked and student.hidden is not None and teacher is not None
     if uses_kd and uses_ce and one_pass:
         total, kd, ce = response_divergence(loss, student, teacher, temperature=temperature, ce_weight=1.0 - distil_ratio,
                                             **common)
