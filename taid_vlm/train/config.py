@@ -20,7 +20,8 @@ from typing import Any
 import yaml
 
 from ..errors import UserError
-from ..losses import LOSSES, Loss, UnknownLoss, loss_class
+from ..losses import LOSSES, Loss, UnknownLoss
+from ..losses import loss_class as find_loss_class
 
 RESPONSE_SOURCES = ("data", "teacher")
 MIXED_PRECISION = ("no", "bf16", "fp16")
@@ -114,7 +115,7 @@ class DistillConfig:
         if not self.output:
             problems.append("output is required (the run directory)")
         try:
-            loss_class(self.loss)
+            find_loss_class(self.loss)
         except UnknownLoss as e:
             problems.append(str(e))
         if self.needs_teacher and not (self.teacher or self.teacher_cache):
@@ -176,7 +177,7 @@ class DistillConfig:
     def loss_class(self) -> type[Loss] | None:
         """The class ``loss`` names; None when it names none (``validate`` reports that)."""
         try:
-            return loss_class(self.loss)
+            return find_loss_class(self.loss)
         except UnknownLoss:
             return None
 
@@ -186,7 +187,7 @@ class DistillConfig:
 
     def make_loss(self) -> Loss:
         """The run's loss object, built from the settings its class declares."""
-        cls = loss_class(self.loss)
+        cls = find_loss_class(self.loss)
         settings = {"temperature": self.temperature, **{key: getattr(self, key) for key in cls.settings}}
         return cls.from_settings(settings, dict(self.loss_params), self.max_steps)
 
