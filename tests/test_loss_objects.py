@@ -112,6 +112,13 @@ def test_config_validation_comes_from_the_loss_classes():
     assert load_config(None, dict(BASE, teacher=None, loss="sft")).needs_teacher is False
 
 
+def test_a_loss_module_that_fails_to_import_is_named(tmp_path, monkeypatch):
+    (tmp_path / "broken_loss_module_xyz.py").write_text("raise RuntimeError('boom')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ConfigError, match="importing module 'broken_loss_module_xyz' failed with RuntimeError: boom"):
+        load_config(None, dict(BASE, loss="broken_loss_module_xyz:Loss"))
+
+
 def test_a_custom_loss_computes_through_the_engines():
     g = torch.Generator().manual_seed(0)
     zs, zt = torch.randn(5, 9, generator=g), torch.randn(5, 9, generator=g)

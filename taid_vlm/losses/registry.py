@@ -45,6 +45,8 @@ def loss_class(spec: str) -> type[Loss]:
         module = importlib.import_module(module_name)
     except ImportError as e:
         raise UnknownLoss(f"loss {spec!r}: cannot import module {module_name!r} ({e}); is it on PYTHONPATH?") from None
+    except Exception as e:  # noqa: BLE001 - the user's module failed while importing: say where
+        raise UnknownLoss(f"loss {spec!r}: importing module {module_name!r} failed with {type(e).__name__}: {e}") from None
     cls = module
     for part in attribute.split("."):
         cls = getattr(cls, part, None)
