@@ -14,6 +14,11 @@ ratios mean anything. Each chunked row also times its parts (where the time goes
 ``gemm_at_chunk_s`` (the four GEMMs at the chunk's shape), ``kernel_s`` (the loss + gradient
 kernel alone, over all chunks) and ``one_chunk_profile_s`` (each step of one chunk, timed alone).
 
+``--ce-weight W`` measures the objective of ``distil_ratio = 1 - W`` instead: KD + cross entropy
+in ONE pass of the engine (``ce_weight=W``) against the two separate passes mixed (what the
+objective did before): peak memory of each in its own subprocess, and the times of both
+alternated in ONE process (``two_over_fused`` compares their medians).
+
 The last line printed is ONE JSON object, the summary of the first configuration (the default
 chunk size unless --chunk-sizes says otherwise); --out writes every row, the command and the
 machine (its load average included).
@@ -23,6 +28,7 @@ Usage: python scripts/bench_loss.py [--tokens 2048] [--hidden 1024] [--vocab 151
          [--compile] [--skip-naive | --naive-from FILE] [--out FILE]
        python scripts/bench_loss.py --naive-only --out NAIVE.json      (the plain path alone, ~17 GB)
        python scripts/bench_loss.py --combine RUN.json --naive-from NAIVE.json --out FILE
+       python scripts/bench_loss.py --ce-weight 0.5 [--tokens 1024] --out docs/results/bench_loss_ce.json
 """
 
 from __future__ import annotations
@@ -56,6 +62,92 @@ def make_inputs(args: argparse.Namespace, tokens: int):
     teacher_hidden = randn(tokens, args.hidden)
     teacher_weight = randn(args.vocab, args.hidden, scale=args.hidden**-0.5)
     return hidden, weight, teacher_hidden, teacher_weight
+
+
+def make_labels(args: argparse.Namespace, tokens: int):
+    import torch
+
+    return torch.randint(0, args.vocab, (tokens,), generator=torch.Generator().manual_seed(1)).to(args.device)
+
+
+def kd_ce_step(args: argparse.Namespace, inputs, labels, variant: str) -> None:
+    """One forward + backward of (1 - W) * KD + W * CE: one fused pass, or two passes mixed."""
+    from taid_vlm.losses import chunked_divergence
+
+    hidden, weight, teacher_hidden, teacher_weight = inputs
+    hidden.grad = weight.grad = None
+    common = dict(labels=labels, chunk_size=args.chunk_size, chunk_memory_mb=args.chunk_memory_mb)
+    teacher = dict(teacher_hidden=teacher_hidden, teacher_weight=teacher_weight)
+    if variant == "fused":
+        loss = chunked_divergence(args.loss, hidden, weight, ce_weight=args.ce_weight, **teacher, **common,
+                                  **loss_params(args.loss))
+    else:
+        kd = chunked_divergence(args.loss, hidden, weight, **teacher, **common, **loss_params(args.loss))
+        ce = chunked_divergence("sft", hidden, weight, **common)
+        loss = (1 - args.ce_weight) * kd + args.ce_weight * ce
+    loss.backward()
+
+
+def run_ce_variant(args: argparse.Namespace) -> dict:
+    """--ce-variant fused|two: the peak of one pass; --ce-variant both: alternating timings."""
+    import torch
+
+    device = torch.device(args.device)
+    kd_ce_step(args, make_inputs(args, WARMUP_TOKENS), make_labels(args, WARMUP_TOKENS), "fused")  # kernels warm
+    kd_ce_step(args, make_inputs(args, WARMUP_TOKENS), make_labels(args, WARMUP_TOKENS), "two")
+    inputs, labels = make_inputs(args, args.tokens), make_labels(args, args.tokens)
+    if args.ce_variant != "both":
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            base = torch.cuda.memory_allocated()
+        else:
+            base = current_rss_mb()
+        start = time.perf_counter()
+        kd_ce_step(args, inputs, labels, args.ce_variant)
+        sync(device)
+        seconds = time.perf_counter() - start
+        peak = (torch.cuda.max_memory_allocated() - base) / 2**20 if device.type == "cuda" else max_rss_mb() - base
+        return {"peak_mb": round(peak, 1), "seconds_single_pass": round(seconds, 4)}
+    times: dict[str, list[float]] = {"fused": [], "two": []}
+    for _ in range(args.repeats):  # alternate, so that both see the same load
+        for variant in ("fused", "two"):
+            start = time.perf_counter()
+            kd_ce_step(args, inputs, labels, variant)
+            sync(device)
+            times[variant].append(time.perf_counter() - start)
+    fused_s, two_s = statistics.median(times["fused"]), statistics.median(times["two"])
+    return {"fused_s": round(fused_s, 4), "two_s": round(two_s, 4), "two_over_fused_time": round(two_s / fused_s, 3),
+            "all_fused_s": [round(t, 4) for t in times["fused"]], "all_two_s": [round(t, 4) for t in times["two"]],
+            "load_average_1min_at_end": round(os.getloadavg()[0], 2)}
+
+
+def ce_main(args: argparse.Namespace, shape: list[str], load_at_start: tuple[float, ...]) -> None:
+    """Fused KD + CE vs two passes: peaks in their own subprocesses, times side by side in one."""
+    if not 0.0 < args.ce_weight < 1.0:
+        sys.exit(f"bench_loss: error: --ce-weight {args.ce_weight}: the CE share must lie strictly between 0 and 1")
+    base = shape + ["--ce-weight", str(args.ce_weight), "--loss", args.losses[0], "--dtype", args.dtypes[0]]
+    base += ["--chunk-memory-mb", str(args.chunk_memory_mb)] if args.chunk_memory_mb else []
+    peaks = {}
+    for variant in ("fused", "two"):
+        peaks[variant] = subprocess_run(base + ["--ce-variant", variant])
+        print(f"{variant:5s} peak {peaks[variant]['peak_mb']:9.1f} MB  (one pass {peaks[variant]['seconds_single_pass']:.2f} s)",
+              flush=True)
+    timing = subprocess_run(base + ["--ce-variant", "both"])
+    print(f"time: fused {timing['fused_s']:.2f} s, two passes {timing['two_s']:.2f} s, two / fused {timing['two_over_fused_time']:.2f}",
+          flush=True)
+    summary = {
+        "loss": args.losses[0], "dtype": args.dtypes[0], "ce_weight": args.ce_weight, "device": args.device,
+        "tokens": args.tokens, "hidden": args.hidden, "vocab": args.vocab,
+        "fused_peak_mb": peaks["fused"]["peak_mb"], "two_peak_mb": peaks["two"]["peak_mb"],
+        "two_over_fused_peak": round(peaks["two"]["peak_mb"] / peaks["fused"]["peak_mb"], 2) if peaks["fused"]["peak_mb"] > 0 else None,
+        "fused_s": timing["fused_s"], "two_s": timing["two_s"], "two_over_fused_time": timing["two_over_fused_time"],
+        "head_gradient_mb": round(args.vocab * args.hidden * 4 / 2**20, 1),
+    }
+    if args.out:
+        write_json(args.out, {"summary": summary, "peaks": peaks, "timing": timing, "command": " ".join(sys.argv),
+                              "machine": machine(load_at_start)})
+    print(json.dumps(summary))
 
 
 def loss_params(loss: str) -> dict:
@@ -307,13 +399,19 @@ def main() -> None:
     parser.add_argument("--naive-from", help="take the plain path's measurements from this earlier --out JSON instead of running them")
     parser.add_argument("--naive-only", action="store_true", help="measure only the plain path (for a later --naive-from)")
     parser.add_argument("--combine", metavar="RUN_JSON", help="no measuring: join RUN_JSON's rows with --naive-from's plain path into --out")
+    parser.add_argument("--ce-weight", type=float, default=None,
+                        help="measure (1 - W) * KD + W * CE: one fused pass vs two passes (first of --losses/--dtypes)")
     parser.add_argument("--out", help="write every row, the command and the machine to this JSON file")
+    parser.add_argument("--ce-variant", choices=["fused", "two", "both"], help=argparse.SUPPRESS)
     parser.add_argument("--variant", choices=["naive", "chunked"], help=argparse.SUPPRESS)
     parser.add_argument("--loss", default="taid", help=argparse.SUPPRESS)
     parser.add_argument("--dtype", default="float32", help=argparse.SUPPRESS)
     parser.add_argument("--chunk-size", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
 
+    if args.ce_variant:
+        print(json.dumps(run_ce_variant(args)))
+        return
     if args.variant:
         print(json.dumps(run_variant(args)))
         return
@@ -324,6 +422,9 @@ def main() -> None:
     load_at_start = os.getloadavg()
     shape = ["--tokens", str(args.tokens), "--hidden", str(args.hidden), "--vocab", str(args.vocab),
              "--device", args.device, "--repeats", str(args.repeats)]
+    if args.ce_weight is not None:
+        ce_main(args, shape, load_at_start)
+        return
     naive = {}
     if args.naive_from:
         naive = load_naive(args.naive_from)

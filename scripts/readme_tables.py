@@ -11,6 +11,7 @@ and is rendered here from its JSON, so a table cannot drift from the result behi
 differs from what the JSON says (tests/test_readme_tables.py runs the check).
 
 Blocks: ``demo`` (``demo_default.json`` in docs/results/, a copy of a default demo run), ``loss`` (docs/results/bench_loss.json),
+``loss_ce`` (docs/results/bench_loss_ce.json),
 ``trl`` (docs/results/bench_vs_trl.json and docs/results/bench_vs_trl_v151936.json),
 ``zoo``, ``gap`` and ``taid`` (docs/results/quality/*.json).
 """
@@ -144,6 +145,26 @@ def loss_block() -> str:
     if swings:
         lines.append("The load swung within these runs (a floor moved by more than half): " + "; ".join(swings) + ".")
     return "\n".join(lines)
+
+
+def loss_ce_block() -> str:
+    """KD + CE in one pass of the engine against two passes mixed (``bench_loss.py --ce-weight``)."""
+    d = load("bench_loss_ce.json")
+    s, timing = d["summary"], d["timing"]
+    return "\n".join([
+        f"`(1 - W) * KD + W * CE` with W = {s['ce_weight']} (`distil_ratio: {1 - s['ce_weight']:g}`), {s['loss']}, "
+        f"{s['tokens']:,} tokens, hidden {s['hidden']:,}, vocabulary {s['vocab']:,}, {s['dtype']}, {s['device']}; "
+        f"peaks each in its own process, times alternated in one (medians of {len(timing['all_fused_s'])}):",
+        "",
+        "| | peak memory | time | load (1 min, end) |",
+        "|---|---:|---:|---:|",
+        f"| one pass (`ce_weight`) | {s['fused_peak_mb']:,.0f} MB | {s['fused_s']:.1f} s | {timing['load_average_1min_at_end']:.1f} |",
+        f"| two passes, mixed | {s['two_peak_mb']:,.0f} MB | {s['two_s']:.1f} s | {timing['load_average_1min_at_end']:.1f} |",
+        f"| two / one | {s['two_over_fused_peak']:.2f}x | {s['two_over_fused_time']:.2f}x | |",
+        "",
+        f"One fp32 head gradient here is {s['head_gradient_mb']:,.0f} MB; command `{d['command']}`, {_load_text(d['machine'])} "
+        f"at the start ([bench_loss_ce.json](docs/results/bench_loss_ce.json)).",
+    ])
 
 
 # ---- the teacher cache ------------------------------------------------------------------------
@@ -286,7 +307,7 @@ def gap_block() -> str:
 
 
 RENDERERS: dict[str, Callable[[], str]] = {
-    "demo": demo_block, "loss": loss_block, "cache": cache_block, "trl": trl_block, "zoo": zoo_block, "gap": gap_block, "taid": taid_block,
+    "demo": demo_block, "loss": loss_block, "loss_ce": loss_ce_block, "cache": cache_block, "trl": trl_block, "zoo": zoo_block, "gap": gap_block, "taid": taid_block,
 }
 
 

@@ -41,3 +41,20 @@ def test_bench_writes_floor_ratio_and_memory_and_combines(tmp_path):
     other.write_text(json.dumps(dict(json.loads(naive.read_text()), shape={"tokens": 16, "hidden": 16, "vocab": 96})))
     mismatch = run("--combine", str(out), "--naive-from", str(other), "--out", str(tmp_path / "x.json"))
     assert mismatch.returncode == 2 and "measure the plain path at the run's shape" in mismatch.stderr
+
+
+def test_ce_weight_compares_one_fused_pass_with_two_passes(tmp_path):
+    out = tmp_path / "ce.json"
+    proc = run(*TINY, "--ce-weight", "0.25", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    payload = json.loads(out.read_text())
+    summary = payload["summary"]
+    assert summary["ce_weight"] == 0.25 and summary["loss"] == "taid"
+    assert summary["fused_peak_mb"] == payload["peaks"]["fused"]["peak_mb"] and summary["two_peak_mb"] == payload["peaks"]["two"]["peak_mb"]
+    timing = payload["timing"]
+    assert len(timing["all_fused_s"]) == len(timing["all_two_s"]) == 1  # alternated in one process
+    assert summary["two_over_fused_time"] == pytest.approx(timing["two_s"] / timing["fused_s"], rel=1e-2)
+    assert "load_average_1_5_15min_at_start" in payload["machine"] and "load_average_1min_at_end" in timing
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == summary
+    bad = run(*TINY, "--ce-weight", "1.5")
+    assert bad.returncode != 0 and "strictly between 0 and 1" in bad.stderr

@@ -128,7 +128,7 @@ def test_too_long_record_is_refused_before_the_output_exists(pair, tmp_path, cap
 
 
 @pytest.mark.parametrize("extra, expected", [
-    (["--loss=gjsd", "loss_params.beta=1.5"], "loss_params.beta of loss 'gjsd' must be in [0.0, 1.0]"),
+    (["--loss=gjsd", "loss_params.beta=1.5"], "loss_params.beta of loss 'gjsd' must be in [0, 1]"),
     (["--loss=skew_fkl", "loss_params.skew=-0.1"], "loss_params.skew"),
     (["loss_params.t=0.5"], "loss_params.t is not a parameter of loss 'taid'"),
     (["--t-start=0.9", "--t-end=0.5"], "t_start (0.9) must be <= t_end (0.5)"),

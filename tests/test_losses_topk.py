@@ -3,11 +3,11 @@
 import pytest
 import torch
 
-from taid_vlm.losses import DIVERGENCES, chunked_divergence, divergence
+from taid_vlm.losses import LOSSES, chunked_divergence, divergence
 from taid_vlm.losses.topk import TopK, bucket_labels, topk_divergence, topk_of_logits
 from taid_vlm.losses.topk_chunked import chunked_topk_divergence
 
-ZOO = [name for name in DIVERGENCES if name != "sft"]
+ZOO = [name for name, cls in LOSSES.items() if cls.needs_teacher]
 
 
 def _params(name: str) -> dict:

@@ -22,8 +22,9 @@ from typing import Any
 
 from ..data import load_records
 from ..errors import UserError
-from ..files import write_text_atomically
 from ..eval import EvalConfig, run_evaluation
+from ..files import write_text_atomically
+from ..losses import loss_class
 from ..models.composed import build_composed_vlm
 from ..models.text_lm import build_text_lm
 from ..models.tokenizer import train_bpe_tokenizer
@@ -205,7 +206,7 @@ def student_run_key(init_dir: Path, teacher_dir: Path | None, data_dir: Path, lo
                     seed: int, t_start: float, **config: Any) -> dict[str, Any]:
     """Everything that decides a student run's result: a finished run with this key can be reused."""
     return {"loss": loss, "budget": dataclasses.asdict(budget), "seed": seed, "t_start": t_start, "config": config,
-            "init": _digest(init_dir), "teacher": None if loss == "sft" else _digest(teacher_dir),
+            "init": _digest(init_dir), "teacher": _digest(teacher_dir) if loss_class(loss).needs_teacher else None,
             "data": _key_of(data_dir)}
 
 
@@ -221,7 +222,7 @@ def distil_student(run_dir: Path, init_dir: Path, teacher_dir: Path | None, data
     if reuse and _cached(run_dir, key) and (run_dir / "student").is_dir():
         return run_dir
     distill(DistillConfig(
-        student=str(init_dir), teacher=None if loss == "sft" else str(teacher_dir), data=str(data_dir / "train.jsonl"),
+        student=str(init_dir), teacher=str(teacher_dir) if loss_class(loss).needs_teacher else None, data=str(data_dir / "train.jsonl"),
         output=str(run_dir), loss=loss, max_steps=budget.steps, lr=budget.lr, batch_size=budget.batch_size,
         warmup_steps=budget.warmup_steps, t_start=t_start, save_every=budget.steps, log_every=5, seed=seed,
         progress=progress, overwrite=True, **config,

@@ -1,36 +1,20 @@
-"""``divergence(name, ...)``: every loss of the zoo behind one call on full logits."""
+"""``divergence(loss, ...)``: every loss of the zoo behind one call on full logits.
+
+``loss`` is a loss object (``zoo.py``, or any ``Loss`` subclass) or a registered name with its
+parameters as keywords (``divergence("gjsd", s, t, beta=0.3)``). TAID's t has no default on
+purpose: it comes from TAIDSchedule, and a silent constant would turn TAID into a
+fixed-interpolation KD without anyone noticing.
+"""
 
 from __future__ import annotations
 
 import torch
 
-from .divergences import DIVERGENCES
+from .base import Loss
+from .registry import build_loss
 from .vocab import shared_vocab_size
 
 Tensor = torch.Tensor
-
-# TAID's t has no default on purpose: it comes from TAIDSchedule, and a silent constant would
-# turn TAID into a fixed-interpolation KD without anyone noticing.
-DEFAULT_PARAMS: dict[str, float] = {"beta": 0.5, "skew": 0.1, "mu": 0.5}
-# dkd reuses the names alpha/beta with its own defaults (Zhao et al. 2022).
-DKD_DEFAULTS: dict[str, float] = {"alpha": 1.0, "beta": 8.0}
-
-
-def resolve_params(name: str, params: dict) -> tuple:
-    """Look up a divergence and check its parameters; errors name the loss and what it takes."""
-    if name not in DIVERGENCES:
-        raise ValueError(f"unknown loss {name!r}; choose one of: {', '.join(DIVERGENCES)}")
-    fn, needs_labels, accepted = DIVERGENCES[name]
-    unknown = set(params) - set(accepted)
-    if unknown:
-        takes = ", ".join(accepted) if accepted else "no parameters"
-        raise TypeError(f"loss {name!r} got unexpected parameter(s) {sorted(unknown)}; it takes {takes} (and temperature)")
-    defaults = DKD_DEFAULTS if name == "dkd" else DEFAULT_PARAMS
-    missing = [k for k in accepted if k not in params and k not in defaults]
-    if missing:
-        raise TypeError(f"loss {name!r} needs {', '.join(f'{k}=' for k in missing)} (e.g. t from TAIDSchedule.t)")
-    resolved = {k: params.get(k, defaults.get(k)) for k in accepted}
-    return fn, needs_labels, resolved
 
 
 def upcast(tensor: Tensor) -> Tensor:
@@ -54,7 +38,7 @@ def reduce_tokens(per_token: Tensor, num_tokens: float | Tensor | None, num_sele
 
 
 def divergence(
-    name: str,
+    loss: str | Loss,
     student_logits: Tensor,
     teacher_logits: Tensor | None,
     mask: Tensor | None = None,
@@ -69,11 +53,12 @@ def divergence(
     Only masked rows are computed, so padding and prompt positions cost nothing and any
     garbage in them cannot leak NaN into the result.
     """
-    fn, needs_labels, resolved = resolve_params(name, params)
+    loss = build_loss(loss, **params)
+    name = loss.label()
     lead = student_logits.shape[:-1]
-    if needs_labels and labels is None:
+    if loss.needs_labels and labels is None:
         raise ValueError(f"loss {name!r} needs labels= (the target token ids, shape {tuple(lead)})")
-    if name != "sft":
+    if loss.needs_teacher:
         if teacher_logits is None:
             raise ValueError(f"loss {name!r} needs teacher_logits")
         if teacher_logits.shape[:-1] != lead:
@@ -85,12 +70,10 @@ def divergence(
     selected = mask.reshape(-1).bool()
     student = upcast(student_logits.reshape(-1, student_logits.shape[-1])[selected])
     teacher = None
-    if teacher_logits is not None and name != "sft":
+    if teacher_logits is not None and loss.needs_teacher:
         teacher = upcast(teacher_logits.reshape(-1, teacher_logits.shape[-1])[selected].detach())
         vocab = shared_vocab_size(student.shape[-1], teacher.shape[-1])
         student, teacher = student[:, :vocab], teacher[:, :vocab]
-    kwargs = dict(resolved, temperature=temperature)
-    if needs_labels:
-        kwargs["labels"] = labels.reshape(-1)[selected].to(student.device)
-    per_token = fn(student, teacher, **kwargs)
+    chosen_labels = labels.reshape(-1)[selected].to(student.device) if loss.needs_labels else None
+    per_token = loss.per_token(student, teacher, temperature=temperature, labels=chosen_labels)
     return reduce_tokens(per_token, num_tokens, student.shape[0])

@@ -8,6 +8,11 @@ that gradient into the gradients of the hidden states and of the head weight and
 chunk away. Backward only scales the stored gradients. Peak extra memory is the head's gradient
 plus a few ``[chunk, V]`` buffers, whatever N is.
 
+With ``ce_weight`` the student's cross entropy on the labels rides along in the same pass:
+``(1 - ce_weight) * KD + ce_weight * CE``, one head matmul per chunk, one gradient per chunk
+folded once into one head-gradient accumulator (two separate calls compute the logits twice and
+hold two fp32 ``[V, H]`` head gradients until backward). Both terms share the token denominator.
+
 The chunk size comes from a memory budget for those buffers (``chunk_memory_mb``): the GEMMs
 of a chunk run near full speed once a chunk has ~100 tokens, so the budget buys speed up to a
 point and only memory after it (the measured table is in the README). For ``taid`` and ``fkl``
@@ -22,9 +27,10 @@ from dataclasses import dataclass
 
 import torch
 
-from .api import reduce_tokens, resolve_params, upcast
-from .divergences import FUSED
+from .api import reduce_tokens, upcast
+from .base import Loss
 from .fused_kl import compiled_interpolated_kl_, interpolated_kl_
+from .registry import build_loss
 from .vocab import shared_vocab_size
 
 Tensor = torch.Tensor
@@ -42,6 +48,8 @@ MIN_CHUNK, MAX_CHUNK = 8, 8192
 # head); autograd keeps the graph's softmaxes, log-softmaxes and their gradients alive (8 is an
 # estimate for the zoo's losses, not a measurement).
 _ROWS_CLOSED_FORM, _ROWS_LOW_PRECISION_EXTRA, _ROWS_AUTOGRAD = 4.0, 0.5, 8.0
+# A fused cross entropy adds its softmax/gradient buffer (closed form) or a few graph rows (autograd).
+_ROWS_CE_CLOSED_FORM, _ROWS_CE_AUTOGRAD = 1.0, 2.0
 
 
 def auto_chunk_size(
@@ -127,17 +135,18 @@ def _linear_into(out: Tensor, x: Tensor, weight: Tensor, bias: Tensor | None, sc
 
 @dataclass
 class _Spec:
-    name: str
-    fn: object
-    params: dict
-    needs_labels: bool
+    loss: Loss
+    temperature: float | None  # a plain temperature; a learned one is the Function's input
     labels: Tensor | None
     teacher: _TeacherSignal | None
-    vocab: int
+    vocab: int  # the head rows the student's logits are computed for
+    kd_vocab: int  # the columns the distillation term compares (shared with the teacher)
     chunk_size: int
     num_tokens: float | Tensor | None
-    fused: tuple | None = None
+    interpolation: float | None = None  # t of the closed-form KL(p_t || q), or None: autograd per chunk
     compile: bool = False
+    ce_weight: float = 0.0  # weight of the fused cross entropy; 0: none
+    terms: tuple[Tensor, Tensor] | None = None  # (kd, ce) reduced like the loss, set by forward
 
 
 def _student_chunk_logits(h: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
@@ -159,25 +168,27 @@ class _ChunkedDivergence(torch.autograd.Function):
         grad_w = torch.zeros(w.shape, dtype=acc, device=w.device) if want_w else None
         grad_b = torch.zeros(vocab, dtype=acc, device=w.device) if want_b else None
         grad_t = torch.zeros((), dtype=acc, device=hidden.device) if want_t else None
-        total = torch.zeros((), dtype=acc, device=hidden.device)
+        total = torch.zeros(2, dtype=acc, device=hidden.device)  # sums of the kd and ce terms
         # Low-precision heads: the chunk's [V, H] product lands in one reused buffer, then is
         # added to the fp32 accumulator; never a fresh [V, H] temporary per chunk.
         product_buffer = torch.empty_like(w) if want_w and w.dtype != acc else None
         grads = (grad_h, grad_w, grad_b, product_buffer)
 
         n = hidden.shape[0]
-        if spec.fused is not None and n > 0:
+        if spec.interpolation is not None and n > 0:
             total += _closed_form_chunks(hidden, w, b, spec, grads)
         else:
             for start in range(0, n, spec.chunk_size):
                 end = min(start + spec.chunk_size, n)
-                chunk_loss, grad_t_chunk = _autograd_chunk(hidden, w, b, temperature, spec, start, end, grads, want_t)
-                total += chunk_loss
+                chunk_terms, grad_t_chunk = _autograd_chunk(hidden, w, b, temperature, spec, start, end, grads, want_t)
+                total += chunk_terms
                 if grad_t_chunk is not None:
                     grad_t += grad_t_chunk
 
-        loss = reduce_tokens(total, spec.num_tokens, n)
-        scale = reduce_tokens(torch.ones_like(total), spec.num_tokens, n)  # 1 / denominator
+        kd, ce = (reduce_tokens(term, spec.num_tokens, n) for term in total)
+        spec.terms = (kd, ce)
+        loss = kd if spec.ce_weight == 0 else (1 - spec.ce_weight) * kd + spec.ce_weight * ce
+        scale = reduce_tokens(torch.ones_like(total[0]), spec.num_tokens, n)  # 1 / denominator
         # Kept as attributes, scaled in place: a [V, H] head gradient is the biggest tensor
         # here, and neither a scaled copy nor a second reference may outlive backward.
         ctx.grads = [g.mul_(scale) if g is not None else None for g in (grad_h, grad_w, grad_b, grad_t)]
@@ -207,28 +218,36 @@ class _ChunkedDivergence(torch.autograd.Function):
 
 
 def _closed_form_chunks(hidden: Tensor, w: Tensor, b: Tensor | None, spec: _Spec, grads: tuple) -> Tensor:
-    """taid / fkl: logits into two reused buffers, loss + gradient in place, fold. Returns the sum."""
+    """KL(p_t || q) (taid, fkl): logits into reused buffers, loss + gradient in place, fold.
+
+    Returns the sums of the kd and ce terms. A fused cross entropy reads the chunk's logits
+    before the kernel overwrites them with the KD gradient, into a third buffer that becomes its
+    gradient; the two gradients are mixed in place and folded through the head once.
+    """
     grad_h, grad_w, grad_b, product_buffer = grads
     n, vocab = hidden.shape[0], spec.vocab
     math_dtype = torch.promote_types(torch.promote_types(w.dtype, torch.float32), spec.teacher.dtype)
     rows = min(spec.chunk_size, n)
     student_buf = torch.empty(rows, vocab, dtype=math_dtype, device=hidden.device)
     teacher_buf = torch.empty(rows, vocab, dtype=math_dtype, device=hidden.device)
+    ce_buf = torch.empty(rows, vocab, dtype=math_dtype, device=hidden.device) if spec.ce_weight else None
     scratch = _Scratch(rows, vocab, hidden.device)
-    _, fixed = spec.fused
-    params = {**spec.params, **fixed}
     kernel = compiled_interpolated_kl_ if spec.compile else interpolated_kl_
-    total = torch.zeros((), dtype=math_dtype, device=hidden.device)
+    total = torch.zeros(2, dtype=math_dtype, device=hidden.device)
     with torch.no_grad():
         for start in range(0, n, rows):
             end = min(start + rows, n)
             h_chunk = hidden[start:end]
             logits = student_buf[: end - start]
             _linear_into(logits, h_chunk, w, b, scratch)
+            if ce_buf is not None:
+                total[1] += cross_entropy_into(ce_buf[: end - start], logits, spec.labels[start:end])
             target = teacher_buf[: end - start]
             spec.teacher.chunk_into(target, start, end, scratch)
-            total += kernel(logits, target, params["t"], params["temperature"]).sum()
+            total[0] += kernel(logits, target, spec.interpolation, spec.temperature).sum()
             grad_logits = logits  # the kernel left d(loss)/d(logits) in the student's buffer
+            if ce_buf is not None:
+                grad_logits.mul_(1 - spec.ce_weight).add_(ce_buf[: end - start], alpha=spec.ce_weight)
             if grad_logits.dtype != h_chunk.dtype:
                 grad_logits = scratch.get(h_chunk.dtype, end - start).copy_(logits)
             _fold_chunk_gradient(grad_logits, h_chunk, w, start, end, grad_h, grad_w, product_buffer)
@@ -237,32 +256,61 @@ def _closed_form_chunks(hidden: Tensor, w: Tensor, b: Tensor | None, spec: _Spec
     return total
 
 
+def cross_entropy_into(out: Tensor, logits: Tensor, labels: Tensor) -> Tensor:
+    """Sum of the chunk's cross entropy; ``out`` receives its logits gradient softmax(z) - onehot.
+
+    Labels below 0 (ignored positions) give 0 loss and a zero gradient row, as in ``cross_entropy``.
+    """
+    valid = labels >= 0
+    safe = labels.clamp_min(0).unsqueeze(-1)
+    label_logits = logits.gather(-1, safe).squeeze(-1)  # first: ``out`` may be ``logits`` itself
+    if out.data_ptr() != logits.data_ptr():
+        out.copy_(logits)
+    top = out.amax(-1, keepdim=True)
+    out.sub_(top).exp_()
+    sums = out.sum(-1, keepdim=True)
+    out.div_(sums)
+    per_token = (top + sums.log()).squeeze(-1) - label_logits
+    out.scatter_add_(-1, safe, torch.full_like(safe, -1, dtype=out.dtype))
+    if not bool(valid.all()):
+        out.mul_(valid.unsqueeze(-1).to(out.dtype))
+    return torch.where(valid, per_token, torch.zeros_like(per_token)).sum()
+
+
 def _autograd_chunk(hidden, w, b, temperature, spec: _Spec, start: int, end: int, grads: tuple, want_t: bool):
-    """Any loss: differentiate one chunk's loss w.r.t. its logits (and the temperature)."""
+    """Any loss: differentiate one chunk's loss (+ the fused CE) w.r.t. its logits and the temperature.
+
+    Returns the chunk's [kd, ce] sums and the temperature's gradient (or None).
+    """
     grad_h, grad_w, grad_b, product_buffer = grads
     h_chunk = hidden[start:end]
     with torch.no_grad():
         z_chunk = upcast(_student_chunk_logits(h_chunk, w, b))
-    teacher_chunk = spec.teacher.chunk(start, end, spec.vocab) if spec.teacher is not None else None
+    teacher_chunk = spec.teacher.chunk(start, end, spec.kd_vocab) if spec.teacher is not None else None
+    labels = spec.labels[start:end] if spec.labels is not None else None
     with torch.enable_grad():
         z_leaf = z_chunk.requires_grad_(True)
-        kwargs = dict(spec.params)
-        t_leaf = None
-        if temperature is not None:
-            t_leaf = temperature.detach().requires_grad_(want_t)
-            kwargs["temperature"] = t_leaf
-        if spec.needs_labels:
-            kwargs["labels"] = spec.labels[start:end]
-        chunk_loss = spec.fn(z_leaf, teacher_chunk, **kwargs).sum()
+        t_leaf = temperature.detach().requires_grad_(want_t) if temperature is not None else spec.temperature
+        kd_logits = z_leaf if spec.kd_vocab == spec.vocab else z_leaf[:, : spec.kd_vocab]
+        kd = spec.loss.per_token(kd_logits, teacher_chunk, temperature=t_leaf,
+                                 labels=labels if spec.loss.needs_labels else None).sum()
+        ce = _cross_entropy_sum(z_leaf, labels) if spec.ce_weight else torch.zeros_like(kd)
+        objective = kd if not spec.ce_weight else (1 - spec.ce_weight) * kd + spec.ce_weight * ce
         inputs = [z_leaf] + ([t_leaf] if want_t else [])
         wanted = any(g is not None for g in (grad_h, grad_w, grad_b)) or want_t
-        chunk_grads = torch.autograd.grad(chunk_loss, inputs) if wanted else ()
+        chunk_grads = torch.autograd.grad(objective, inputs) if wanted and objective.requires_grad else ()
+    terms = torch.stack([kd.detach(), ce.detach()])
     if not chunk_grads:
-        return chunk_loss.detach(), None
+        return terms, None
     _fold_chunk_gradient(chunk_grads[0].to(h_chunk.dtype), h_chunk, w, start, end, grad_h, grad_w, product_buffer)
     if grad_b is not None:
         grad_b += chunk_grads[0].sum(0)
-    return chunk_loss.detach(), chunk_grads[1] if want_t else None
+    return terms, chunk_grads[1] if want_t else None
+
+
+def _cross_entropy_sum(logits: Tensor, labels: Tensor) -> Tensor:
+    ce = torch.nn.functional.cross_entropy(logits, labels.clamp_min(0), reduction="none")
+    return torch.where(labels >= 0, ce, torch.zeros_like(ce)).sum()
 
 
 def _fold_chunk_gradient(grad_logits, h_chunk, w, start, end, grad_h, grad_w, product_buffer) -> None:
@@ -300,7 +348,7 @@ def _require_2d(tensor: Tensor | None, what: str) -> None:
 
 
 def chunked_divergence(
-    name: str,
+    loss: str | Loss,
     student_hidden: Tensor,
     student_weight: Tensor,
     *,
@@ -317,29 +365,42 @@ def chunked_divergence(
     chunk_memory_mb: float | None = None,
     use_closed_form: bool = True,
     compile: bool = False,
+    ce_weight: float = 0.0,
+    return_terms: bool = False,
     **params: float,
-) -> Tensor:
-    """Same value and gradients as ``divergence(name, h @ W.T + b, teacher_logits, mask)``.
+) -> Tensor | tuple[Tensor, Tensor, Tensor]:
+    """Same value and gradients as ``divergence(loss, h @ W.T + b, teacher_logits, mask)``.
 
-    The teacher comes either as ``teacher_logits [N, V_t]`` or as ``teacher_hidden [N, H_t]`` +
+    ``loss`` is a loss object or a registered name (its parameters as keywords). The teacher
+    comes either as ``teacher_logits [N, V_t]`` or as ``teacher_hidden [N, H_t]`` +
     ``teacher_weight [V_t, H_t]`` (+ bias); it never receives gradients. ``temperature`` may be
     a tensor that requires grad (CTKD's learned temperature): its gradient is returned too.
-    ``taid`` and ``fkl`` use their closed-form logits gradient (fewer buffers, no autograd
-    graph per chunk) unless ``use_closed_form=False``; the others differentiate each chunk.
+    Losses that are KL(p_t || q) (``Loss.interpolation``: taid, fkl) use their closed-form
+    logits gradient (fewer buffers, no autograd graph per chunk) unless
+    ``use_closed_form=False``; the others differentiate each chunk.
+
+    ``ce_weight`` > 0 returns ``(1 - ce_weight) * KD + ce_weight * CE(labels)`` from one pass
+    (same value and gradients as the two separate calls mixed); ``return_terms=True`` returns
+    ``(loss, kd, ce)``, the two terms detached, each normalised like the loss.
 
     Chunk size: ``chunk_size`` tokens if given, else as many as fit ``chunk_memory_mb`` MiB of
     ``[chunk, V]`` buffers (default ``DEFAULT_CHUNK_MEMORY_MB`` for the device). ``compile=True``
     runs the closed-form kernel through ``torch.compile`` (falls back to eager if unavailable).
     """
-    fn, needs_labels, resolved = resolve_params(name, params)
+    loss = build_loss(loss, **params)
+    name = loss.label()
     for tensor, what in ((student_hidden, "student_hidden"), (student_weight, "student_weight"),
                          (teacher_hidden, "teacher_hidden"), (teacher_weight, "teacher_weight"),
                          (teacher_logits, "teacher_logits")):
         _require_2d(tensor, what)
     n = student_hidden.shape[0]
-    if needs_labels and labels is None:
+    if not 0.0 <= ce_weight <= 1.0:
+        raise ValueError(f"ce_weight is the cross entropy's share of the loss, in [0, 1]; got {ce_weight}")
+    if ce_weight and not loss.needs_teacher:
+        raise ValueError(f"ce_weight mixes cross entropy into a distillation loss; loss {name!r} is the student's own loss already")
+    if (loss.needs_labels or ce_weight) and labels is None:
         raise ValueError(f"loss {name!r} needs labels= (the target token ids, shape [{n}])")
-    uses_teacher = name != "sft"
+    uses_teacher = loss.needs_teacher
     if uses_teacher and teacher_logits is None and (teacher_hidden is None or teacher_weight is None):
         raise ValueError(f"loss {name!r} needs the teacher: teacher_logits, or teacher_hidden + teacher_weight")
     teacher_rows = teacher_logits if teacher_logits is not None else teacher_hidden
@@ -357,39 +418,47 @@ def chunked_divergence(
         return t if t is None or all_selected else t[selected]
 
     hidden = pick(student_hidden)
-    vocab = student_weight.shape[0]
+    vocab = kd_vocab = student_weight.shape[0]
     teacher = None
     if uses_teacher:
         teacher_vocab = teacher_logits.shape[-1] if teacher_logits is not None else teacher_weight.shape[0]
-        vocab = shared_vocab_size(vocab, teacher_vocab)
+        kd_vocab = shared_vocab_size(vocab, teacher_vocab)
         teacher = _TeacherSignal(
             logits=pick(teacher_logits.detach()) if teacher_logits is not None else None,
             hidden=pick(teacher_hidden.detach()) if teacher_hidden is not None else None,
             weight=teacher_weight.detach() if teacher_weight is not None else None,
             bias=teacher_bias.detach() if teacher_bias is not None else None,
         )
+    if not ce_weight:
+        vocab = kd_vocab  # padding rows of the head take no part (and get a zero gradient)
     temperature_tensor = temperature if isinstance(temperature, Tensor) else None
-    if temperature_tensor is None:
-        resolved = dict(resolved, temperature=temperature)
-    fused = FUSED.get(name) if temperature_tensor is None and use_closed_form else None
+    interpolation = loss.interpolation() if temperature_tensor is None and use_closed_form else None
+    if interpolation is not None and kd_vocab != vocab:
+        interpolation = None  # the fused CE spans the whole head, the KD the shared columns: autograd per chunk
     if chunk_size is not None and chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive number of tokens, got {chunk_size}")
     if chunk_size is None:
-        rows = _ROWS_AUTOGRAD if fused is None else _ROWS_CLOSED_FORM
-        if fused is not None and student_weight.dtype.itemsize < 4:
+        rows = _ROWS_AUTOGRAD if interpolation is None else _ROWS_CLOSED_FORM
+        if interpolation is not None and student_weight.dtype.itemsize < 4:
             rows += _ROWS_LOW_PRECISION_EXTRA
+        if ce_weight:
+            rows += _ROWS_CE_AUTOGRAD if interpolation is None else _ROWS_CE_CLOSED_FORM
         chunk_size = auto_chunk_size(vocab, chunk_memory_mb, device=student_hidden.device, rows_per_token=rows)
     spec = _Spec(
-        name=name,
-        fn=fn,
-        params=resolved,
-        needs_labels=needs_labels,
-        labels=pick(labels.to(student_hidden.device)) if needs_labels else None,
+        loss=loss,
+        temperature=None if temperature_tensor is not None else temperature,
+        labels=pick(labels.to(student_hidden.device)) if (loss.needs_labels or ce_weight) else None,
         teacher=teacher,
         vocab=vocab,
+        kd_vocab=kd_vocab,
         chunk_size=chunk_size,
         num_tokens=num_tokens,
-        fused=fused,
+        interpolation=interpolation,
         compile=compile,
+        ce_weight=float(ce_weight),
     )
-    return _ChunkedDivergence.apply(hidden, student_weight, student_bias, temperature_tensor, spec)
+    result = _ChunkedDivergence.apply(hidden, student_weight, student_bias, temperature_tensor, spec)
+    if return_terms:
+        kd, ce = spec.terms
+        return result, kd.detach(), ce.detach()
+    return result

@@ -2,7 +2,8 @@
 
 Each function takes fp32 logits ``[n, V]`` for n tokens and returns the loss of every token,
 ``[n]``. Reduction, masking, chunking and dtype handling live elsewhere (``api.py``,
-``chunked.py``), so that a new divergence is one small function added to ``DIVERGENCES``.
+``chunked.py``); which function a loss name means, and with what numbers, is said by the loss
+classes of ``zoo.py``.
 
 Conventions shared by all of them:
 - p is the teacher distribution, q the student's (softmax of the logits after ``/ temperature``).
@@ -15,7 +16,6 @@ Conventions shared by all of them:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -161,14 +161,6 @@ def fused_interpolated_kl(
     return per_token, student
 
 
-# Divergences with a closed-form logits gradient, which the chunked engine uses when the
-# temperature is a plain number. name -> (function, fixed keyword arguments)
-FUSED: dict[str, tuple[Callable[..., tuple[Tensor, Tensor]], dict]] = {
-    "taid": (fused_interpolated_kl, {}),
-    "fkl": (fused_interpolated_kl, {"t": 1.0}),
-}
-
-
 def cross_entropy(student: Tensor, teacher: Tensor | None, labels: Tensor, temperature: float | Tensor = 1.0) -> Tensor:
     """SFT: cross entropy on the labels; the teacher is ignored. -100 labels give 0."""
     del teacher, temperature
@@ -243,21 +235,3 @@ class CTKDTemperature(torch.nn.Module):
 def ctkd_kl(student: Tensor, teacher: Tensor, temperature: float | Tensor = 1.0) -> Tensor:
     """Forward KL at a temperature that is itself learned (pass ``CTKDTemperature()(lambda)``)."""
     return forward_kl(student, teacher, temperature)
-
-
-PerTokenDivergence = Callable[..., Tensor]
-
-# name -> (function, needs labels, the parameters it accepts besides temperature)
-DIVERGENCES: dict[str, tuple[PerTokenDivergence, bool, tuple[str, ...]]] = {
-    "fkl": (forward_kl, False, ()),
-    "rkl": (reverse_kl, False, ()),
-    "tvd": (total_variation, False, ()),
-    "gjsd": (generalized_jsd, False, ("beta",)),
-    "skew_fkl": (skew_forward_kl, False, ("skew",)),
-    "skew_rkl": (skew_reverse_kl, False, ("skew",)),
-    "akl": (adaptive_kl, False, ("mu",)),
-    "ctkd": (ctkd_kl, False, ()),
-    "dkd": (decoupled_kd, True, ("alpha", "beta")),
-    "taid": (taid_kl, False, ("t",)),
-    "sft": (cross_entropy, True, ()),
-}

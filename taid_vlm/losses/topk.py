@@ -32,7 +32,9 @@ from dataclasses import dataclass
 
 import torch
 
-from .api import reduce_tokens, resolve_params, upcast
+from .api import reduce_tokens, upcast
+from .base import Loss
+from .registry import build_loss
 
 Tensor = torch.Tensor
 
@@ -138,7 +140,7 @@ def check_ids(ids: Tensor, vocab: int) -> None:
 
 
 def topk_divergence(
-    name: str,
+    loss: "str | Loss",
     student_logits: Tensor,
     topk: TopK,
     *,
@@ -147,11 +149,12 @@ def topk_divergence(
     temperature: float | Tensor = 1.0,
     **params: float,
 ) -> Tensor:
-    """``divergence(name, ...)`` with the teacher given as top-k + tail; student logits ``[n, V]``."""
-    fn, needs_labels, resolved = resolve_params(name, params)
-    if name == "sft":
-        raise ValueError("sft uses no teacher: call divergence('sft', ...) instead")
-    if needs_labels and labels is None:
+    """``divergence(loss, ...)`` with the teacher given as top-k + tail; student logits ``[n, V]``."""
+    loss = build_loss(loss, **params)
+    name = loss.label()
+    if not loss.needs_teacher:
+        raise ValueError(f"loss {name!r} uses no teacher: call divergence({name!r}, ...) instead")
+    if loss.needs_labels and labels is None:
         raise ValueError(f"loss {name!r} needs labels= (the target token ids)")
     logits = upcast(student_logits.reshape(-1, student_logits.shape[-1]))
     vocab = logits.shape[-1]
@@ -161,8 +164,6 @@ def topk_divergence(
         raise ValueError(f"cached teacher has {ids.shape[0]} tokens but the student has {logits.shape[0]}: outputs are not aligned")
     student = student_buckets(logits, ids)
     teacher = teacher_buckets(TopK(ids, topk.logprobs.to(logits.device), topk.tail.to(logits.device)), vocab)
-    kwargs = dict(resolved, temperature=temperature)
-    if needs_labels:
-        kwargs["labels"] = bucket_labels(labels.reshape(-1).to(logits.device), ids)
-    per_token = fn(student, teacher, **kwargs)
+    bucket_ids = bucket_labels(labels.reshape(-1).to(logits.device), ids) if loss.needs_labels else None
+    per_token = loss.per_token(student, teacher, temperature=temperature, labels=bucket_ids)
     return reduce_tokens(per_token, num_tokens, student.shape[0])

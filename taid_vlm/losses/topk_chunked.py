@@ -6,6 +6,9 @@ buckets (``topk.student_buckets``), take the divergence and its gradient on the 
 ``[c, k + 1]`` bucket tensor, chain that gradient back to the ``[c, V]`` logits in closed form
 (``topk.rest_gradient``), fold it into the hidden-state and head gradients, and drop the chunk.
 Backward only hands over the stored gradients. The teacher side costs ``[c, k + 1]`` per chunk.
+With ``ce_weight`` the student's cross entropy on the full vocabulary rides along: its gradient
+is formed in the chunk's logits buffer once the buckets are taken, and mixed with the KD one
+before the single fold through the head.
 """
 
 from __future__ import annotations
@@ -14,9 +17,11 @@ from dataclasses import dataclass
 
 import torch
 
-from .api import reduce_tokens, resolve_params, upcast
-from .chunked import auto_chunk_size
-from .divergences import FUSED
+from .api import reduce_tokens, upcast
+from .base import Loss
+from .chunked import auto_chunk_size, cross_entropy_into
+from .divergences import fused_interpolated_kl
+from .registry import build_loss
 from .topk import TopK, bucket_labels, check_ids, rest_gradient, split_student, teacher_buckets
 
 Tensor = torch.Tensor
@@ -24,14 +29,17 @@ Tensor = torch.Tensor
 
 @dataclass
 class _Spec:
-    fn: object
-    params: dict
+    loss: Loss
+    temperature: float | None  # a plain temperature; a learned one is the Function's input
     labels: Tensor | None
     topk: TopK
     vocab: int
     chunk_size: int
     num_tokens: float | Tensor | None
-    fused: tuple | None
+    interpolation: float | None  # t of the closed-form KL(p_t || q), or None: autograd per chunk
+    ce_weight: float = 0.0  # weight of the fused cross entropy; 0: none
+    ce_labels: Tensor | None = None  # token ids (the full vocabulary) for the fused cross entropy
+    terms: tuple[Tensor, Tensor] | None = None  # (kd, ce) reduced like the loss, set by forward
 
 
 class _ChunkedTopKDivergence(torch.autograd.Function):
@@ -43,7 +51,7 @@ class _ChunkedTopKDivergence(torch.autograd.Function):
         grad_w = torch.zeros(weight.shape, dtype=acc, device=weight.device) if want_w else None
         grad_b = torch.zeros(weight.shape[0], dtype=acc, device=weight.device) if want_b else None
         grad_t = torch.zeros((), dtype=acc, device=hidden.device) if want_t else None
-        total = torch.zeros((), dtype=acc, device=hidden.device)
+        total = torch.zeros(2, dtype=acc, device=hidden.device)  # sums of the kd and ce terms
         n = hidden.shape[0]
         for start in range(0, n, spec.chunk_size):
             end = min(start + spec.chunk_size, n)
@@ -53,31 +61,33 @@ class _ChunkedTopKDivergence(torch.autograd.Function):
                 z = h_chunk @ weight.t()
                 if bias is not None:
                     z = z + bias
-                student_b, rest = split_student(upcast(z), rows.ids)
-                del z
+                z = upcast(z)
+                student_b, rest = split_student(z, rows.ids)
+                if spec.ce_weight:  # the logits become the CE gradient, softmax(z) - onehot
+                    total[1] += cross_entropy_into(z, z, spec.ce_labels[start:end])
+                else:
+                    del z
                 teacher_b = teacher_buckets(rows, spec.vocab)
-            if spec.fused is not None:
-                fused_fn, fixed = spec.fused
-                per_token, grad_b_logits = fused_fn(student_b, teacher_b, **{**spec.params, **fixed})
-                total += per_token.sum()
+            if spec.interpolation is not None:
+                per_token, grad_b_logits = fused_interpolated_kl(student_b, teacher_b, spec.interpolation, spec.temperature)
+                total[0] += per_token.sum()
             else:
                 with torch.enable_grad():
                     leaf = student_b.requires_grad_(True)
-                    kwargs = dict(spec.params)
-                    if temperature is not None:
-                        t_leaf = temperature.detach().requires_grad_(want_t)
-                        kwargs["temperature"] = t_leaf
-                    if spec.labels is not None:
-                        kwargs["labels"] = spec.labels[start:end]
-                    chunk_loss = spec.fn(leaf, teacher_b, **kwargs).sum()
+                    t_leaf = temperature.detach().requires_grad_(want_t) if temperature is not None else spec.temperature
+                    labels = spec.labels[start:end] if spec.labels is not None else None
+                    chunk_loss = spec.loss.per_token(leaf, teacher_b, temperature=t_leaf, labels=labels).sum()
                     inputs = [leaf] + ([t_leaf] if want_t else [])
                     grads = torch.autograd.grad(chunk_loss, inputs)
-                total += chunk_loss.detach()
+                total[0] += chunk_loss.detach()
                 grad_b_logits = grads[0]
                 if want_t:
                     grad_t += grads[1]
             grad_logits = rest_gradient(grad_b_logits, rest, rows.ids, spec.vocab)
             del rest, student_b, teacher_b, grad_b_logits
+            if spec.ce_weight:
+                grad_logits.mul_(1 - spec.ce_weight).add_(z, alpha=spec.ce_weight)
+                del z
             if want_h:
                 grad_h[start:end] = grad_logits.to(h_chunk.dtype) @ weight
             if want_w:
@@ -85,8 +95,10 @@ class _ChunkedTopKDivergence(torch.autograd.Function):
             if want_b:
                 grad_b += grad_logits.sum(0)
             del grad_logits
-        loss = reduce_tokens(total, spec.num_tokens, n)
-        scale = reduce_tokens(torch.ones_like(total), spec.num_tokens, n)
+        kd, ce = (reduce_tokens(term, spec.num_tokens, n) for term in total)
+        spec.terms = (kd, ce)
+        loss = kd if spec.ce_weight == 0 else (1 - spec.ce_weight) * kd + spec.ce_weight * ce
+        scale = reduce_tokens(torch.ones_like(total[0]), spec.num_tokens, n)
         ctx.grads = [g.mul_(scale) if g is not None else None for g in (grad_h, grad_w, grad_b, grad_t)]
         ctx.dtypes = (weight.dtype, bias.dtype if bias is not None else None)
         return loss
@@ -110,7 +122,7 @@ class _ChunkedTopKDivergence(torch.autograd.Function):
 
 
 def chunked_topk_divergence(
-    name: str,
+    loss: str | Loss,
     student_hidden: Tensor,
     student_weight: Tensor,
     topk: TopK,
@@ -121,23 +133,31 @@ def chunked_topk_divergence(
     temperature: float | Tensor = 1.0,
     chunk_size: int | None = None,
     use_closed_form: bool = True,
+    ce_weight: float = 0.0,
+    return_terms: bool = False,
     **params: float,
-) -> Tensor:
+) -> Tensor | tuple[Tensor, Tensor, Tensor]:
     """Same value and gradients as ``topk_divergence(name, h @ W.T + b, topk, ...)``.
 
-    ``student_hidden [N, H]``, ``student_weight [V, H]``; ``topk`` holds N rows. ``taid`` and
-    ``fkl`` use their closed-form gradient on the buckets; the others differentiate the
+    ``student_hidden [N, H]``, ``student_weight [V, H]``; ``topk`` holds N rows. Losses that
+    are KL(p_t || q) (taid, fkl) use their closed-form gradient on the buckets; the others differentiate the
     ``[c, k + 1]`` bucket tensor of each chunk (a tiny graph), never the ``[c, V]`` logits.
+    ``ce_weight`` and ``return_terms`` as in ``chunked_divergence``: ``(1 - ce_weight) * KD +
+    ce_weight * CE(labels)`` from one pass.
     """
-    fn, needs_labels, resolved = resolve_params(name, params)
-    if name == "sft":
-        raise ValueError("sft uses no teacher: call chunked_divergence('sft', ...) instead")
+    loss = build_loss(loss, **params)
+    name = loss.label()
+    needs_labels = loss.needs_labels
+    if not loss.needs_teacher:
+        raise ValueError(f"loss {name!r} uses no teacher: call chunked_divergence({name!r}, ...) instead")
     if student_hidden.dim() != 2:
         raise ValueError(f"student_hidden must be 2-D [tokens, features], got shape {tuple(student_hidden.shape)}")
     n = student_hidden.shape[0]
     if topk.ids.shape[0] != n:
         raise ValueError(f"cached teacher has {topk.ids.shape[0]} tokens but the student has {n}: outputs are not aligned")
-    if needs_labels and labels is None:
+    if not 0.0 <= ce_weight <= 1.0:
+        raise ValueError(f"ce_weight is the cross entropy's share of the loss, in [0, 1]; got {ce_weight}")
+    if (needs_labels or ce_weight) and labels is None:
         raise ValueError(f"loss {name!r} needs labels= (the target token ids, shape [{n}])")
     vocab = student_weight.shape[0]
     check_ids(topk.ids, vocab)
@@ -145,16 +165,20 @@ def chunked_topk_divergence(
     ids = topk.ids.to(device, torch.long)
     topk = TopK(ids, topk.logprobs.to(device), topk.tail.to(device))
     temperature_tensor = temperature if isinstance(temperature, Tensor) else None
-    if temperature_tensor is None:
-        resolved = dict(resolved, temperature=temperature)
     spec = _Spec(
-        fn=fn,
-        params=resolved,
+        loss=loss,
+        temperature=None if temperature_tensor is not None else temperature,
         labels=bucket_labels(labels.reshape(-1).to(device), ids) if needs_labels else None,
         topk=topk,
         vocab=vocab,
         chunk_size=chunk_size or auto_chunk_size(vocab),
         num_tokens=num_tokens,
-        fused=FUSED.get(name) if temperature_tensor is None and use_closed_form else None,
+        interpolation=loss.interpolation() if temperature_tensor is None and use_closed_form else None,
+        ce_weight=float(ce_weight),
+        ce_labels=labels.reshape(-1).to(device) if ce_weight else None,
     )
-    return _ChunkedTopKDivergence.apply(student_hidden, student_weight, student_bias, temperature_tensor, spec)
+    result = _ChunkedTopKDivergence.apply(student_hidden, student_weight, student_bias, temperature_tensor, spec)
+    if return_terms:
+        kd, ce = spec.terms
+        return result, kd.detach(), ce.detach()
+    return result

@@ -2,7 +2,7 @@
 
 A checkpoint is written into a hidden temporary directory next to its final place and renamed
 into place only once every file (weights, optimizer, LR scheduler, RNG states of every rank, data
-position, TAID schedule, CTKD temperature, config) is on disk and synced. A crash at any moment
+position, the loss's state (TAID's schedule), its modules (CTKD's temperature), config) is on disk and synced. A crash at any moment
 leaves either the previous checkpoints or the new one, never half of one. ``latest_checkpoint``
 ignores temporary directories, so a run killed mid-save resumes from the last complete one.
 A write that fails (a full disk) removes its temporary directory and says which folder is full;
@@ -46,8 +46,13 @@ class TrainerState:
     position: int = 0  # records of the current epoch's permutation already consumed (all ranks)
     bad_steps: int = 0
     tokens_seen: int = 0
-    schedule: dict[str, Any] | None = None
+    loss_state: dict[str, Any] | None = None  # the loss object's state_dict() (TAID: its schedule)
+    schedule: dict[str, Any] | None = None  # where checkpoints before loss objects kept TAID's schedule (read only)
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.loss_state is None and self.schedule is not None:  # an older checkpoint: same dict, old key
+            self.loss_state, self.schedule = self.schedule, None
 
 
 def rng_state() -> dict[str, Any]:

@@ -22,7 +22,8 @@ import yaml
 from ..errors import UserError
 from ..files import write_text_atomically
 from ..flags import flag
-from ..losses import DIVERGENCES, LOSS_NAMES
+from ..losses import LOSSES, Loss, UnknownLoss
+from ..losses import loss_class as find_loss_class
 
 RESPONSE_SOURCES = ("data", "teacher")
 MIXED_PRECISION = ("no", "bf16", "fp16")
@@ -55,7 +56,7 @@ class DistillConfig:
     generation_temperature: float = 1.0  # for on-policy student samples
 
     # --- loss -------------------------------------------------------------------------------
-    loss: str = "taid"
+    loss: str = "taid"  # a registered name (taid_vlm/losses/zoo.py) or "module:Class" (a Loss subclass)
     distil_ratio: float = 1.0  # weight of the distillation loss; 1 - ratio goes to cross entropy
     temperature: float = 1.0
     loss_params: dict[str, float] = field(default_factory=dict)  # e.g. {beta: 0.5} for gjsd
@@ -63,6 +64,7 @@ class DistillConfig:
     chunk_size: int | None = None  # tokens per chunk; overrides chunk_memory_mb
     chunk_memory_mb: float | None = None  # budget for a chunk's [chunk, V] buffers (None: device default)
     chunk_compile: bool = False  # torch.compile the taid/fkl chunk kernel (pays a one-off compile)
+    # Settings of one loss; each loss class declares the ones it reads and their ranges.
     # TAID schedule (docs/TAID.md)
     t_start: float = 0.4
     t_end: float = 1.0
@@ -115,8 +117,10 @@ class DistillConfig:
             problems.append("data is required (a data file, folder or dataset)")
         if not self.output:
             problems.append("output is required (the run directory)")
-        if self.loss not in LOSS_NAMES:
-            problems.append(f"loss {self.loss!r} is not one of {', '.join(LOSS_NAMES)}")
+        try:
+            find_loss_class(self.loss)
+        except UnknownLoss as e:
+            problems.append(str(e))
         if self.needs_teacher and not (self.teacher or self.teacher_cache):
             problems.append(f"loss {self.loss!r} with distil_ratio {self.distil_ratio} needs a teacher (or a teacher_cache)")
         if self.teacher_cache and self.on_policy > 0:
@@ -161,8 +165,9 @@ class DistillConfig:
                             "distributed=fsdp: use mixed_precision=bf16")
         if self.distributed == "fsdp" and not self.chunked:
             problems.append("distributed=fsdp reads the LM head in the chunked loss: keep chunked=true")
-        if self.distributed == "fsdp" and self.loss == "ctkd":
-            problems.append("loss=ctkd's learned temperature lives outside the student: use distributed=ddp")
+        if self.distributed == "fsdp" and self.loss_class is not None and self.loss_class.owns_parameters():
+            problems.append(f"loss={self.loss}'s own trainable parameters (e.g. CTKD's temperature) live outside the "
+                            "sharded student: use distributed=ddp")
         if self.teacher_shard and self.distributed != "fsdp":
             problems.append("teacher_shard=true shards the teacher with FSDP: set distributed=fsdp")
         if self.num_workers < 0:
@@ -172,8 +177,22 @@ class DistillConfig:
         return problems
 
     @property
+    def loss_class(self) -> type[Loss] | None:
+        """The class ``loss`` names; None when it names none (``validate`` reports that)."""
+        try:
+            return find_loss_class(self.loss)
+        except UnknownLoss:
+            return None
+
+    @property
     def needs_teacher(self) -> bool:
-        return self.loss != "sft" and self.distil_ratio > 0
+        return self.loss_class is not None and self.loss_class.uses_kd(self.distil_ratio)
+
+    def make_loss(self) -> Loss:
+        """The run's loss object, built from the settings its class declares."""
+        cls = find_loss_class(self.loss)
+        settings = {"temperature": self.temperature, **{key: getattr(self, key) for key in cls.settings}}
+        return cls.from_settings(settings, dict(self.loss_params), self.max_steps)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -237,11 +256,6 @@ def coerce(name: str, value: Any, source: str) -> Any:
 DTYPES = ("float32", "fp32", "float", "bfloat16", "bf16", "float16", "fp16", "half")  # models.loading._DTYPES
 DATA_FORMATS = ("auto", "llava", "chat", "vqa", "caption", "coco", "hf")  # data.loaders.FORMATS
 _DEVICE = re.compile(r"^(cpu|auto|mps|meta|(cuda|xpu|npu)(:\d+)?)$")
-# Each loss parameter's valid interval (inclusive); t of TAID comes from the schedule, never a config.
-LOSS_PARAM_RANGES = {
-    "beta": (0.0, 1.0), "skew": (0.0, 1.0), "mu": (0.0, 1.0),
-}
-DKD_PARAM_RANGES = {"alpha": (0.0, math.inf), "beta": (0.0, math.inf)}
 
 
 def value_problems(config: "DistillConfig") -> list[str]:
@@ -263,14 +277,6 @@ def value_problems(config: "DistillConfig") -> list[str]:
     check("grad_clip", config.grad_clip >= 0, ">= 0 (0 turns clipping off)")
     check("temperature", config.temperature > 0, "> 0 (1.0 = no scaling)")
     check("warmup_steps", config.warmup_steps >= 0, ">= 0")
-    check("t_start", 0.0 <= config.t_start <= 1.0, "in [0, 1]")
-    check("t_end", 0.0 <= config.t_end <= 1.0, "in [0, 1]")
-    if 0.0 <= config.t_start <= 1.0 and 0.0 <= config.t_end <= 1.0 and config.t_start > config.t_end:
-        problems.append(f"t_start ({config.t_start}) must be <= t_end ({config.t_end}): TAID's t only moves toward the teacher")
-    check("taid_alpha", config.taid_alpha >= 0, ">= 0")
-    check("taid_beta", 0.0 <= config.taid_beta < 1.0, "in [0, 1) (a momentum)")
-    check("taid_alpha_per_run", config.taid_alpha_per_run is None or config.taid_alpha_per_run >= 0, ">= 0 or null")
-    check("ctkd_lambda_max", config.ctkd_lambda_max >= 0, ">= 0")
     check("chunk_size", config.chunk_size is None or config.chunk_size >= 1, ">= 1 or null (automatic)")
     check("max_length", config.max_length is None or config.max_length >= 8, ">= 8 tokens or null (no limit)")
     check("data_limit", config.data_limit is None or config.data_limit >= 1, ">= 1 or null (all records)")
@@ -283,25 +289,27 @@ def value_problems(config: "DistillConfig") -> list[str]:
     check("teacher_device", config.teacher_device is None or bool(_DEVICE.match(config.teacher_device)),
           "cpu, cuda, cuda:N, mps or auto")
     check("data_format", config.data_format in DATA_FORMATS, f"one of {', '.join(DATA_FORMATS)}")
-    problems += _loss_param_problems(config)
+    problems += _loss_problems(config)
     return problems
 
 
-def _loss_param_problems(config: "DistillConfig") -> list[str]:
-    if config.loss not in DIVERGENCES:
-        return []  # already reported
-    accepted = [k for k in DIVERGENCES[config.loss][2] if not (config.loss == "taid" and k == "t")]
-    problems = []
-    for key, value in config.loss_params.items():
-        if key not in accepted:
-            takes = ", ".join(accepted) if accepted else "no parameters"
-            extra = " (TAID's t comes from t_start/t_end and the schedule)" if key == "t" and config.loss == "taid" else ""
-            problems.append(f"loss_params.{key} is not a parameter of loss {config.loss!r}; it takes {takes}{extra}")
+def _loss_problems(config: "DistillConfig") -> list[str]:
+    """The loss classes' own checks: every registered loss's settings (they are config keys a user
+    may set whatever the loss) and the chosen loss's loss_params."""
+    chosen = config.loss_class
+    classes = list(dict.fromkeys([*LOSSES.values(), *([chosen] if chosen is not None else [])]))
+    problems: list[str] = []
+    for cls in classes:
+        unknown = [key for key in cls.settings if key not in FIELDS]
+        if unknown:
+            problems.append(f"loss {cls.label()!r} reads setting(s) {unknown} that are not config keys; give it "
+                            "numbers through loss_params instead")
             continue
-        low, high = (DKD_PARAM_RANGES if config.loss == "dkd" else LOSS_PARAM_RANGES)[key]
-        if not (math.isfinite(value) and low <= value <= high):
-            span = f">= {low}" if high == math.inf else f"in [{low}, {high}]"
-            problems.append(f"loss_params.{key} of loss {config.loss!r} must be {span}, got {value}")
+        for problem in cls.setting_problems({key: getattr(config, key) for key in cls.settings}):
+            if problem not in problems:
+                problems.append(problem)
+    if chosen is not None:
+        problems += chosen.param_problems(config.loss_params)
     return problems
 
 

@@ -27,8 +27,9 @@ def likely_cause(config: DistillConfig, kd: float, ce: float, params: Iterable[t
     if any(not torch.isfinite(p.detach()).all() for p in params):
         return (f"the student's weights became non-finite after {applied_steps} applied step(s): lr={config.lr} is "
                 "likely too high (lower it, or raise warmup_steps)")
-    uses_kd = config.loss != "sft" and config.distil_ratio > 0
-    uses_ce = config.loss == "sft" or config.distil_ratio < 1
+    loss = config.loss_class
+    uses_kd = loss is not None and loss.uses_kd(config.distil_ratio)
+    uses_ce = loss is None or loss.uses_ce(config.distil_ratio)
     if uses_kd and not math.isfinite(kd) and (not uses_ce or math.isfinite(ce)):
         return (f"the distillation term is non-finite while the student's own loss is finite: the teacher's outputs "
                 f"(teacher_dtype={config.teacher_dtype}; try float32) or temperature={config.temperature} "

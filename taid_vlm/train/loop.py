@@ -5,8 +5,9 @@ step, and ``finish`` (rank check, saved student). What it gets right that peers 
 to fix:
 - the loss is normalised by the response tokens of the whole optimizer step (every
   micro-batch, every rank), not per micro-batch;
-- TAID's t moves once per optimizer step, from the all-reduced training loss, so every rank
-  holds the same t; both t and t_linear are logged;
+- the loss is an object (taid_vlm/losses/base.py) that says what it needs and owns its state:
+  the loop asks it, never its name. TAID's t moves once per applied optimizer step, from the
+  all-reduced training loss, so every rank holds the same t; both t and t_linear are logged;
 - the teacher runs in eval mode without gradients, in its own dtype/device, and its outputs are
   dropped right after each micro-batch's loss;
 - records are rendered for student and teacher in DataLoader workers (``num_workers``), off
@@ -39,7 +40,7 @@ from transformers import get_scheduler
 
 from ..data import detect_format, load_records
 from ..errors import RunError, is_disk_full
-from ..losses import CTKDTemperature, TAIDSchedule
+from ..losses import Loss
 from ..models import ModelAdapter, check_alignment, check_vocab_compatible, is_composed_spec
 from ..models.checkpointing import enable_gradient_checkpointing
 from ..models.loading import resolve_dtype
@@ -88,8 +89,7 @@ class Run:
     params: list[torch.nn.Parameter]
     optimizer: torch.optim.Optimizer
     lr_scheduler: Any
-    schedule: TAIDSchedule | None
-    ctkd: CTKDTemperature | None
+    loss: Loss  # the loss object: per-chunk math, per-step hook, its own state and modules
     extra_modules: dict[str, Any]
     state: TrainerState
     data: MicroBatches
@@ -153,15 +153,11 @@ def setup(config: DistillConfig, env: Distributed | None = None, run_output: Run
     sharded = _place(config, env, student, teacher)
 
     params = [p for p in student.model.parameters() if p.requires_grad]
-    ctkd = CTKDTemperature(initial=max(config.temperature, 1.0) + 1e-3).to(env.device) if config.loss == "ctkd" else None
-    optimizer = _optimizer(student.model, config, ctkd)
+    loss = config.make_loss().to(env.device)
+    optimizer = _optimizer(student.model, config, _loss_parameters(loss))
     lr_scheduler = get_scheduler(config.lr_scheduler, optimizer, num_warmup_steps=config.warmup_steps, num_training_steps=config.max_steps)
-    schedule = None
-    if config.loss == "taid":
-        schedule = TAIDSchedule(config.max_steps, t_start=config.t_start, t_end=config.t_end, alpha=config.taid_alpha,
-                                beta=config.taid_beta, adaptive=config.taid_adaptive, alpha_per_run=config.taid_alpha_per_run)
     precision = Precision(config.mixed_precision, env.device)
-    extra_modules = {**({"ctkd_temperature": ctkd} if ctkd is not None else {}), **precision.checkpoint_modules()}
+    extra_modules = {**loss.modules(), **precision.checkpoint_modules()}
 
     state = TrainerState()
     if run_output.resume_candidates:
@@ -169,8 +165,8 @@ def setup(config: DistillConfig, env: Distributed | None = None, run_output: Run
         _, state = load_newest_intact(run_output.resume_candidates, model=student.model, optimizer=optimizer,
                                       lr_scheduler=lr_scheduler, extra_modules=extra_modules, rank=env.rank,
                                       world_size=env.world_size, load_state=load_state)
-        if schedule is not None and state.schedule is not None:
-            schedule.load_state_dict(state.schedule)
+        if state.loss_state:
+            loss.load_state_dict(state.loss_state)
     else:
         random.seed(config.seed + env.rank)
         torch.manual_seed(config.seed + env.rank)  # samples differ per rank; weights were broadcast
@@ -184,7 +180,7 @@ def setup(config: DistillConfig, env: Distributed | None = None, run_output: Run
                      tensorboard_dir=out / "tensorboard" if config.tensorboard else None)
     progress = Progress(config.max_steps, state.step, enabled=config.progress and env.is_main)
     return Run(config, env, out, started, student, teacher, teacher_signal, sharded, precision, params, optimizer,
-               lr_scheduler, schedule, ctkd, extra_modules, state, data, collator, log, progress, config_yaml, run_output)
+               lr_scheduler, loss, extra_modules, state, data, collator, log, progress, config_yaml, run_output)
 
 
 def _load_models(config: DistillConfig, env: Distributed) -> tuple[ModelAdapter | None, ModelAdapter]:
@@ -225,17 +221,15 @@ def step(run: Run) -> None:
     """One optimizer step: take micro-batches, forward/backward each, reduce, update, record."""
     config, env, state = run.config, run.env, run.state
     step_started = time.perf_counter()
-    t_now = run.schedule.t if run.schedule is not None else None
-    t_linear_now = run.schedule.t_linear if run.schedule is not None else None
+    before = run.loss.snapshot()  # e.g. TAID's t and t_linear at the start of the step
 
     micro_batches = _take_micro_batches(run)
     global_tokens = int(env.sum(torch.tensor(float(sum(mb.student.num_response_tokens for mb in micro_batches)),
                                              device=env.device)).item())
-    temperature = (run.ctkd(config.ctkd_lambda_max * _ramp(state.step, config.max_steps)) if run.ctkd is not None
-                   else config.temperature)
+    temperature = run.loss.temperature(state.step, config.max_steps)
     sums = torch.zeros(3, dtype=torch.float64, device=env.device)  # total, kd, ce
     for mb in micro_batches:
-        parts = _micro_batch_loss(run, mb, global_tokens, temperature, t_now)
+        parts = _micro_batch_loss(run, mb, global_tokens, temperature)
         run.precision.backward(parts.total)
         sums += torch.stack([_value(parts.total), _value(parts.kd), _value(parts.ce)]).to(sums.device)
         del parts
@@ -252,20 +246,19 @@ def step(run: Run) -> None:
     run.steps_this_run += 1
     state.tokens_seen += global_tokens
     state.epoch, state.position = run.data.epoch, run.data.position
-    state.schedule = run.schedule.state_dict() if run.schedule is not None else None
+    state.loss_state = run.loss.state_dict() or None
     elapsed = time.perf_counter() - step_started
     tokens_per_s = global_tokens / max(elapsed, 1e-9)
     run.last_loss = total
-    row.update(loss=total, kd_loss=kd if parts_has(config, "kd") else None, ce_loss=ce if parts_has(config, "ce") else None,
+    loss = run.loss
+    row.update(loss=total, kd_loss=kd if loss.uses_kd(config.distil_ratio) else None,
+               ce_loss=ce if loss.uses_ce(config.distil_ratio) else None,
                lr=run.lr_scheduler.get_last_lr()[0], grad_norm=grad_norm, tokens=global_tokens, tokens_per_s=tokens_per_s,
                seconds=elapsed)
-    if run.schedule is not None:
-        row.update(t=t_now, t_linear=t_linear_now, t_next=run.schedule.t)
-    if run.ctkd is not None:
-        row.update(temperature=float(temperature.detach()))
+    row.update(loss.step_metrics(before))
     if state.step % config.log_every == 0 or state.step == config.max_steps or state.step == 1:
         run.log.log(row)
-    run.progress.update(total, t_now, tokens_per_s)
+    run.progress.update(total, before.get("t"), tokens_per_s)
     if state.step % config.save_every == 0 or state.step == config.max_steps:
         _save_checkpoint(run)
 
@@ -282,7 +275,7 @@ def _take_micro_batches(run: Run) -> list[MicroBatch]:
     return [mb.to(student.device, teacher_device, student.dtype, teacher_dtype) for mb in micro_batches]
 
 
-def _micro_batch_loss(run: Run, mb: MicroBatch, global_tokens: int, temperature: Any, t: float | None) -> LossParts:
+def _micro_batch_loss(run: Run, mb: MicroBatch, global_tokens: int, temperature: Any) -> LossParts:
     """Student and teacher forward under autocast, then the loss (normalised by the step's global tokens)."""
     config = run.config
     with run.precision.autocast():
@@ -292,17 +285,17 @@ def _micro_batch_loss(run: Run, mb: MicroBatch, global_tokens: int, temperature:
             pre_rendered = {"batch": mb.teacher} if mb.teacher is not None else {}
             teacher_out = run.teacher_signal.outputs(mb.records, **pre_rendered)
             teacher_out = check_alignment(teacher_out, student_out, mb.records, tokenizer=run.student.tokenizer)
-        return training_loss(config.loss, student_out, teacher_out, num_tokens=max(global_tokens, 1),
+        return training_loss(run.loss, student_out, teacher_out, num_tokens=max(global_tokens, 1),
                              distil_ratio=config.distil_ratio, chunked=config.chunked, chunk_size=config.chunk_size,
                              chunk_memory_mb=config.chunk_memory_mb, chunk_compile=config.chunk_compile,
-                             temperature=temperature, params=_loss_params(config, t))
+                             temperature=temperature)
 
 
 def _apply_update(run: Run, kd: float) -> float:
     """Reduce gradients (ddp: summed by hand; fsdp: already reduce-scattered), clip, step; the grad norm."""
     config = run.config
     if run.sharded is None:
-        run.env.sum_gradients(run.params + (list(run.ctkd.parameters()) if run.ctkd is not None else []))
+        run.env.sum_gradients(run.params + _loss_parameters(run.loss))
     run.precision.unscale(run.optimizer)
     grad_norm = float("nan")
     if config.grad_clip > 0:
@@ -311,8 +304,7 @@ def _apply_update(run: Run, kd: float) -> float:
     run.precision.step(run.optimizer)
     run.lr_scheduler.step()
     run.optimizer.zero_grad(set_to_none=True)
-    if run.schedule is not None:
-        run.schedule.step(kd)
+    run.loss.on_step(run.state.step, config.max_steps, kd)
     run.run_output.started(run.config_yaml)  # the first applied step commits the output (writes config.yaml)
     return grad_norm
 
@@ -351,12 +343,12 @@ def finish(run: Run) -> DistillResult:
         raise nothing_applied(run.config, run.steps_this_run, likely_cause(run.config, run.last_kd, run.last_ce, run.params, 0))
     env = run.env
     full_state = full_model_state(run.sharded) if run.sharded is not None else None
-    _check_ranks_agree(env, run.student.model, run.schedule, run.out, full_state)
+    _check_ranks_agree(env, run.student.model, run.loss, run.out, full_state)
     student_dir = run.out / "student"
     if env.is_main:
         _save_student_atomically(run.student, student_dir, _state_to_save(run, full_state))
     env.barrier()
-    return DistillResult(run.out, student_dir, run.state.step, run.last_loss, run.schedule.t if run.schedule else None,
+    return DistillResult(run.out, student_dir, run.state.step, run.last_loss, run.loss.snapshot().get("t"),
                          time.perf_counter() - run.started, env.is_main)
 
 
@@ -373,28 +365,15 @@ def _state_to_save(run: Run, full_state: dict[str, torch.Tensor] | None) -> dict
 # ---- helpers ------------------------------------------------------------------------------------
 
 
-def parts_has(config: DistillConfig, part: str) -> bool:
-    if part == "kd":
-        return config.loss != "sft" and config.distil_ratio > 0
-    return config.loss == "sft" or config.distil_ratio < 1
-
-
 def _value(x: torch.Tensor | None) -> torch.Tensor:
     if x is None:
         return torch.zeros((), dtype=torch.float64)
     return x.detach().to("cpu", torch.float64)
 
 
-def _loss_params(config: DistillConfig, t: float | None) -> dict[str, float]:
-    params = dict(config.loss_params)
-    if config.loss == "taid":
-        params["t"] = t
-    return params
-
-
-def _ramp(step: int, total: int) -> float:
-    """CTKD's cosine ramp of the gradient-reversal strength from 0 to 1."""
-    return 0.5 * (1 - math.cos(math.pi * min(step / max(total, 1), 1.0)))
+def _loss_parameters(loss: Loss) -> list[torch.nn.Parameter]:
+    """The loss's own trainable parameters (CTKD's temperature), trained and reduced with the student's."""
+    return [p for module in loss.modules().values() for p in module.parameters()]
 
 
 def _on_policy_this_step(config: DistillConfig, step: int) -> bool:
@@ -410,15 +389,15 @@ def _training_records(config: DistillConfig) -> list:
                         check_images="open", **hf_options)
 
 
-def _optimizer(model: torch.nn.Module, config: DistillConfig, ctkd: CTKDTemperature | None) -> torch.optim.Optimizer:
+def _optimizer(model: torch.nn.Module, config: DistillConfig, loss_parameters: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
     """AdamW; biases and norm weights (1-D) get no weight decay."""
     decay, no_decay = [], []
     for p in model.parameters():
         if p.requires_grad:
             (decay if p.dim() >= 2 else no_decay).append(p)
     groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    if ctkd is not None:
-        groups.append({"params": list(ctkd.parameters()), "weight_decay": 0.0})
+    if loss_parameters:
+        groups.append({"params": loss_parameters, "weight_decay": 0.0})
     return torch.optim.AdamW([g for g in groups if g["params"]], lr=config.lr)
 
 
@@ -451,27 +430,28 @@ def _state_digest(state: dict[str, torch.Tensor]) -> str:
     return digest.hexdigest()
 
 
-def _check_ranks_agree(env: Distributed, model: torch.nn.Module, schedule: TAIDSchedule | None, out: Path,
+def _check_ranks_agree(env: Distributed, model: torch.nn.Module, loss: Loss, out: Path,
                        full_state: dict[str, torch.Tensor] | None = None) -> None:
     """Every rank must end with the same weights and the same t; ``ranks.json`` records it.
 
     Drifting ranks are the silent failure of data-parallel distillation (the TAID reference
     kept t per GPU); a run that drifted stops here with an error instead of saving a student.
     A sharded (fsdp) student exists once, gathered on rank 0 (``full_state``): its digest is
-    rank 0's alone, and the ranks must agree on t.
+    rank 0's alone, and the ranks must agree on the loss's values (TAID's t).
     """
     if full_state is not None:
         digest = _state_digest(full_state) if env.is_main else None
     else:
         digest = _weights_digest(model)
-    mine = {"rank": env.rank, "weights_sha256": digest, "t": schedule.t if schedule else None}
+    mine = {"rank": env.rank, "weights_sha256": digest, **loss.snapshot()}
     everyone = [mine]
     if env.active:
         everyone = [None] * env.world_size
         dist.all_gather_object(everyone, mine)
     if env.is_main:
         (out / "ranks.json").write_text(json.dumps(everyone, indent=1))
-    if len({r["weights_sha256"] for r in everyone if r["weights_sha256"]}) > 1 or len({r["t"] for r in everyone}) > 1:
+    loss_values = [{k: v for k, v in r.items() if k not in ("rank", "weights_sha256")} for r in everyone]
+    if len({r["weights_sha256"] for r in everyone if r["weights_sha256"]}) > 1 or any(v != loss_values[0] for v in loss_values):
         raise RuntimeError(f"ranks disagree at the end of the run (see {out / 'ranks.json'}): {everyone}")
 
 

@@ -38,10 +38,10 @@ RUN_FILES = ("config.yaml", "metrics.jsonl", CHECKPOINT_DIR, "student", "ranks.j
 # A run that got past its first step leaves one of these; metrics.jsonl alone is a failed start.
 STARTED_MARKERS = ("config.yaml", CHECKPOINT_DIR, "student")
 ASIDE_PREFIX = ".replaced-"
-# What a resumed run must share with the run that wrote the checkpoint, or the result is neither.
+# What a resumed run must share with the run that wrote the checkpoint, or the result is neither
+# (plus the settings the loss class declares: TAID's schedule, CTKD's ramp).
 RESUME_KEYS = ("teacher", "student", "data", "data_format", "data_split", "data_limit", "max_length", "responses",
-               "loss", "loss_params", "distil_ratio", "temperature", "t_start", "t_end", "taid_alpha", "taid_beta",
-               "taid_adaptive", "taid_alpha_per_run", "batch_size", "grad_accum", "seed", "on_policy")
+               "loss", "loss_params", "distil_ratio", "temperature", "batch_size", "grad_accum", "seed", "on_policy")
 
 
 class OutputInUse(RunError, FileExistsError):
@@ -106,7 +106,9 @@ class RunOutput:
         if saved is None or self.config.resume_accept_changes:
             return
         now = self.config.to_dict()
-        changed = [f"{k}: {saved.get(k)!r} -> {now[k]!r}" for k in RESUME_KEYS
+        loss = self.config.loss_class
+        keys = RESUME_KEYS + tuple(loss.settings if loss is not None else ())
+        changed = [f"{k}: {saved.get(k)!r} -> {now[k]!r}" for k in keys
                    if k in saved and _normal(k, saved[k]) != _normal(k, now[k])]
         if changed:
             raise RunError(f"--resume: this run differs from the checkpoint's ({checkpoints[0]}) in "
