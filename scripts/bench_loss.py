@@ -97,17 +97,7 @@ def run_ce_variant(args: argparse.Namespace) -> dict:
     kd_ce_step(args, make_inputs(args, WARMUP_TOKENS), make_labels(args, WARMUP_TOKENS), "two")
     inputs, labels = make_inputs(args, args.tokens), make_labels(args, args.tokens)
     if args.ce_variant != "both":
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            base = torch.cuda.memory_allocated()
-        else:
-            base = current_rss_mb()
-        start = time.perf_counter()
-        kd_ce_step(args, inputs, labels, args.ce_variant)
-        sync(device)
-        seconds = time.perf_counter() - start
-        peak = (torch.cuda.max_memory_allocated() - base) / 2**20 if device.type == "cuda" else max_rss_mb() - base
+        seconds, peak = timed_peak(device, lambda: kd_ce_step(args, inputs, labels, args.ce_variant))
         return {"peak_mb": round(peak, 1), "seconds_single_pass": round(seconds, 4)}
     times: dict[str, list[float]] = {"fused": [], "two": []}
     for _ in range(args.repeats):  # alternate, so that both see the same load
@@ -265,6 +255,24 @@ def sync(device) -> None:
         torch.cuda.synchronize()
 
 
+def timed_peak(device, work) -> tuple[float, float]:
+    """Run ``work()`` once: (seconds, peak MB above what was held before) - CUDA allocator or RSS."""
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+    else:
+        base = current_rss_mb()
+    start = time.perf_counter()
+    work()
+    sync(device)
+    seconds = time.perf_counter() - start
+    peak = (torch.cuda.max_memory_allocated() - base) / 2**20 if device.type == "cuda" else max_rss_mb() - base
+    return seconds, peak
+
+
 def run_variant(args: argparse.Namespace) -> dict:
     import torch
 
@@ -274,18 +282,8 @@ def run_variant(args: argparse.Namespace) -> dict:
     if args.variant == "chunked":
         one_step(args, make_inputs(args, WARMUP_TOKENS), "chunked")  # kernels (and compile) warm
     inputs = make_inputs(args, args.tokens)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-    else:
-        base = current_rss_mb()
-    times = []
-    start = time.perf_counter()
-    one_step(args, inputs, args.variant)
-    sync(device)
-    times.append(time.perf_counter() - start)
-    peak = (torch.cuda.max_memory_allocated() - base) / 2**20 if device.type == "cuda" else max_rss_mb() - base
+    seconds, peak = timed_peak(device, lambda: one_step(args, inputs, args.variant))
+    times = [seconds]
     result = {"peak_mb": round(peak, 1)}
     if args.variant == "naive":
         for _ in range(args.repeats - 1):

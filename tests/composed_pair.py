@@ -1,4 +1,4 @@
-"""The tiny composed teacher/student pair several test modules distil with (saved, reloadable)."""
+"""The tiny teacher/student pairs several test modules distil with (saved, reloadable)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from pathlib import Path
 from taid_vlm.data import load_records
 from taid_vlm.demo.shapes import generate_shapes
 from taid_vlm.models.composed import build_composed_vlm
+from taid_vlm.testing.tiny import save_tiny
 
 
 def save_composed_pair(root: Path, n_train: int, n_test: int) -> Path:
@@ -18,4 +19,12 @@ def save_composed_pair(root: Path, n_train: int, n_test: int) -> Path:
     for model, proc, name in ((teacher, processor, "teacher"), (student, student_processor, "student")):
         model.save_pretrained(root / name)
         proc.save_pretrained(root / name)
+    return root
+
+
+def save_text_pair(root: Path, n_train: int) -> Path:
+    """Text-only shapes data plus a tiny Qwen2 teacher (hidden 32) and student (hidden 16) under ``root``."""
+    generate_shapes(root / "shapes", n_train, 2, seed=0, text=True)
+    save_tiny("qwen2", root / "teacher", hidden_size=32, num_layers=1, seed=1)
+    save_tiny("qwen2", root / "student", hidden_size=16, num_layers=1, seed=2)
     return root

@@ -21,21 +21,17 @@ from pathlib import Path
 
 import pytest
 
+from composed_pair import save_text_pair
+
 from taid_vlm.cli import main
-from taid_vlm.demo.shapes import generate_shapes
 from taid_vlm.errors import user_message
-from taid_vlm.testing.tiny import save_tiny
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("cli")
-    generate_shapes(root / "shapes", 16, 2, seed=0, text=True)
-    save_tiny("qwen2", root / "teacher", hidden_size=32, num_layers=1, seed=1)
-    save_tiny("qwen2", root / "student", hidden_size=16, num_layers=1, seed=2)
-    return root
+    return save_text_pair(tmp_path_factory.mktemp("cli"), 16)
 
 
 def common(root: Path, out: Path | str, *extra: str) -> list[str]:

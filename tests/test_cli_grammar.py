@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 import yaml
 
+from composed_pair import save_text_pair
+
 from taid_vlm.cli import build_parser, main, parse_command_line
-from taid_vlm.demo.shapes import generate_shapes
 from taid_vlm.eval.command import config_from_args
 from taid_vlm.eval.config import EvalConfig
 from taid_vlm.flags import add_dataclass_arguments, flag, flag_fields, values_from
 from taid_vlm.teacher_cache.config import TeacherCacheConfig
-from taid_vlm.testing.tiny import save_tiny
 from taid_vlm.train.config import ConfigError, DistillConfig, load_config
 
 
@@ -68,11 +68,7 @@ def test_a_stray_word_is_refused_not_ignored(capsys):
 
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("grammar")
-    generate_shapes(root / "shapes", 8, 2, seed=0, text=True)
-    save_tiny("qwen2", root / "teacher", hidden_size=32, num_layers=1, seed=1)
-    save_tiny("qwen2", root / "student", hidden_size=16, num_layers=1, seed=2)
-    return root
+    return save_text_pair(tmp_path_factory.mktemp("grammar"), 8)
 
 
 def test_distill_runs_with_overrides_after_output(pair, tmp_path, capsys):
