@@ -1,7 +1,7 @@
 """Teacher cache benchmark: what a cached teacher costs on disk and saves per student step,
 and whether a student distilled from a k = 64 cache is as good as one from the live teacher.
 
-Part ``speed`` (default) on the demo pair (the default preset's teacher and student, initial
+Part ``speed`` (default) on the demo pair (the ``same-data`` preset's teacher and student, initial
 weights: step time and memory do not depend on what the weights have learnt):
   1. build a cache (top-k 64, bfloat16) over ``--records`` training records, timed;
   2. run the student for ``--steps`` optimizer steps with the live teacher and from the cache,
@@ -14,11 +14,12 @@ weights: step time and memory do not depend on what the weights have learnt):
 
 Part ``quality``: the demo's teacher (trained as the demo trains it), one k = 64 cache built
 from it, and for each seed a TAID student from the live teacher and one from the cache (same
-initial weights, data order and budget); both are evaluated like the demo (VQA accuracy,
+initial weights, data order and budget; the ``same-data`` preset, which was the default demo when
+docs/results/cache_quality.json was measured with ``--preset default``); both are evaluated like the demo (VQA accuracy,
 CIDEr-D). Writes cache_quality.json and cache_quality.md into --out.
 
 Usage:
-  python scripts/bench_cache.py                                   # speed, default preset
+  python scripts/bench_cache.py                                   # speed, same-data preset
   python scripts/bench_cache.py --parts quality --seeds 0 1 2     # quality (long: trains a teacher)
 """
 
@@ -265,9 +266,12 @@ def with_budget(preset, args: argparse.Namespace):
 
 
 def main() -> None:
+    from taid_vlm.demo.presets import PRESETS  # light: no torch
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--parts", nargs="+", default=["speed"], choices=["speed", "quality"])
-    parser.add_argument("--preset", default="default", choices=["quick", "default", "full"])
+    parser.add_argument("--preset", default="same-data", choices=list(PRESETS),
+                        help="same-data: what the committed figures used (then named default)")
     parser.add_argument("--top-k", type=int, default=64)
     parser.add_argument("--logit-dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     parser.add_argument("--records", type=int, default=256, help="speed: training records cached")
@@ -291,8 +295,6 @@ def main() -> None:
     if args.child:
         child(args)
         return
-
-    from taid_vlm.demo import PRESETS
 
     preset = with_budget(PRESETS[args.preset].with_overrides(caption_backend="python"), args)
     command = " ".join(["python", *sys.argv])

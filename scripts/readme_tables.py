@@ -200,7 +200,7 @@ def _cache_quality_lines() -> list[str]:
     verdict = "within" if q["within_seed_spread"] else "outside"
     return [
         "",
-        f"TAID students of the default demo (teacher {q['teacher_vqa']:.2f}), seeds {', '.join(map(str, q['seeds']))}: "
+        f"TAID students of the same-data demo preset (the default when measured; teacher {q['teacher_vqa']:.2f}), seeds {', '.join(map(str, q['seeds']))}: "
         f"live teacher {s['live']['vqa_mean']:.2f} +- {s['live']['vqa_std']:.2f} VQA accuracy ({per_seed['live']}), "
         f"top-{q['top_k']} cache {s['cached']['vqa_mean']:.2f} +- {s['cached']['vqa_std']:.2f} ({per_seed['cached']}): "
         f"{q['cached_minus_live_vqa']:+.2f} points, {verdict} the live student's seed spread "

@@ -100,17 +100,21 @@ def _run_distill(args: argparse.Namespace) -> int:
 
 
 def _add_demo(commands: argparse._SubParsersAction) -> None:
+    from .demo.presets import PRESETS
+
     demo = commands.add_parser(
         "demo", help="the whole pipeline offline on synthetic data: teacher, sft/fkl/taid students, evaluation, report",
-        description="Generates the shapes set, trains a teacher, distils students with sft, fkl and taid under one "
-                    "budget, evaluates all of them and writes OUTPUT/report.md. Default preset: aimed at about 10 min on 2 quiet CPU cores.",
+        description="Generates the shapes set, trains a teacher on it, distils students with sft, fkl and taid under one "
+                    "budget on a small transfer set (the first scenes of the teacher's), evaluates all of them and writes "
+                    "OUTPUT/report.md. Default preset: aimed at about 10 min on 2 quiet CPU cores.",
     )
     demo.add_argument("--output", "--out", dest="output", default="taid-demo", help="output directory (default ./taid-demo)")
     demo.add_argument("--overwrite", action="store_true", help="use --output even though it holds files the demo did not write")
     size = demo.add_mutually_exclusive_group()
     size.add_argument("--quick", dest="preset", action="store_const", const="quick", help="~2 min smoke run (CI)")
     size.add_argument("--full", dest="preset", action="store_const", const="full", help="a bigger budget (more data, 3x the steps)")
-    size.add_argument("--preset", dest="preset", choices=["quick", "default", "full"])
+    size.add_argument("--preset", dest="preset", choices=list(PRESETS),
+                      help="same-data: students train on the teacher's whole set (the demo before the transfer regime)")
     demo.add_argument("--text", action="store_true", help="text-only LLMs on the scenes described in words")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--no-progress", dest="progress", action="store_false")

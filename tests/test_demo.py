@@ -2,8 +2,10 @@
 
 import json
 import math
+from pathlib import Path
 
 import pytest
+import yaml
 
 from taid_vlm.cli import main
 from taid_vlm.demo import PRESETS, run_demo
@@ -35,6 +37,15 @@ def test_quick_demo_writes_a_complete_report_and_reuses_its_teacher(tmp_path, ca
     assert results["taid_schedule"]["logged_steps"] >= 2 and "t_linear" in report
     for plot in ("accuracy.png", "loss_curves.png", "taid_t.png"):
         assert (tmp_path / plot).stat().st_size > 1000
+    # the transfer regime: the teacher learns from every scene, the students only from the first 48
+    quick = PRESETS["quick"]
+    assert results["training_scenes"] == {"teacher": quick.n_train, "students": quick.transfer_records} and quick.transfer_records < quick.n_train
+    assert f"first {quick.transfer_records} of the teacher's {quick.n_train} training scenes" in report
+    for loss in ("sft", "taid"):
+        student_config = yaml.safe_load((tmp_path / "students" / loss / "config.yaml").read_text())
+        assert len(Path(student_config["data"]).read_text().splitlines()) == quick.transfer_records
+    teacher_config = yaml.safe_load((tmp_path / "teacher" / "config.yaml").read_text())
+    assert len(Path(teacher_config["data"]).read_text().splitlines()) == quick.n_train
     t_rows = [json.loads(x) for x in (tmp_path / "students" / "taid" / "metrics.jsonl").read_text().splitlines()]
     assert t_rows[0]["t"] == pytest.approx(0.4) and t_rows[-1]["t"] > t_rows[0]["t"]
 

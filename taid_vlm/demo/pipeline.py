@@ -4,7 +4,8 @@
 2. build a tokenizer and the initial teacher and student from configs;
 3. train the teacher from scratch (cached: a second run with the same settings reuses it);
 4. distil students of one small size with each loss (sft = no teacher, fkl, taid) under an
-   identical budget: same initial weights, steps, batch, lr and seed;
+   identical budget (same initial weights, steps, batch, lr and seed) on a small transfer set,
+   the first ``preset.transfer_records`` training scenes: the teacher knows more than they see;
 5. evaluate teacher and students with the eval harness (VQA accuracy per family, CIDEr, BLEU-4);
 6. write ``report.md`` with the table, settings, run time, how to reproduce, and the plots.
 """
@@ -84,8 +85,10 @@ def run_demo(out: str | Path, preset: DemoPreset, text: bool = False, seed: int 
     teacher_dir, reused = phases.run("teacher training", train_teacher, out / "teacher", init["teacher"], data_dir,
                                      preset.teacher_budget, seed, progress)
 
+    student_data = transfer_data(out / "transfer", data_dir, preset.transfer_records) if preset.transfer_records else data_dir
+
     def students() -> dict[str, Path]:
-        return {loss: distil_student(out / "students" / loss, init["student"], teacher_dir, data_dir, loss,
+        return {loss: distil_student(out / "students" / loss, init["student"], teacher_dir, student_data, loss,
                                      preset.student_budget, seed, preset.t_start, progress) for loss in losses}
 
     runs = phases.run("student distillation", students)
@@ -150,6 +153,32 @@ def prepare_data(directory: Path, preset: DemoPreset, text: bool, seed: int) -> 
         generate_shapes(directory, preset.n_train, preset.n_test, seed=seed, image_size=preset.image_size, text=text,
                         qa_turns=preset.qa_turns)
         _mark(directory, key)
+    return directory
+
+
+def transfer_data(directory: Path, data_dir: Path, n_records: int) -> Path:
+    """The first ``n_records`` training scenes of ``data_dir`` as a data folder of their own (test
+    files copied, images shared through a link): what the students see in the transfer regime.
+
+    Rebuilt only when the full set or the count changed; its key extends the full set's, so every
+    run trained on it is keyed by both.
+    """
+    key = {**_key_of(data_dir), "transfer_records": n_records}
+    if _cached(directory, key):
+        return directory
+    lines = (data_dir / "train.jsonl").read_text().splitlines()
+    if len(lines) < n_records:
+        raise UserError(f"the transfer set needs {n_records} scenes but {data_dir / 'train.jsonl'} has {len(lines)}; "
+                        "lower transfer_records or raise n_train")
+    shutil.rmtree(directory, ignore_errors=True)
+    directory.mkdir(parents=True)
+    write_text_atomically(directory / "train.jsonl", "\n".join(lines[:n_records]) + "\n")
+    for name in ("test_vqa.jsonl", "test_caption.jsonl", "summary.json"):
+        if (data_dir / name).is_file():
+            shutil.copy(data_dir / name, directory / name)
+    if (data_dir / "images").is_dir():
+        (directory / "images").symlink_to((data_dir / "images").resolve(), target_is_directory=True)
+    _mark(directory, key)
     return directory
 
 

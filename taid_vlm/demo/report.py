@@ -38,6 +38,7 @@ def write_report(result: Any, preset: Any) -> Path:
     schedule = t_schedule_summary(Path(result.extra["students"]["taid"]) / "metrics.jsonl") if has_taid else None
     write_text_atomically(out / "results.json", json.dumps({
         "preset": result.preset, "text": result.text, "seed": result.seed, "rows": result.rows,
+        "training_scenes": {"teacher": preset.n_train, "students": preset.transfer_records or preset.n_train},
         "by_family": result.by_family, "phase_seconds": result.phase_seconds,
         "total_seconds": round(sum(result.phase_seconds.values()), 1), "majority": result.extra["majority"],
         "teacher_reused": result.teacher_reused, "gap_closed": gap_closed(result.rows),
@@ -48,6 +49,14 @@ def write_report(result: Any, preset: Any) -> Path:
     }, indent=1))  # fmt: skip
     write_text_atomically(result.report, _markdown(result, preset, schedule))
     return result.report
+
+
+def student_data_line(preset) -> str:
+    """Which scenes the students learn from: the transfer set is why the teacher has more to give."""
+    if preset.transfer_records:
+        return (f"a transfer set of the first {preset.transfer_records} of the teacher's {preset.n_train} training scenes "
+                "(the teacher knows more than the students see)")
+    return f"the teacher's {preset.n_train} training scenes"
 
 
 def reproduce_command(result: Any) -> str:
@@ -162,7 +171,7 @@ def _markdown(result: Any, preset: Any, schedule: dict[str, Any] | None) -> str:
         f"{preset.image_size} px, BPE vocabulary {preset.vocab_size}, seed {result.seed}",
         f"- teacher: trained from scratch with cross entropy, {tb.steps} steps, batch {tb.batch_size}, lr {tb.lr}, "
         f"warmup {tb.warmup_steps}{' (reused from an earlier run)' if result.teacher_reused else ''}",
-        f"- students: identical initial weights, data order and budget: {sb.steps} steps, batch {sb.batch_size}, "
+        f"- students: {student_data_line(preset)}; identical initial weights, data order and budget: {sb.steps} steps, batch {sb.batch_size}, "
         f"lr {sb.lr}, warmup {sb.warmup_steps}, AdamW (weight decay 0.01), cosine; TAID t_start {preset.t_start}",
         f"- evaluation: greedy decoding, VQA rules {rules}, captions scored by {backends} (see eval/*/results.json)",
         f"- machine: {_machine_line()}", "",
