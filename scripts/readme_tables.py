@@ -72,8 +72,11 @@ def demo_block() -> str:
     n_questions = sorted({r["vqa_n"] for r in rows})
     phases = ", ".join(f"{name} {seconds:.0f} s" for name, seconds in d["phase_seconds"].items())
     m = d["machine"]
+    scenes = d.get("training_scenes")
     lines += [
         "",
+        *([f"The teacher trained on {scenes['teacher']:,} scenes; the students distilled on the first {scenes['students']:,} of them."]
+          if scenes and scenes["students"] < scenes["teacher"] else []),
         f"{'/'.join(f'{n:,}' for n in n_questions)} test questions scored ({rules} VQA rules); always answering each "
         f"question family's most common answer scores {d['majority']['overall'] * 100:.1f}. Captions on "
         f"{rows[0]['caption_n']} images, scored by {backends}.",
