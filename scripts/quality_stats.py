@@ -1,0 +1,141 @@
+"""What the quality benchmark concludes from its numbers: seed statistics, paired differences and
+the sentences the tables print (scripts/bench_quality.py writes them, scripts/readme_tables.py
+shows them). Pure functions over rows of JSON, so a partial run is summarised the same way and
+a test can drive every branch with synthetic rows.
+
+A sentence is never typed by hand: it is chosen here from the numbers, whichever way they go.
+"Beats" means the mean per-seed paired difference is positive and larger than twice its
+standard error (seeds pair the runs: same initial weights and data order); "loses" the mirror
+image; anything in between is "within seed noise".
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from typing import Any
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def paired(reference: dict[int, float], baseline: dict[int, float]) -> dict[str, Any] | None:
+    """reference - baseline over the seeds both finished (keys are seeds); None when none did."""
+    seeds = sorted(set(reference) & set(baseline))
+    if not seeds:
+        return None
+    diffs = [reference[s] - baseline[s] for s in seeds]
+    mean, sd = mean_std(diffs)
+    return {"seeds": seeds, "per_seed_diff": diffs, "mean_diff": mean, "std_diff": sd,
+            "stderr": sd / math.sqrt(len(diffs)) if len(diffs) > 1 else None,
+            "wins": sum(d > 0 for d in diffs), "n": len(diffs)}
+
+
+def verdict(diff: dict[str, Any] | None) -> str:
+    """'beats', 'loses to' or 'is within seed noise of' (one seed: no verdict, 'single seed')."""
+    if diff is None:
+        return "has no finished seed against"
+    if diff["stderr"] is None:
+        return "(single seed, no verdict) vs"
+    if diff["mean_diff"] > 2 * diff["stderr"]:
+        return "beats"
+    if diff["mean_diff"] < -2 * diff["stderr"]:
+        return "loses to"
+    return "is within seed noise of"
+
+
+def paired_table(per_seed: dict[str, dict[int, float]], reference: str = "taid") -> list[dict[str, Any]]:
+    """The reference loss against every other loss of the part, seed by seed."""
+    if reference not in per_seed:
+        return []
+    rows = []
+    for name, values in per_seed.items():
+        if name == reference:
+            continue
+        diff = paired(per_seed[reference], values)
+        if diff is not None:
+            rows.append({"baseline": name, **diff, "verdict": verdict(diff)})
+    return rows
+
+
+def diff_sentence(reference: str, row: dict[str, Any]) -> str:
+    return (f"{reference} {row['verdict']} {row['baseline']}: paired difference {row['mean_diff']:+.2f} points "
+            f"(std {row['std_diff']:.2f}), {reference} ahead on {row['wins']} of {row['n']} seeds.")
+
+
+def zoo_statements(rows: list[dict[str, Any]], pairs: list[dict[str, Any]], teacher_vqa: float,
+                   majority: float | None) -> list[str]:
+    """The zoo's conclusions: TAID vs fkl and dkd, and whether the teacher is worth having at all."""
+    by_loss = {r["loss"]: r for r in rows}
+    lines = []
+    for baseline in ("fkl", "dkd"):
+        row = next((p for p in pairs if p["baseline"] == baseline), None)
+        if row is not None:
+            lines.append(diff_sentence("taid", row))
+    if "sft" in by_loss:
+        sft = by_loss["sft"]["vqa_mean"]
+        distilled = [r for r in rows if r["loss"] != "sft"]
+        if distilled:
+            best = max(distilled, key=lambda r: r["vqa_mean"])
+            lines.append(f"Teacher {teacher_vqa:.2f} vs the student trained on the transfer set alone (sft) {sft:.2f}; "
+                         f"the best distilled student ({best['loss']}, {best['vqa_mean']:.2f}) is "
+                         f"{best['vqa_mean'] - sft:+.2f} points from sft and closes "
+                         f"{_share(best['vqa_mean'], sft, teacher_vqa)} of the sft -> teacher gap.")
+            above = sum(r["vqa_mean"] > sft for r in distilled)
+            lines.append(f"{above} of {len(distilled)} distilling losses average above sft.")
+        if majority is not None:
+            lines.append(f"Majority-answer baseline {majority:.2f}: sft is {sft - majority:+.2f} points from it.")
+    return lines
+
+
+def _share(value: float, floor: float, ceiling: float) -> str:
+    return "none" if ceiling <= floor else f"{(value - floor) / (ceiling - floor) * 100:.0f}%"
+
+
+def teacher_separation(teachers: list[tuple[str, float]], required: float = 10.0) -> str:
+    """Whether the capacity ladder's teachers (name, VQA accuracy; ordered by size) are far enough apart."""
+    if len(teachers) < 2:
+        return "Fewer than two teachers finished: no ladder yet."
+    steps = [b[1] - a[1] for a, b in zip(teachers, teachers[1:])]
+    chain = " -> ".join(f"{n} {acc:.1f}" for n, acc in teachers)
+    ok = all(s >= required for s in steps)
+    return (f"Teachers {chain}: each step {'is' if ok else 'is NOT'} >= {required:.0f} points "
+            f"(steps {', '.join(f'{s:+.1f}' for s in steps)}).")
+
+
+def trend(means: list[tuple[float, float, int]]) -> str:
+    """'rises', 'falls' or 'stalls' for a student's (mean, std, n) as the teacher grows.
+
+    Rises: every step up is non-negative and the last teacher's student is more than two standard
+    errors of the difference above the first one's; falls: the mirror image; else stalls.
+    """
+    if len(means) < 2:
+        return "has one teacher only"
+    (first, sd_a, n_a), (last, sd_b, n_b) = means[0], means[-1]
+    err = math.sqrt(sd_a**2 / max(n_a, 1) + sd_b**2 / max(n_b, 1))
+    steps = [b[0] - a[0] for a, b in zip(means, means[1:])]
+    if all(s >= 0 for s in steps) and last - first > 2 * err:
+        return "rises"
+    if all(s <= 0 for s in steps) and first - last > 2 * err:
+        return "falls"
+    return "stalls"
+
+
+def gap_statements(curves: dict[str, list[tuple[float, float, int]]], teachers: list[tuple[str, float]]) -> list[str]:
+    """Does TAID's student rise with the teacher while the others stall (the paper's capacity-gap claim)?"""
+    lines = [teacher_separation(teachers)]
+    for loss, means in curves.items():
+        path = " -> ".join(f"{m:.1f}" for m, _, _ in means)
+        lines.append(f"{loss}'s student {trend(means)} with the teacher ({path}).")
+    if "taid" in curves and len(curves["taid"]) > 1:
+        others = [loss for loss in curves if loss != "taid"]
+        taid_rises = trend(curves["taid"]) == "rises"
+        others_stall = [loss for loss in others if trend(curves[loss]) != "rises"]
+        if taid_rises and others_stall:
+            lines.append(f"The capacity-gap claim holds here: taid rises while {', '.join(others_stall)} do not.")
+        elif taid_rises:
+            lines.append("taid rises with the teacher, and so do the others: no capacity-gap advantage for taid here.")
+        else:
+            lines.append("The capacity-gap claim does not hold here: taid's student does not rise with the teacher.")
+    return lines
