@@ -379,7 +379,8 @@ def main_transfer(args) -> None:
         elif part == "gap":
             transfer.run_gap(ctx, list(args.gap_seeds), {**header, "seeds": list(args.gap_seeds)})
         else:
-            transfer.run_noanswer(ctx, list(args.seeds), header)
+            names = [n for n in transfer.NOANSWER_LOSSES if n in args.losses]  # --losses narrows this part too
+            transfer.run_noanswer(ctx, names, list(args.seeds), header)
         print((out / f"{part}.md").read_text(), flush=True)
     print(json.dumps({"seconds": round(time.perf_counter() - started, 1), "out": str(out)}))
 

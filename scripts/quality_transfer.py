@@ -70,8 +70,8 @@ SETTINGS = {
     "quick": TransferSettings(transfer_records=16, student_steps=4, student_batch=8, student_lr=3e-3, eval_questions=24,
                               eval_captions=4, ladder=(("S", 0.5, 6),), sizing_steps=(2, 4)),
     "default": TransferSettings(transfer_records=300, student_steps=200, student_batch=16, student_lr=2e-3,
-                                eval_questions=600, eval_captions=50, ladder=(("S", 0.5, 200), ("M", 0.75, 250)),
-                                sizing_steps=(100, 200, 400)),
+                                eval_questions=600, eval_captions=50, ladder=(("S", 0.5, 150), ("M", 0.75, 225)),
+                                sizing_steps=(100, 200)),
 }
 SETTINGS["full"] = SETTINGS["default"]
 
@@ -245,7 +245,7 @@ def run_zoo(ctx: Context, names: list[str], seeds: list[int], header: dict[str, 
     save(rows, complete=True)
 
 
-def run_noanswer(ctx: Context, seeds: list[int], header: dict[str, Any]) -> None:
+def run_noanswer(ctx: Context, names: list[str], seeds: list[int], header: dict[str, Any]) -> None:
     cache = ctx.work / "cache-teacher-answers"
     build_teacher_cache(cache, ctx.teacher_dir, ctx.data, responses="teacher", top_k=ctx.cache_top_k)
 
@@ -253,7 +253,7 @@ def run_noanswer(ctx: Context, seeds: list[int], header: dict[str, Any]) -> None
         ctx.write("noanswer", {**header, **summarize(rows, ctx.teacher_row["vqa_accuracy"], ctx.majority),
                                "complete": complete})
 
-    rows = sweep(ctx, "noanswer", list(NOANSWER_LOSSES), seeds, ctx.teacher_dir, cache, ctx.settings.budget(), save,
+    rows = sweep(ctx, "noanswer", names, seeds, ctx.teacher_dir, cache, ctx.settings.budget(), save,
                  responses="teacher")
     save(rows, complete=True)
 
