@@ -276,7 +276,7 @@ def run_gap(ctx: Context, seeds: list[int], header: dict[str, Any]) -> None:
             init = ctx.work / f"init-teacher-{name}"
             if not (init / "config.json").is_file():
                 save_initial_model(init, spec, ctx.tokenizer, False, ctx.preset.image_size, 101)
-            teacher_dir, _ = train_teacher(ctx.work / f"gap-teacher-{name}", init, ctx.big_data, budget, 0, progress=False)
+            teacher_dir, _ = train_teacher(ctx.work / f"gap-teacher-{name}", init, ctx.big_data, budget, 0, progress=True)
             spec_row = evaluate_models(ctx.work / f"gap-eval-teacher-{name}", {"teacher": teacher_dir}, ctx.data,
                                        ctx.preset, False)["rows"][0]
         teachers.append({"name": name, "params": spec_row["params"], "vqa": spec_row["vqa_accuracy"],
