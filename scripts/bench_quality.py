@@ -300,7 +300,14 @@ def main() -> None:
                         help="rewrite the .md tables and plots from the JSON already in --out (no training)")
     parser.add_argument("--cache-top-k", type=int, default=64,
                         help="students read the teacher's top-k from a cache built once (same-data only: 0 = live teacher)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads per process (1 on a shared 2-core machine: two threads fighting other "
+                             "processes for the cores made each step several times slower)")
     args = parser.parse_args()
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     transfer_regime = args.regime == "transfer"
     args.seeds = args.seeds or ([0, 1, 2, 3, 4] if transfer_regime else [0, 1, 2])
     args.gap_seeds = args.gap_seeds or args.seeds

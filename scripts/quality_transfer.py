@@ -179,6 +179,7 @@ def sweep(ctx: Context, prefix: str, names: list[str], seeds: list[int], teacher
             config = {**shared, **extra}
             if cache is not None and (loss != "sft" or config.get("responses") == "teacher"):
                 config["teacher_cache"] = str(cache)
+            wait_for_other_process(ctx.work, [f"{prefix}-{name}-{seed}"])  # the gap reuses the zoo's runs
             run = distil_student(ctx.work / f"{prefix}-{name}-{seed}", init, teacher_dir, ctx.data, loss, budget, seed,
                                  ctx.preset.t_start, progress=False, reuse=True, **config)
             students[name] = run / "student"
@@ -296,6 +297,21 @@ def run_gap(ctx: Context, seeds: list[int], header: dict[str, Any]) -> None:
         sweep(ctx, "zoo" if name == "L" else f"gap-{name}", list(GAP_LOSSES), seeds, teacher_dir, cache,
               ctx.settings.budget(), on_seed, eval_prefix=f"gap-{name}")
     save(complete=True)
+
+
+def wait_for_other_process(work: Path, runs: list[str], quiet_seconds: float = 300.0) -> None:
+    """When a zoo running in another process is still writing one of these run folders, wait for it
+    rather than train the same folder twice at once (a folder untouched for ``quiet_seconds`` is
+    taken as abandoned and retrained here)."""
+    from taid_vlm.demo.pipeline import KEY_FILE
+
+    while True:
+        busy = [r for r in runs if (work / r).is_dir() and not (work / r / KEY_FILE).is_file()
+                and time.time() - max((p.stat().st_mtime for p in (work / r).rglob("*")), default=0.0) < quiet_seconds]
+        if not busy:
+            return
+        tqdm.write(f"  waiting for another process to finish {', '.join(busy)}", file=sys.stderr)
+        time.sleep(30)
 
 
 def gap_summary(teachers: list[dict[str, Any]], points: list[dict[str, Any]]) -> dict[str, Any]:

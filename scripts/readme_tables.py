@@ -297,6 +297,10 @@ def _transfer(part: str) -> dict[str, Any] | None:
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
 
+def _link(part: str) -> str:
+    return f"[{part}.json](docs/results/quality/transfer/{part}.json)"
+
+
 def _not_run(part: str) -> str:
     return f"Not run yet: `python scripts/bench_quality.py --parts {part}` writes this table."
 
@@ -327,7 +331,7 @@ def _transfer_zoo_like(part: str) -> str:
               f"majority-answer baseline {d['majority']:.2f}; mean +- standard deviation over seeds; "
               f"{d['seconds'] / 60:.0f} min at load {d['machine']['load_average_1_5_15min_at_start'][0]:.1f} (1 min) "
               f"when the run started. Command: `{d['command']}` "
-              f"([{part}.json](docs/results/quality/transfer/{part}.json)).{_status(d)}", "",
+              f"({_link(part)}).{_status(d)}", "",
               *[f"- {s}" for s in d["statements"]]]
     return "\n".join(lines)
 
@@ -375,7 +379,7 @@ def transfer_gap_block() -> str:
             cells.append(f"{statistics.fmean(values):.2f} +- {sd:.2f} ({len(values)})" if values else "")
         lines.append(f"| {loss} | " + " | ".join(cells) + " |")
     lines += ["", f"Student VQA accuracy, mean +- standard deviation (seeds in brackets). Command: `{d['command']}` "
-              f"([gap.json](docs/results/quality/transfer/gap.json)).{_status(d)}", "", *[f"- {s}" for s in d["statements"]]]
+              f"({_link('gap')}).{_status(d)}", "", *[f"- {s}" for s in d["statements"]]]
     return "\n".join(lines)
 
 
@@ -390,7 +394,7 @@ def transfer_sizing_block() -> str:
         cells = [next((f"{p['vqa']:.2f}" for p in d["points"] if p["steps"] == n and p["loss"] == loss), "") for loss in losses]
         lines.append(f"| {n} | " + " | ".join(cells) + " |")
     lines += ["", f"VQA accuracy on seed 0. Command: `{d['command']}` "
-              f"([sizing.json](docs/results/quality/transfer/sizing.json)).{_status(d)}"]
+              f"({_link('sizing')}).{_status(d)}"]
     return "\n".join(lines)
 
 
