@@ -182,18 +182,18 @@ def test_the_default_ladder_sits_below_the_zoo_teacher(tmp_path):
     assert transfer.resolve("taid_alpha") == ("taid", {"taid_alpha_per_run": 4.0})
 
 
-def test_a_transfer_run_end_to_end_writes_partial_then_complete_results_and_reuses_its_runs(tmp_path):
-    """The quick preset through the real pipeline: teacher, transfer set, cache, zoo and the
-    no-answer variant (--losses narrows both); a second run trains nothing (its runs are reused)."""
+def test_a_transfer_run_end_to_end_writes_its_parts_and_reuses_its_runs(tmp_path, monkeypatch):
+    """The quick preset through the real pipeline, in this process: teacher, transfer set, cache,
+    zoo and the no-answer variant (--losses narrows both); a second run trains nothing."""
     import json
-    import subprocess
     import sys
 
     out, work = tmp_path / "out", tmp_path / "work"
-    command = [sys.executable, str(SCRIPT), "--preset", "quick", "--seeds", "0", "--parts", "zoo", "noanswer",
-               "--losses", "sft", "taid", "--caption-backend", "python", "--work", str(work), "--out", str(out)]
-    env = {**__import__("os").environ, "PYTHONPATH": str(SCRIPT.parents[1])}
-    subprocess.run(command, check=True, env=env, capture_output=True, timeout=300)
+    common = ["--preset", "quick", "--seeds", "0", "--losses", "sft", "taid", "--caption-backend", "python",
+              "--work", str(work), "--out", str(out)]
+    bench = _bench_quality()
+    monkeypatch.setattr(sys, "argv", ["bench_quality.py", "--parts", "zoo", "noanswer", *common])
+    bench.main()
     zoo = json.loads((out / "transfer" / "zoo.json").read_text())
     assert zoo["complete"] and zoo["regime"] == "transfer" and zoo["seeds"] == [0]
     assert {r["loss"] for r in zoo["rows"]} == {"sft", "taid"} and zoo["transfer_records"] == 16
@@ -205,8 +205,8 @@ def test_a_transfer_run_end_to_end_writes_partial_then_complete_results_and_reus
     for name in ("zoo.md", "zoo.png", "noanswer.md", "noanswer.png"):
         assert (out / "transfer" / name).is_file()
     stamp = (work / "transfer" / "zoo-taid-0" / "student").stat().st_mtime
-    subprocess.run(command[:command.index("--parts") + 2] + command[command.index("--losses"):], check=True, env=env,
-                   capture_output=True, timeout=300)  # the zoo again
+    monkeypatch.setattr(sys, "argv", ["bench_quality.py", "--parts", "zoo", *common])
+    bench.main()  # the zoo again: every run reused, only evaluated
     assert (work / "transfer" / "zoo-taid-0" / "student").stat().st_mtime == stamp
 
 
