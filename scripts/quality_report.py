@@ -58,6 +58,9 @@ def sizing_markdown(result: dict[str, Any], title: str) -> str:
              "| student steps | loss | VQA accuracy | CIDEr-D |", "|---:|---|---:|---:|"]
     for p in result["points"]:
         lines.append(f"| {p['steps']} | {p['loss']} | {p['vqa']:.2f} | {p['cider']:.2f} |")
+    from quality_stats import plateau_statements
+
+    lines += ["", *[f"- {s}" for s in plateau_statements(result["points"])]]
     return "\n".join(lines) + "\n"
 
 

@@ -139,3 +139,18 @@ def gap_statements(curves: dict[str, list[tuple[float, float, int]]], teachers: 
         else:
             lines.append("The capacity-gap claim does not hold here: taid's student does not rise with the teacher.")
     return lines
+
+
+def plateau_statements(points: list[dict[str, Any]], tolerance: float = 2.0) -> list[str]:
+    """For each loss of the sizing runs: did its last budget still gain more than ``tolerance``
+    points over the one before (still rising), or did it level off (a plateau)?"""
+    lines = []
+    for loss in dict.fromkeys(p["loss"] for p in points):
+        curve = sorted((p["steps"], p["vqa"]) for p in points if p["loss"] == loss)
+        if len(curve) < 2:
+            continue
+        (a, va), (b, vb) = curve[-2], curve[-1]
+        state = "still rising: not a plateau" if vb - va > tolerance else "levelled off: a plateau"
+        lines.append(f"{loss}: {va:.1f} at {a} steps -> {vb:.1f} at {b} steps ({vb - va:+.1f}), {state} "
+                     f"(within {tolerance:.0f} points counts as level).")
+    return lines

@@ -393,8 +393,11 @@ def transfer_sizing_block() -> str:
     for n in steps:
         cells = [next((f"{p['vqa']:.2f}" for p in d["points"] if p["steps"] == n and p["loss"] == loss), "") for loss in losses]
         lines.append(f"| {n} | " + " | ".join(cells) + " |")
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from quality_stats import plateau_statements
+
     lines += ["", f"VQA accuracy on seed 0. Command: `{d['command']}` "
-              f"({_link('sizing')}).{_status(d)}"]
+              f"({_link('sizing')}).{_status(d)}", "", *[f"- {s}" for s in plateau_statements(d["points"])]]
     return "\n".join(lines)
 
 

@@ -142,6 +142,15 @@ def test_capacity_gap_statements_say_who_rises_and_whether_the_teachers_are_apar
     assert stats.trend([(50.0, 1.0, 3), (40.0, 1.0, 3)]) == "falls"
 
 
+def test_sizing_says_whether_the_budget_reached_a_plateau():
+    stats = _scripts_module("quality_stats")
+    points = [{"loss": "sft", "steps": 100, "vqa": 10.0}, {"loss": "sft", "steps": 200, "vqa": 24.0},
+              {"loss": "taid", "steps": 200, "vqa": 35.0}, {"loss": "taid", "steps": 100, "vqa": 34.0}]
+    sft, taid = stats.plateau_statements(points)
+    assert sft.startswith("sft: 10.0 at 100 steps -> 24.0 at 200 steps (+14.0), still rising")
+    assert "levelled off" in taid and "(+1.0)" in taid
+
+
 def test_the_transfer_set_is_a_prefix_of_the_teachers_set_with_the_same_test_scenes(tmp_path):
     import json
 
