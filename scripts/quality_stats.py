@@ -126,6 +126,8 @@ def gap_statements(curves: dict[str, list[tuple[float, float, int]]], teachers: 
     """Does TAID's student rise with the teacher while the others stall (the paper's capacity-gap claim)?"""
     lines = [teacher_separation(teachers)]
     for loss, means in curves.items():
+        if len(means) < 2:
+            continue
         path = " -> ".join(f"{m:.1f}" for m, _, _ in means)
         lines.append(f"{loss}'s student {trend(means)} with the teacher ({path}).")
     if "taid" in curves and len(curves["taid"]) > 1:
