@@ -336,8 +336,12 @@ def render_transfer(out: Path, parts: list[str]) -> None:
         if not path.is_file():
             print(f"bench_quality: no {path} yet (part {part!r} has not written results); skipped", file=sys.stderr)
             continue
-        report.render(part, json.loads(path.read_text()), out)
-        print(f"rewrote {out / part}.md and .png from {path}")
+        result = json.loads(path.read_text())
+        refreshed = transfer.refresh(part, result)
+        if refreshed != result:
+            write_json(path, refreshed)
+        report.render(part, refreshed, out)
+        print(f"rewrote {out / part}.md and .png from {path}" + (" (statements recomputed)" if refreshed != result else ""))
 
 
 def main_transfer(args) -> None:

@@ -266,7 +266,7 @@ def run_gap(ctx: Context, seeds: list[int], header: dict[str, Any]) -> None:
     points: list[dict[str, Any]] = []
 
     def save(complete=False):
-        ctx.write("gap", {**header, "teachers": teachers, "rows": points, **gap_summary(teachers, points),
+        ctx.write("gap", {**header, "teachers": teachers, "rows": points, **gap_summary(teachers, points, ctx.majority),
                           "complete": complete})
 
     ladder = [(name, spec, budget) for name, spec, budget in ladder_specs(ctx.preset, ctx.settings)]
@@ -314,7 +314,20 @@ def wait_for_other_process(work: Path, runs: list[str], quiet_seconds: float = 3
         time.sleep(30)
 
 
-def gap_summary(teachers: list[dict[str, Any]], points: list[dict[str, Any]]) -> dict[str, Any]:
+def refresh(part: str, result: dict[str, Any]) -> dict[str, Any]:
+    """The derived fields (paired differences, curves, statements) recomputed from the measured rows
+    with the current rules, so ``--render-only`` never shows sentences an older version chose."""
+    if part == "gap":
+        return {**result, **gap_summary(result["teachers"], result["rows"], result.get("majority"))}
+    if part in ("zoo", "noanswer"):
+        per_seed = {r["loss"]: {int(s): v for s, v in r["per_seed_vqa"].items()} for r in result["rows"]}
+        pairs = paired_table(per_seed)
+        return {**result, "paired": pairs,
+                "statements": zoo_statements(result["rows"], pairs, result["teacher"]["vqa_accuracy"], result["majority"])}
+    return result
+
+
+def gap_summary(teachers: list[dict[str, Any]], points: list[dict[str, Any]], majority: float | None = None) -> dict[str, Any]:
     ordered = sorted(teachers, key=lambda t: t["params"])
     curves = {}
     for loss in GAP_LOSSES:
@@ -326,4 +339,4 @@ def gap_summary(teachers: list[dict[str, Any]], points: list[dict[str, Any]]) ->
         if curve:
             curves[loss] = curve
     return {"curves": {k: [list(c) for c in v] for k, v in curves.items()},
-            "statements": gap_statements(curves, [(t["name"], t["vqa"]) for t in ordered])}
+            "statements": gap_statements(curves, [(t["name"], t["vqa"]) for t in ordered], majority)}

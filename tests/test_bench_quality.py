@@ -134,9 +134,14 @@ def test_capacity_gap_statements_say_who_rises_and_whether_the_teachers_are_apar
     flat = [(44.0, 2.0, 3), (45.0, 2.0, 3), (44.5, 2.0, 3)]
     lines = stats.gap_statements({"taid": rising, "fkl": flat}, [("S", 35.0), ("M", 47.0), ("L", 59.5)])
     assert lines[0].startswith("Teachers S 35.0 -> M 47.0 -> L 59.5: each step is >= 10 points")
-    assert lines[1] == "taid's student rises with the teacher (40.0 -> 45.0 -> 50.0)."
-    assert lines[2].startswith("fkl's student stalls")
-    assert lines[3] == "The capacity-gap claim holds here: taid rises while fkl do not."
+    assert lines[1].startswith("taid's student rises with the teacher (40.0 -> 45.0 -> 50.0); to the largest teacher +5.0 points (beyond")
+    assert lines[2].startswith("fkl's student stalls") and "-0.5 points (within" in lines[2]
+    assert lines[3].startswith("The capacity-gap claim holds here: taid's student gains from the largest teacher (+5.0)")
+    noisy = [(40.0, 1.0, 3), (45.0, 6.0, 3), (48.0, 6.0, 3)]
+    assert "within seed noise: the capacity-gap claim is not established" in stats.gap_statements(
+        {"taid": noisy, "fkl": flat}, [("S", 35.0), ("M", 47.0), ("L", 59.5)])[-1]
+    weak = stats.gap_statements({"taid": rising}, [("S", 9.3), ("L", 59.5)], majority=31.8)
+    assert weak[1].startswith("Below the majority-answer baseline (31.8): teacher S (9.3)")
     close = stats.gap_statements({"taid": flat, "fkl": rising}, [("S", 40.0), ("M", 53.8), ("L", 59.2)])
     assert "is NOT >= 10 points" in close[0] and close[-1].startswith("The capacity-gap claim does not hold")
     assert stats.trend([(50.0, 1.0, 3), (40.0, 1.0, 3)]) == "falls"
@@ -227,6 +232,7 @@ def test_partial_results_render_and_say_how_to_finish(tmp_path):
     result = {**transfer.summarize(rows, 60.0, 31.8), "complete": False, "command": "python scripts/bench_quality.py",
               "teacher": {"vqa_accuracy": 60.0, "vqa_n": 600}, "teacher_data_records": 4000, "transfer_records": 300,
               "settings": {"student_steps": 200, "student_batch": 16}, "majority": 31.8}
+    assert transfer.refresh("zoo", {**result, "statements": ["stale"]})["statements"] == result["statements"]
     report.render("zoo", result, tmp_path)
     text = (tmp_path / "zoo.md").read_text()
     assert "**Partial:**" in text and "rerun `python scripts/bench_quality.py`" in text
