@@ -64,8 +64,12 @@ def diff_sentence(reference: str, row: dict[str, Any]) -> str:
             f"(std {row['std_diff']:.2f}), {reference} ahead on {row['wins']} of {row['n']} seeds.")
 
 
+SFT_ON_LABELS = "the student trained on the transfer set alone (sft)"
+SFT_ON_TEACHER_ANSWERS = "sft on the teacher's answers (sequence-level distillation)"
+
+
 def zoo_statements(rows: list[dict[str, Any]], pairs: list[dict[str, Any]], teacher_vqa: float,
-                   majority: float | None) -> list[str]:
+                   majority: float | None, sft_name: str = SFT_ON_LABELS) -> list[str]:
     """The zoo's conclusions: TAID vs fkl and dkd, and whether the teacher is worth having at all."""
     by_loss = {r["loss"]: r for r in rows}
     lines = []
@@ -78,7 +82,7 @@ def zoo_statements(rows: list[dict[str, Any]], pairs: list[dict[str, Any]], teac
         distilled = [r for r in rows if r["loss"] != "sft"]
         if distilled:
             best = max(distilled, key=lambda r: r["vqa_mean"])
-            lines.append(f"Teacher {teacher_vqa:.2f} vs the student trained on the transfer set alone (sft) {sft:.2f}; "
+            lines.append(f"Teacher {teacher_vqa:.2f} vs {sft_name} {sft:.2f}; "
                          f"the best distilled student ({best['loss']}, {best['vqa_mean']:.2f}) is "
                          f"{best['vqa_mean'] - sft:+.2f} points from sft and closes "
                          f"{_share(best['vqa_mean'], sft, teacher_vqa)} of the sft -> teacher gap.")

@@ -30,7 +30,7 @@ from typing import Any, Callable
 
 from tqdm.auto import tqdm
 
-from quality_stats import gap_statements, mean_std, paired_table, zoo_statements
+from quality_stats import SFT_ON_LABELS, SFT_ON_TEACHER_ANSWERS, gap_statements, mean_std, paired_table, zoo_statements
 
 # The zoo of the transfer regime: taid_ce is TAID with half of the weight on the labels' cross
 # entropy (distil_ratio 0.5); taid_alpha is TAID's adaptive rule with alpha scaled
@@ -194,7 +194,8 @@ def sweep(ctx: Context, prefix: str, names: list[str], seeds: list[int], teacher
     return rows
 
 
-def summarize(rows: dict[str, dict[int, dict]], teacher_vqa: float, majority: float | None) -> dict[str, Any]:
+def summarize(rows: dict[str, dict[int, dict]], teacher_vqa: float, majority: float | None,
+              sft_name: str = SFT_ON_LABELS) -> dict[str, Any]:
     """Mean +- std per loss, taid's paired differences, and the sentences they support."""
     table, per_seed = [], {}
     for name, by_seed in rows.items():
@@ -211,7 +212,7 @@ def summarize(rows: dict[str, dict[int, dict]], teacher_vqa: float, majority: fl
                       "vqa_n": sorted({by_seed[s]["vqa_n"] for s in seeds}),
                       "caption_backend": sorted({str(by_seed[s]["caption_backend"]) for s in seeds})})
     pairs = paired_table(per_seed)
-    return {"rows": table, "paired": pairs, "statements": zoo_statements(table, pairs, teacher_vqa, majority)}
+    return {"rows": table, "paired": pairs, "statements": zoo_statements(table, pairs, teacher_vqa, majority, sft_name)}
 
 
 def run_sizing(ctx: Context, header: dict[str, Any]) -> None:
@@ -251,7 +252,7 @@ def run_noanswer(ctx: Context, names: list[str], seeds: list[int], header: dict[
     build_teacher_cache(cache, ctx.teacher_dir, ctx.data, responses="teacher", top_k=ctx.cache_top_k)
 
     def save(rows, complete=False):
-        ctx.write("noanswer", {**header, **summarize(rows, ctx.teacher_row["vqa_accuracy"], ctx.majority),
+        ctx.write("noanswer", {**header, **summarize(rows, ctx.teacher_row["vqa_accuracy"], ctx.majority, SFT_ON_TEACHER_ANSWERS),
                                "complete": complete})
 
     rows = sweep(ctx, "noanswer", names, seeds, ctx.teacher_dir, cache, ctx.settings.budget(), save,
@@ -323,7 +324,8 @@ def refresh(part: str, result: dict[str, Any]) -> dict[str, Any]:
         per_seed = {r["loss"]: {int(s): v for s, v in r["per_seed_vqa"].items()} for r in result["rows"]}
         pairs = paired_table(per_seed)
         return {**result, "paired": pairs,
-                "statements": zoo_statements(result["rows"], pairs, result["teacher"]["vqa_accuracy"], result["majority"])}
+                "statements": zoo_statements(result["rows"], pairs, result["teacher"]["vqa_accuracy"], result["majority"],
+                                             SFT_ON_TEACHER_ANSWERS if part == "noanswer" else SFT_ON_LABELS)}
     return result
 
 

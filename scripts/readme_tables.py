@@ -322,7 +322,8 @@ def _transfer_zoo_like(part: str) -> str:
     for r in sorted(d["rows"], key=lambda r: -r["vqa_mean"]):
         p = pairs.get(r["loss"])
         diff, wins = ("", "") if p is None else (f"{p['mean_diff']:+.2f} +- {p['std_diff']:.2f}", f"{p['wins']}/{p['n']}")
-        lines.append(f"| {TRANSFER_LABELS.get(r['loss'], r['loss'])} | {r['vqa_mean']:.2f} +- {r['vqa_std']:.2f} | "
+        label = "sft on the teacher's answers" if part == "noanswer" and r["loss"] == "sft" else TRANSFER_LABELS.get(r["loss"], r["loss"])
+        lines.append(f"| {label} | {r['vqa_mean']:.2f} +- {r['vqa_std']:.2f} | "
                      f"{len(r['seeds'])} | {diff} | {wins} | {r['cider_mean']:.1f} +- {r['cider_std']:.1f} |")
     settings, teacher = d["settings"], d["teacher"]
     lines += ["", f"Teacher {teacher['vqa_accuracy']:.2f} on {teacher['vqa_n']:,} test questions, trained on "

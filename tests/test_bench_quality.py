@@ -124,6 +124,7 @@ def test_zoo_statements_follow_the_numbers_whichever_way_they_go():
     assert lines[1].startswith("taid beats dkd")
     assert "best distilled student (taid, 50.00) is +10.00 points from sft and closes 50%" in lines[2]
     assert lines[3] == "2 of 3 distilling losses average above sft."
+    assert "vs sft on the teacher's answers" in stats.zoo_statements(rows, [], 60.0, None, stats.SFT_ON_TEACHER_ANSWERS)[0]
     low_teacher = stats.zoo_statements(rows, [], teacher_vqa=35.0, majority=None)
     assert "closes none of" in low_teacher[0] and len(low_teacher) == 2
 
