@@ -13,7 +13,9 @@ differs from what the JSON says (tests/test_readme_tables.py runs the check).
 Blocks: ``demo`` (``demo_default.json`` in docs/results/, a copy of a default demo run), ``loss`` (docs/results/bench_loss.json),
 ``loss_ce`` (docs/results/bench_loss_ce.json),
 ``trl`` (docs/results/bench_vs_trl.json and docs/results/bench_vs_trl_v151936.json),
-``zoo``, ``gap`` and ``taid`` (docs/results/quality/*.json).
+``zoo``, ``gap`` and ``taid`` (docs/results/quality/*.json, the same-data regime), ``transfer-zoo``,
+``transfer-gap``, ``transfer-noanswer`` and ``transfer-sizing`` (docs/results/quality/transfer/*.json;
+a part not run yet renders as the command that runs it).
 """
 
 from __future__ import annotations
@@ -309,8 +311,121 @@ def gap_block() -> str:
     return "\n".join(lines)
 
 
+# ---- the transfer regime (docs/results/quality/transfer/, scripts/bench_quality.py) ------------------
+
+TRANSFER_LABELS = {**LOSS_LABELS, "taid_ce": "taid + CE (distil_ratio 0.5)", "taid_alpha": "taid, alpha = 4 / steps"}
+
+
+def _transfer(part: str) -> dict[str, Any] | None:
+    path = RESULTS / "quality" / "transfer" / f"{part}.json"
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+def _link(part: str) -> str:
+    return f"[{part}.json](docs/results/quality/transfer/{part}.json)"
+
+
+def _not_run(part: str) -> str:
+    return f"Not run yet: `python scripts/bench_quality.py --parts {part}` writes this table."
+
+
+def _status(d: dict[str, Any]) -> str:
+    if d.get("complete"):
+        return ""
+    return f" **Partial** (the run had not finished this part): rerun `{d['command']}` to complete it; finished runs are reused."
+
+
+def _transfer_zoo_like(part: str) -> str:
+    d = _transfer(part)
+    if d is None:
+        return _not_run(part)
+    pairs = {p["baseline"]: p for p in d["paired"]}
+    backends = ", ".join(sorted({b for r in d["rows"] for b in r["caption_backend"]}))
+    lines = [f"| loss | VQA accuracy | seeds | taid - loss, paired | taid ahead | CIDEr-D ({backends}) |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for r in sorted(d["rows"], key=lambda r: -r["vqa_mean"]):
+        p = pairs.get(r["loss"])
+        diff, wins = ("", "") if p is None else (f"{p['mean_diff']:+.2f} +- {p['std_diff']:.2f}", f"{p['wins']}/{p['n']}")
+        label = "sft on the teacher's answers" if part == "noanswer" and r["loss"] == "sft" else TRANSFER_LABELS.get(r["loss"], r["loss"])
+        lines.append(f"| {label} | {r['vqa_mean']:.2f} +- {r['vqa_std']:.2f} | "
+                     f"{len(r['seeds'])} | {diff} | {wins} | {r['cider_mean']:.1f} +- {r['cider_std']:.1f} |")
+    settings, teacher = d["settings"], d["teacher"]
+    lines += ["", f"Teacher {teacher['vqa_accuracy']:.2f} on {teacher['vqa_n']:,} test questions, trained on "
+              f"{d['teacher_data_records']:,} scenes; students on {d['transfer_records']:,} scenes, "
+              f"{settings['student_steps']} steps, batch {settings['student_batch']}, lr {settings['student_lr']}; "
+              f"majority-answer baseline {d['majority']:.2f}; mean +- standard deviation over seeds; the run had taken "
+              f"{d['seconds'] / 60:.0f} min when this was written, load average "
+              f"{d['machine']['load_average_1_5_15min_at_start'][0]:.1f} (1 min) at its start. Command: `{d['command']}` "
+              f"({_link(part)}).{_status(d)}", "",
+              *[f"- {s}" for s in d["statements"]]]
+    return "\n".join(lines)
+
+
+def transfer_zoo_block() -> str:
+    return _transfer_zoo_like("zoo") + _regimes_compared()
+
+
+def _regimes_compared() -> str:
+    """The teacher's value in each regime: how far fkl, dkd and taid get above sft (mean VQA)."""
+    transfer = _transfer("zoo")
+    if transfer is None:
+        return ""
+    lifts = []
+    for regime, rows in (("transfer", transfer["rows"]), ("same-data", load("quality/zoo.json")["rows"])):
+        by = {r["loss"]: r["vqa_mean"] for r in rows}
+        if "sft" not in by:
+            return ""
+        lifts.append(f"{regime}: " + ", ".join(f"{loss} {by[loss] - by['sft']:+.2f}" for loss in ("fkl", "dkd", "taid") if loss in by))
+    return ("\n- The teacher's value in the two regimes, mean VQA points above sft: " + "; ".join(lifts)
+            + " ([zoo.json](docs/results/quality/zoo.json) for same-data).")
+
+
+def transfer_noanswer_block() -> str:
+    return _transfer_zoo_like("noanswer")
+
+
+def transfer_gap_block() -> str:
+    d = _transfer("gap")
+    if d is None:
+        return _not_run("gap")
+    teachers = sorted(d["teachers"], key=lambda t: t["params"])
+    lines = ["| student loss | " + " | ".join(f"teacher {t['name']} ({t['params'] / 1e6:.1f} M, {t['steps']} steps, VQA {t['vqa']:.1f})"
+                                             for t in teachers) + " |", "|---|" + "---:|" * len(teachers)]
+    for loss in dict.fromkeys(p["loss"] for p in d["rows"]):
+        cells = []
+        for t in teachers:
+            values = [p["vqa"] for p in d["rows"] if p["loss"] == loss and p["teacher"] == t["name"]]
+            sd = statistics.stdev(values) if len(values) > 1 else 0.0
+            cells.append(f"{statistics.fmean(values):.2f} +- {sd:.2f} ({len(values)})" if values else "")
+        lines.append(f"| {loss} | " + " | ".join(cells) + " |")
+    lines += ["", f"Student VQA accuracy, mean +- standard deviation (seeds in brackets). Command: `{d['command']}` "
+              f"({_link('gap')}).{_status(d)}", "", *[f"- {s}" for s in d["statements"]]]
+    return "\n".join(lines)
+
+
+def transfer_sizing_block() -> str:
+    d = _transfer("sizing")
+    if d is None:
+        return _not_run("sizing")
+    steps = sorted({p["steps"] for p in d["points"]})
+    losses = list(dict.fromkeys(p["loss"] for p in d["points"]))
+    lines = ["| student steps | " + " | ".join(losses) + " |", "|---:|" + "---:|" * len(losses)]
+    for n in steps:
+        cells = [next((f"{p['vqa']:.2f}" for p in d["points"] if p["steps"] == n and p["loss"] == loss), "") for loss in losses]
+        lines.append(f"| {n} | " + " | ".join(cells) + " |")
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from quality_stats import plateau_statements
+
+    lines += ["", f"VQA accuracy on seed 0. Command: `{d['command']}` "
+              f"({_link('sizing')}).{_status(d)}", "", *[f"- {s}" for s in plateau_statements(d["points"])]]
+    return "\n".join(lines)
+
+
 RENDERERS: dict[str, Callable[[], str]] = {
-    "demo": demo_block, "loss": loss_block, "loss_ce": loss_ce_block, "cache": cache_block, "trl": trl_block, "zoo": zoo_block, "gap": gap_block, "taid": taid_block,
+    "demo": demo_block, "loss": loss_block, "loss_ce": loss_ce_block, "cache": cache_block, "trl": trl_block,
+    "zoo": zoo_block, "gap": gap_block, "taid": taid_block,
+    "transfer-zoo": transfer_zoo_block, "transfer-gap": transfer_gap_block, "transfer-noanswer": transfer_noanswer_block,
+    "transfer-sizing": transfer_sizing_block,
 }
 
 

@@ -61,7 +61,7 @@ def student_data_line(preset) -> str:
 
 def reproduce_command(result: Any) -> str:
     return (f"taid-vlm demo --preset {result.preset}{' --text' if result.text else ''} --seed {result.seed} "
-            f"--out {result.output}")
+            f"--output {result.output}")
 
 
 def machine_description() -> dict[str, Any]:

@@ -1,0 +1,316 @@
+"""The quality benchmark's transfer regime: where the teacher knows more than the student's data.
+
+The teacher is trained on the preset's whole scenes set (the demo's 4,000 scenes); a student
+sees only a small transfer set, the first ``transfer_records`` scenes of that set (300: the
+teacher's data is 13x larger), for a budget long enough to plateau there (sized by the
+``sizing`` part, docs/results/quality/transfer/sizing.json). Every student is scored on the
+preset's held-out test scenes. Parts:
+
+- ``zoo``: every loss over the seeds, the teacher's top-64 log-probs over the transfer set
+  cached once; mean +- std and taid's per-seed paired difference against each other loss;
+- ``gap``: three teachers of growing size trained on the big set (the zoo's teacher on top),
+  one student, taid vs fkl vs skew_fkl;
+- ``noanswer``: the transfer set's answers are never shown: the teacher answers every turn
+  once (``responses: teacher``, cached with its log-probs) and students learn from that.
+
+Each part's JSON is rewritten after every finished seed (or teacher), so an interrupted run
+still leaves its numbers, marked ``complete: false``; finished runs are reused on a rerun.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from tqdm.auto import tqdm
+
+from quality_stats import SFT_ON_LABELS, SFT_ON_TEACHER_ANSWERS, gap_statements, mean_std, paired_table, zoo_statements
+
+# The zoo of the transfer regime: taid_ce is TAID with half of the weight on the labels' cross
+# entropy (distil_ratio 0.5); taid_alpha is TAID's adaptive rule with alpha scaled
+# to the run (alpha = 4 / max_steps, so alpha * N / 2 = 2 and t can leave the linear floor).
+ZOO = ("sft", "fkl", "rkl", "skew_fkl", "skew_rkl", "gjsd", "dkd", "taid", "taid_ce", "taid_alpha")
+VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
+    "taid_ce": ("taid", {"distil_ratio": 0.5}),
+    "taid_alpha": ("taid", {"taid_alpha_per_run": 4.0}),
+}
+GAP_LOSSES = ("taid", "fkl", "skew_fkl")
+NOANSWER_LOSSES = ("sft", "fkl", "skew_fkl", "dkd", "taid")
+PARTS = ("sizing", "zoo", "gap", "noanswer")
+
+
+@dataclass(frozen=True)
+class TransferSettings:
+    """What the transfer regime changes on top of a demo preset."""
+
+    transfer_records: int
+    student_steps: int
+    student_batch: int
+    student_lr: float
+    eval_questions: int
+    eval_captions: int
+    # capacity ladder below the preset's teacher: (name, width scale, teacher steps)
+    ladder: tuple[tuple[str, float, int], ...]
+    sizing_steps: tuple[int, ...]
+
+    def budget(self, steps: int | None = None):
+        from taid_vlm.demo.presets import TrainBudget
+
+        steps = steps or self.student_steps
+        return TrainBudget(steps=steps, lr=self.student_lr, batch_size=self.student_batch, warmup_steps=max(1, steps // 20))
+
+
+SETTINGS = {
+    "quick": TransferSettings(transfer_records=16, student_steps=4, student_batch=8, student_lr=3e-3, eval_questions=24,
+                              eval_captions=4, ladder=(("S", 0.5, 6),), sizing_steps=(2, 4)),
+    "default": TransferSettings(transfer_records=300, student_steps=200, student_batch=16, student_lr=2e-3,
+                                eval_questions=600, eval_captions=50, ladder=(("S", 0.5, 150), ("M", 0.75, 225)),
+                                sizing_steps=(100, 200, 400)),
+}
+SETTINGS["full"] = SETTINGS["default"]
+
+
+def resolve(name: str) -> tuple[str, dict[str, Any]]:
+    return VARIANTS.get(name, (name, {}))
+
+
+def ladder_specs(preset, settings: TransferSettings) -> list[tuple[str, dict, Any]]:
+    """Teachers smaller than the preset's (encoder channels and LM width/depth scaled together),
+    each with its own step count: the ladder's accuracies must be >= 10 points apart."""
+    from taid_vlm.demo.presets import text_config
+
+    base, text = preset.teacher, preset.teacher["text_config"]
+    channels = base["vision_kwargs"].get("channels")
+    out = []
+    for name, scale, steps in settings.ladder:
+        vision_kwargs = dict(base["vision_kwargs"])
+        if channels:
+            vision_kwargs["channels"] = [max(8, int(c * scale) // 8 * 8) for c in channels]
+        hidden = max(64, int(text["hidden_size"] * scale) // 32 * 32)
+        spec = {**base, "vision_kwargs": vision_kwargs,
+                "text_config": {**text, **text_config(hidden, max(1, round(text["num_hidden_layers"] * scale)))}}
+        budget = dataclasses.replace(preset.teacher_budget, steps=steps, warmup_steps=max(1, steps // 20))
+        out.append((name, spec, budget))
+    return out
+
+
+def build_teacher_cache(directory: Path, teacher_dir: Path, data_dir: Path, responses: str = "data", top_k: int = 64) -> Path:
+    """The teacher's top-k over the transfer set, once (with ``responses='teacher'`` the teacher
+    first answers every turn itself and the cache scores those answers)."""
+    from taid_vlm.data import load_records
+    from taid_vlm.models import load
+    from taid_vlm.teacher_cache import build_cache
+
+    build_cache(load(str(teacher_dir), role="teacher"), str(teacher_dir), load_records(data_dir / "train.jsonl"), directory,
+                top_k=top_k, responses=responses, progress=False)
+    return directory
+
+
+@dataclass
+class Context:
+    """Everything a part needs: the preset (eval settings applied), paths and the JSON writer."""
+
+    preset: Any
+    settings: TransferSettings
+    work: Path
+    big_data: Path
+    data: Path
+    tokenizer: Any
+    teacher_dir: Path
+    teacher_row: dict[str, Any]
+    majority: float
+    write: Callable[[str, dict[str, Any]], None]
+    cache_top_k: int = 64
+
+
+def student_init(ctx: Context, seed: int) -> Path:
+    from taid_vlm.demo.pipeline import save_initial_model
+
+    path = ctx.work / f"init-student-{seed}"
+    if not (path / "config.json").is_file():
+        save_initial_model(path, ctx.preset.student, ctx.tokenizer, False, ctx.preset.image_size, 202 + seed)
+    return path
+
+
+def sweep(ctx: Context, prefix: str, names: list[str], seeds: list[int], teacher_dir: Path, cache: Path | None,
+          budget, on_seed: Callable[[dict[str, dict[int, dict]]], None], eval_prefix: str | None = None,
+          **shared: Any) -> dict[str, dict[int, dict]]:
+    """Every (seed, loss) student run, evaluated together per seed; ``on_seed`` sees the rows so far."""
+    from taid_vlm.demo.pipeline import distil_student, evaluate_models
+
+    rows: dict[str, dict[int, dict]] = {name: {} for name in names}
+    bar = tqdm(total=len(seeds) * len(names), desc=f"{prefix} runs", unit="run", file=sys.stderr)
+    for seed in seeds:
+        init, students = student_init(ctx, seed), {}
+        for name in names:
+            loss, extra = resolve(name)
+            config = {**shared, **extra}
+            if cache is not None and (loss != "sft" or config.get("responses") == "teacher"):
+                config["teacher_cache"] = str(cache)
+            wait_for_other_process(ctx.work, [f"{prefix}-{name}-{seed}"])  # the gap reuses the zoo's runs
+            run = distil_student(ctx.work / f"{prefix}-{name}-{seed}", init, teacher_dir, ctx.data, loss, budget, seed,
+                                 ctx.preset.t_start, progress=False, reuse=True, **config)
+            students[name] = run / "student"
+            bar.update(1)
+        scores = evaluate_models(ctx.work / f"{eval_prefix or prefix}-eval-{seed}", students, ctx.data, ctx.preset, progress=False)
+        for row in scores["rows"]:
+            rows[row["model"]][seed] = row
+        tqdm.write(f"  {prefix} seed {seed}: " + ", ".join(f"{r['model']} {r['vqa_accuracy']:.1f}" for r in scores["rows"]),
+                   file=sys.stderr)
+        on_seed(rows)
+    bar.close()
+    return rows
+
+
+def summarize(rows: dict[str, dict[int, dict]], teacher_vqa: float, majority: float | None,
+              sft_name: str = SFT_ON_LABELS) -> dict[str, Any]:
+    """Mean +- std per loss, taid's paired differences, and the sentences they support."""
+    table, per_seed = [], {}
+    for name, by_seed in rows.items():
+        if not by_seed:
+            continue
+        seeds = sorted(by_seed)
+        vqa = [by_seed[s]["vqa_accuracy"] for s in seeds]
+        cider = [by_seed[s]["CIDEr"] for s in seeds]
+        per_seed[name] = {s: by_seed[s]["vqa_accuracy"] for s in seeds}
+        m, sd = mean_std(vqa)
+        cm, csd = mean_std(cider)
+        table.append({"loss": name, "vqa_mean": m, "vqa_std": sd, "cider_mean": cm, "cider_std": csd,
+                      "per_seed_vqa": {str(s): v for s, v in zip(seeds, vqa)}, "seeds": seeds,
+                      "vqa_n": sorted({by_seed[s]["vqa_n"] for s in seeds}),
+                      "caption_backend": sorted({str(by_seed[s]["caption_backend"]) for s in seeds})})
+    pairs = paired_table(per_seed)
+    return {"rows": table, "paired": pairs, "statements": zoo_statements(table, pairs, teacher_vqa, majority, sft_name)}
+
+
+def run_sizing(ctx: Context, header: dict[str, Any]) -> None:
+    """sft and taid at a few budgets on seed 0: where does a student plateau on the transfer set?"""
+    from taid_vlm.demo.pipeline import distil_student, evaluate_models
+
+    points = []
+    for steps in ctx.settings.sizing_steps:
+        budget = ctx.settings.budget(steps)
+        started = time.perf_counter()
+        students = {loss: distil_student(ctx.work / f"sizing-{loss}-{steps}", student_init(ctx, 0), ctx.teacher_dir, ctx.data,
+                                         loss, budget, 0, ctx.preset.t_start, progress=False, reuse=True,
+                                         **({} if loss == "sft" else {"teacher_cache": str(ctx.work / "cache-data")}))
+                    / "student" for loss in ("sft", "taid")}
+        trained = time.perf_counter() - started
+        scores = evaluate_models(ctx.work / f"sizing-eval-{steps}", students, ctx.data, ctx.preset, progress=False)
+        for row in scores["rows"]:
+            points.append({"steps": steps, "loss": row["model"], "vqa": row["vqa_accuracy"], "cider": row["CIDEr"],
+                           "train_seconds_both": trained})
+        tqdm.write(f"  sizing {steps} steps: " + ", ".join(f"{r['model']} {r['vqa_accuracy']:.1f}" for r in scores["rows"]),
+                   file=sys.stderr)
+        ctx.write("sizing", {**header, "points": points, "complete": steps == ctx.settings.sizing_steps[-1]})
+
+
+def run_zoo(ctx: Context, names: list[str], seeds: list[int], header: dict[str, Any]) -> None:
+    cache = ctx.work / "cache-data"
+
+    def save(rows, complete=False):
+        ctx.write("zoo", {**header, **summarize(rows, ctx.teacher_row["vqa_accuracy"], ctx.majority), "complete": complete})
+
+    rows = sweep(ctx, "zoo", names, seeds, ctx.teacher_dir, cache, ctx.settings.budget(), save)
+    save(rows, complete=True)
+
+
+def run_noanswer(ctx: Context, names: list[str], seeds: list[int], header: dict[str, Any]) -> None:
+    cache = ctx.work / "cache-teacher-answers"
+    build_teacher_cache(cache, ctx.teacher_dir, ctx.data, responses="teacher", top_k=ctx.cache_top_k)
+
+    def save(rows, complete=False):
+        ctx.write("noanswer", {**header, **summarize(rows, ctx.teacher_row["vqa_accuracy"], ctx.majority, SFT_ON_TEACHER_ANSWERS),
+                               "complete": complete})
+
+    rows = sweep(ctx, "noanswer", names, seeds, ctx.teacher_dir, cache, ctx.settings.budget(), save,
+                 responses="teacher")
+    save(rows, complete=True)
+
+
+def run_gap(ctx: Context, seeds: list[int], header: dict[str, Any]) -> None:
+    from taid_vlm.demo.pipeline import evaluate_models, save_initial_model, train_teacher
+
+    teachers: list[dict[str, Any]] = []
+    points: list[dict[str, Any]] = []
+
+    def save(complete=False):
+        ctx.write("gap", {**header, "teachers": teachers, "rows": points, **gap_summary(teachers, points, ctx.majority),
+                          "complete": complete})
+
+    ladder = [(name, spec, budget) for name, spec, budget in ladder_specs(ctx.preset, ctx.settings)]
+    for name, spec, budget in [*ladder, ("L", None, ctx.preset.teacher_budget)]:
+        if spec is None:
+            teacher_dir, spec_row = ctx.teacher_dir, ctx.teacher_row
+        else:
+            init = ctx.work / f"init-teacher-{name}"
+            if not (init / "config.json").is_file():
+                save_initial_model(init, spec, ctx.tokenizer, False, ctx.preset.image_size, 101)
+            teacher_dir, _ = train_teacher(ctx.work / f"gap-teacher-{name}", init, ctx.big_data, budget, 0, progress=True)
+            spec_row = evaluate_models(ctx.work / f"gap-eval-teacher-{name}", {"teacher": teacher_dir}, ctx.data,
+                                       ctx.preset, False)["rows"][0]
+        teachers.append({"name": name, "params": spec_row["params"], "vqa": spec_row["vqa_accuracy"],
+                         "steps": budget.steps, "vqa_n": spec_row["vqa_n"]})
+        tqdm.write(f"  gap: teacher {name} VQA {spec_row['vqa_accuracy']:.2f}", file=sys.stderr)
+        cache = ctx.work / ("cache-data" if name == "L" else f"cache-{name}")
+        build_teacher_cache(cache, teacher_dir, ctx.data, top_k=ctx.cache_top_k)  # finished shards are kept
+
+        def on_seed(rows, name=name):
+            points[:] = [p for p in points if p["teacher"] != name]
+            for loss, by_seed in rows.items():
+                points.extend({"teacher": name, "loss": loss, "seed": s, "vqa": r["vqa_accuracy"], "cider": r["CIDEr"],
+                               "vqa_n": r["vqa_n"]} for s, r in sorted(by_seed.items()))
+            save()
+
+        # the L teacher's students are the zoo's own runs (same teacher, cache, budget and seeds): reused
+        sweep(ctx, "zoo" if name == "L" else f"gap-{name}", list(GAP_LOSSES), seeds, teacher_dir, cache,
+              ctx.settings.budget(), on_seed, eval_prefix=f"gap-{name}")
+    save(complete=True)
+
+
+def wait_for_other_process(work: Path, runs: list[str], quiet_seconds: float = 300.0) -> None:
+    """When a zoo running in another process is still writing one of these run folders, wait for it
+    rather than train the same folder twice at once (a folder untouched for ``quiet_seconds`` is
+    taken as abandoned and retrained here)."""
+    from taid_vlm.demo.pipeline import KEY_FILE
+
+    while True:
+        busy = [r for r in runs if (work / r).is_dir() and not (work / r / KEY_FILE).is_file()
+                and time.time() - max((p.stat().st_mtime for p in (work / r).rglob("*")), default=0.0) < quiet_seconds]
+        if not busy:
+            return
+        tqdm.write(f"  waiting for another process to finish {', '.join(busy)}", file=sys.stderr)
+        time.sleep(30)
+
+
+def refresh(part: str, result: dict[str, Any]) -> dict[str, Any]:
+    """The derived fields (paired differences, curves, statements) recomputed from the measured rows
+    with the current rules, so ``--render-only`` never shows sentences an older version chose."""
+    if part == "gap":
+        return {**result, **gap_summary(result["teachers"], result["rows"], result.get("majority"))}
+    if part in ("zoo", "noanswer"):
+        per_seed = {r["loss"]: {int(s): v for s, v in r["per_seed_vqa"].items()} for r in result["rows"]}
+        pairs = paired_table(per_seed)
+        return {**result, "paired": pairs,
+                "statements": zoo_statements(result["rows"], pairs, result["teacher"]["vqa_accuracy"], result["majority"],
+                                             SFT_ON_TEACHER_ANSWERS if part == "noanswer" else SFT_ON_LABELS)}
+    return result
+
+
+def gap_summary(teachers: list[dict[str, Any]], points: list[dict[str, Any]], majority: float | None = None) -> dict[str, Any]:
+    ordered = sorted(teachers, key=lambda t: t["params"])
+    curves = {}
+    for loss in GAP_LOSSES:
+        curve = []
+        for t in ordered:
+            values = [p["vqa"] for p in points if p["loss"] == loss and p["teacher"] == t["name"]]
+            if values:
+                curve.append((*mean_std(values), len(values)))
+        if curve:
+            curves[loss] = curve
+    return {"curves": {k: [list(c) for c in v] for k, v in curves.items()},
+            "statements": gap_statements(curves, [(t["name"], t["vqa"]) for t in ordered], majority)}
