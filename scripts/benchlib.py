@@ -48,8 +48,6 @@ def machine(load_at_start: tuple[float, ...] | None = None, packages: tuple[str,
 
 
 def write_json(path: str | Path, payload: dict[str, Any]) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=1) + "\n")
-    tmp.replace(path)
+    from taid_vlm.files import write_text_atomically
+
+    write_text_atomically(path, json.dumps(payload, indent=1) + "\n")

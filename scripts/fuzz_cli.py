@@ -38,6 +38,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from taid_vlm.files import write_text_atomically
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
@@ -532,11 +534,7 @@ def main() -> int:
             "counts": counts,
             "cases": [r.__dict__ for r in results],
         }
-        path = Path(args.json)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp_path = path.with_name(f".tmp-{path.name}")
-        tmp_path.write_text(json.dumps(payload, indent=1) + "\n")
-        os.replace(tmp_path, path)
+        write_text_atomically(args.json, json.dumps(payload, indent=1) + "\n")
     return 0 if counts["clean"] == len(results) else 1
 
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from taid_vlm.files import write_text_atomically
+
 
 def status_line(result: dict[str, Any]) -> str:
     if result.get("complete"):
@@ -73,6 +75,13 @@ def _plt():
     return plt
 
 
+def _save(plt, fig, ax, path: Path) -> None:
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def plot_zoo(result: dict[str, Any], path: Path, title: str) -> None:
     plt = _plt()
     rows = sorted(result["rows"], key=lambda r: -r["vqa_mean"])
@@ -84,10 +93,7 @@ def plot_zoo(result: dict[str, Any], path: Path, title: str) -> None:
     ax.set_ylabel("VQA accuracy (x100)")
     ax.set_title(title + ("" if result.get("complete") else " (partial)"))
     ax.tick_params(axis="x", rotation=35)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(plt, fig, ax, path)
 
 
 def plot_gap(result: dict[str, Any], path: Path) -> None:
@@ -100,10 +106,7 @@ def plot_gap(result: dict[str, Any], path: Path) -> None:
     ax.set_xlabel("teacher VQA accuracy (x100)")
     ax.set_ylabel("student VQA accuracy (x100)")
     ax.set_title("Capacity gap, transfer regime" + ("" if result.get("complete") else " (partial)"))
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(plt, fig, ax, path)
 
 
 def plot_sizing(result: dict[str, Any], path: Path) -> None:
@@ -115,10 +118,7 @@ def plot_sizing(result: dict[str, Any], path: Path) -> None:
     ax.set_xlabel("student steps on the transfer set")
     ax.set_ylabel("VQA accuracy (x100)")
     ax.set_title("Sizing the student budget (seed 0)")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(plt, fig, ax, path)
 
 
 TITLES = {"zoo": "Transfer regime: loss zoo", "noanswer": "Transfer regime, no answers: the teacher answers the transfer set",
@@ -136,6 +136,4 @@ def render(part: str, result: dict[str, Any], out: Path) -> None:
     else:
         text = sizing_markdown(result, TITLES[part])
         plot_sizing(result, out / "sizing.png")
-    tmp = out / f".{part}.md.tmp"
-    tmp.write_text(text)
-    tmp.replace(out / f"{part}.md")
+    write_text_atomically(out / f"{part}.md", text)

@@ -22,12 +22,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import statistics
 import sys
 from pathlib import Path
 from typing import Any, Callable
+
+from taid_vlm.files import write_text_atomically
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "docs" / "results"
@@ -453,9 +454,7 @@ def main() -> int:
             return 1
         print(f"{args.readme}: generated tables match docs/results/")
         return 0
-    tmp = args.readme.with_name(args.readme.name + ".tmp")
-    tmp.write_text(fresh, encoding="utf-8")
-    os.replace(tmp, args.readme)
+    write_text_atomically(args.readme, fresh)
     print(f"rewrote {len(BLOCK.findall(fresh))} generated block(s) in {args.readme}")
     return 0
 
