@@ -69,7 +69,7 @@ SETTINGS = {
                               eval_captions=4, ladder=(("S", 0.5, 6),), sizing_steps=(2, 4)),
     "default": TransferSettings(transfer_records=300, student_steps=200, student_batch=16, student_lr=2e-3,
                                 eval_questions=600, eval_captions=50, ladder=(("S", 0.5, 150), ("M", 0.75, 225)),
-                                sizing_steps=(100, 200, 400)),
+                                sizing_steps=(100, 200, 400, 600)),
 }
 SETTINGS["full"] = SETTINGS["default"]
 
