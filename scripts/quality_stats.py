@@ -180,7 +180,8 @@ def plateau_statements(points: list[dict[str, Any]], tolerance: float = 2.0) -> 
         if len(curve) < 2:
             continue
         (a, va), (b, vb) = curve[-2], curve[-1]
-        state = "still rising: not a plateau" if vb - va > tolerance else "levelled off: a plateau"
+        state = ("still rising: not a plateau" if vb - va > tolerance else
+                 "fell: past its best budget" if va - vb > tolerance else "levelled off: a plateau")
         lines.append(f"{loss}: {va:.1f} at {a} steps -> {vb:.1f} at {b} steps ({vb - va:+.1f}), {state} "
                      f"(within {tolerance:.0f} points counts as level).")
     return lines

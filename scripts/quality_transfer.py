@@ -56,6 +56,7 @@ class TransferSettings:
     # capacity ladder below the preset's teacher: (name, width scale, teacher steps)
     ladder: tuple[tuple[str, float, int], ...]
     sizing_steps: tuple[int, ...]
+    sizing_losses: tuple[str, ...] = ("sft", "taid")
 
     def budget(self, steps: int | None = None):
         from taid_vlm.demo.presets import TrainBudget
@@ -69,7 +70,7 @@ SETTINGS = {
                               eval_captions=4, ladder=(("S", 0.5, 6),), sizing_steps=(2, 4)),
     "default": TransferSettings(transfer_records=300, student_steps=200, student_batch=16, student_lr=2e-3,
                                 eval_questions=600, eval_captions=50, ladder=(("S", 0.5, 150), ("M", 0.75, 225)),
-                                sizing_steps=(100, 200, 400, 600)),
+                                sizing_steps=(100, 200, 400, 600), sizing_losses=("sft", "fkl", "dkd", "taid")),
 }
 SETTINGS["full"] = SETTINGS["default"]
 
@@ -188,7 +189,8 @@ def summarize(rows: dict[str, dict[int, dict]], teacher_vqa: float, majority: fl
 
 
 def run_sizing(ctx: Context, header: dict[str, Any]) -> None:
-    """sft and taid at a few budgets on seed 0: where does a student plateau on the transfer set?"""
+    """A few losses at a few budgets on seed 0: where does a student plateau on the transfer set,
+    and does a distilled student stay ahead of sft there?"""
     from taid_vlm.demo.pipeline import distil_student, evaluate_models
 
     points = []
@@ -198,7 +200,7 @@ def run_sizing(ctx: Context, header: dict[str, Any]) -> None:
         students = {loss: distil_student(ctx.work / f"sizing-{loss}-{steps}", student_init(ctx, 0), ctx.teacher_dir, ctx.data,
                                          loss, budget, 0, ctx.preset.t_start, progress=False, reuse=True,
                                          **({} if loss == "sft" else {"teacher_cache": str(ctx.work / "cache-data")}))
-                    / "student" for loss in ("sft", "taid")}
+                    / "student" for loss in ctx.settings.sizing_losses}
         trained = time.perf_counter() - started
         scores = evaluate_models(ctx.work / f"sizing-eval-{steps}", students, ctx.data, ctx.preset, progress=False)
         for row in scores["rows"]:
