@@ -100,8 +100,7 @@ def build_workspace(root: Path) -> Workspace:
 
     from taid_vlm.cli import main
     from taid_vlm.demo.shapes import generate_shapes
-    from taid_vlm.models.composed import build_composed_vlm
-    from taid_vlm.testing.tiny import save_tiny
+    from taid_vlm.testing.tiny import save_tiny, save_tiny_composed_pair
 
     ws = Workspace(root)
     generate_shapes(root / "shapes", 16, 2, seed=0, text=True)
@@ -129,12 +128,7 @@ def build_workspace(root: Path) -> Workspace:
         {"from": "human", "value": "<image>\nWhat colour?"}, {"from": "gpt", "value": "red"}]}
         for name in list(modes) + ["anim.gif"]]
     (root / "modes.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    texts = ["What colour?", "red", "green", "blue"]
-    vlm_t, proc = build_composed_vlm("tiny", texts=texts, seed=1)
-    vlm_s, proc_s = build_composed_vlm("tiny", tokenizer=proc.tokenizer, num_image_tokens=4, seed=2)
-    for model, p, name in ((vlm_t, proc, "vlm-teacher"), (vlm_s, proc_s, "vlm-student")):
-        model.save_pretrained(root / name)
-        p.save_pretrained(root / name)
+    save_tiny_composed_pair(root / "vlm-teacher", root / "vlm-student", ["What colour?", "red", "green", "blue"])
     return ws
 
 

@@ -6,19 +6,14 @@ from pathlib import Path
 
 from taid_vlm.data import load_records
 from taid_vlm.demo.shapes import generate_shapes
-from taid_vlm.models.composed import build_composed_vlm
-from taid_vlm.testing.tiny import save_tiny
+from taid_vlm.testing.tiny import save_tiny, save_tiny_composed_pair
 
 
 def save_composed_pair(root: Path, n_train: int, n_test: int) -> Path:
     """Shapes data plus a composed teacher (16 image tokens) and student (4 image tokens) under ``root``."""
     generate_shapes(root / "shapes", n_train, n_test, seed=0, image_size=32)
     texts = [m["content"] for r in load_records(root / "shapes" / "train.jsonl") for m in r.messages]
-    teacher, processor = build_composed_vlm("tiny", texts=texts, seed=1)
-    student, student_processor = build_composed_vlm("tiny", tokenizer=processor.tokenizer, num_image_tokens=4, seed=2)
-    for model, proc, name in ((teacher, processor, "teacher"), (student, student_processor, "student")):
-        model.save_pretrained(root / name)
-        proc.save_pretrained(root / name)
+    save_tiny_composed_pair(root / "teacher", root / "student", texts)
     return root
 
 

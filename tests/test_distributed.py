@@ -33,18 +33,25 @@ def test_two_processes_hold_identical_weights_and_t_and_match_one_process(tmp_pa
     assert ranks[0]["weights_sha256"] == ranks[1]["weights_sha256"]
     assert ranks[0]["t"] == ranks[1]["t"] and ranks[0]["t"] > 0.4
 
-    one = subprocess.run([sys.executable, "-m", "taid_vlm.cli"] + args + [f"--output={tmp_path / 'single'}", "--batch-size=4"],
-                         env=env, capture_output=True, text=True, timeout=300)
-    assert one.returncode == 0, one.stderr[-3000:]
-    a = load_file(str(tmp_path / "ddp" / "student" / "model.safetensors"))
-    b = load_file(str(tmp_path / "single" / "student" / "model.safetensors"))
-    start = build_composed_vlm("tiny", texts=texts, num_image_tokens=4, seed=2)[0].state_dict()
-    moved = max((b[k] - start[k]).abs().max().item() for k in b if k in start)
+    a, b, moved = _against_one_process(args, tmp_path, "ddp", texts, env, timeout=300)
     assert moved > 1e-3
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-3 * moved  # same global batch, same update
     t_ddp = [json.loads(x)["t"] for x in (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()]
     t_one = [json.loads(x)["t"] for x in (tmp_path / "single" / "metrics.jsonl").read_text().splitlines()]
     assert t_ddp == pytest.approx(t_one, rel=1e-4)  # t follows the all-reduced loss
+
+
+def _against_one_process(args: list[str], tmp_path: Path, launched: str, texts: list[str], env: dict,
+                         timeout: int) -> tuple[dict, dict, float]:
+    """Run ``args`` as one process with batch 4 (the launched run's global batch) into
+    ``tmp_path/single``: (the launched run's weights, the single run's, how far training moved them)."""
+    one = subprocess.run([sys.executable, "-m", "taid_vlm.cli"] + args + [f"--output={tmp_path / 'single'}", "--batch-size=4"],
+                         env=env, capture_output=True, text=True, timeout=timeout)
+    assert one.returncode == 0, one.stderr[-3000:]
+    a = load_file(str(tmp_path / launched / "student" / "model.safetensors"))
+    b = load_file(str(tmp_path / "single" / "student" / "model.safetensors"))
+    start = build_composed_vlm("tiny", texts=texts, num_image_tokens=4, seed=2)[0].state_dict()
+    return a, b, max((b[k] - start[k]).abs().max().item() for k in b if k in start)
 
 
 def _launch_two(args: list[str]) -> list[str]:
@@ -92,14 +99,8 @@ def test_fsdp_two_processes_match_one_process_and_resume_exactly_after_sigkill(t
     whole = subprocess.run(_launch_two(fsdp + ["--teacher-shard", "--gradient-checkpointing", f"--output={tmp_path / 'fsdp'}"]), env=env, capture_output=True,
                            text=True, timeout=600)
     assert whole.returncode == 0, whole.stderr[-3000:]
-    one = subprocess.run([sys.executable, "-m", "taid_vlm.cli"] + args + [f"--output={tmp_path / 'single'}", "--batch-size=4"],
-                         env=env, capture_output=True, text=True, timeout=600)
-    assert one.returncode == 0, one.stderr[-3000:]
-
-    a = load_file(str(tmp_path / "fsdp" / "student" / "model.safetensors"))
-    b = load_file(str(tmp_path / "single" / "student" / "model.safetensors"))
-    start = build_composed_vlm("tiny", texts=texts, num_image_tokens=4, seed=2)[0].state_dict()
-    assert max((b[k] - start[k]).abs().max().item() for k in b if k in start) > 1e-3  # training moved the weights
+    a, b, moved = _against_one_process(args, tmp_path, "fsdp", texts, env, timeout=600)
+    assert moved > 1e-3  # training moved the weights
     assert _max_rel_diff(a, b) < 1e-5
     t_fsdp = [json.loads(x)["t"] for x in (tmp_path / "fsdp" / "metrics.jsonl").read_text().splitlines()]
     t_one = [json.loads(x)["t"] for x in (tmp_path / "single" / "metrics.jsonl").read_text().splitlines()]

@@ -469,6 +469,19 @@ def save_tiny(family: str, out_dir: str | Path, **options: Any) -> Path:
     return out
 
 
+def save_tiny_composed_pair(teacher_dir: str | Path, student_dir: str | Path, texts: list[str]) -> tuple[Path, Path]:
+    """A tiny composed teacher (16 image tokens) and student (4) sharing one BPE trained on ``texts``,
+    saved as checkpoint directories: the pair tests and the CLI fuzzer distil with."""
+    from ..models.composed import build_composed_vlm
+
+    teacher, processor = build_composed_vlm("tiny", texts=texts, seed=1)
+    student, student_processor = build_composed_vlm("tiny", tokenizer=processor.tokenizer, num_image_tokens=4, seed=2)
+    for model, proc, out in ((teacher, processor, teacher_dir), (student, student_processor, student_dir)):
+        model.save_pretrained(out)
+        proc.save_pretrained(out)
+    return Path(teacher_dir), Path(student_dir)
+
+
 def tiny_records(with_images: bool = True, image_size: int = 64) -> list:
     """Three records that exercise what rendering must get right: a system prompt, two assistant
     turns (one padded with spaces), a one-letter answer that also occurs in the template's
