@@ -3,10 +3,12 @@
 ``--regime transfer`` (the default; scripts/quality_transfer.py says how it is built): the
 teacher learns from the demo's whole scenes set, the students only from a small transfer set
 (13x smaller), so the teacher knows more than the student's data shows. Parts, in the order
-they run: ``zoo`` (every loss, 5 seeds, taid's per-seed paired difference against each),
-``gap`` (three teachers of growing size, taid vs fkl vs skew_fkl), ``noanswer`` (the transfer
-set's answers withheld: the teacher answers it once and students learn from that), and
-``sizing`` (on request: sft and taid at a few budgets, how the student budget was chosen).
+they run by default: ``plateau`` (every loss, 5 seeds, at the budget where the students end their
+rise; taid's per-seed paired difference against each), ``gap`` (three teachers of growing size,
+taid vs fkl vs skew_fkl, same budget), ``noanswer`` (the transfer set's answers withheld: the
+teacher answers it once and students learn from that), ``zoo`` (the plateau zoo at a third of
+the budget: which loss learns fastest from the teacher), and ``sizing`` (on request: a few losses
+at a few budgets, how the student budget was chosen).
 Outputs go to ``OUT/transfer/{part}.{json,md,png}``; each JSON is rewritten after every
 finished seed (``complete: false`` until the part ends) and carries the sentences the numbers
 support (scripts/quality_stats.py).
@@ -38,7 +40,7 @@ teacher cache that every loss and seed trains from (same-data: ``--cache-top-k 0
 teacher per run; docs/TEACHER_CACHE.md says what the top-k approximation changes per loss).
 
 Usage:
-  python scripts/bench_quality.py                                   # transfer: zoo, gap, noanswer; seeds 0-4
+  python scripts/bench_quality.py                                   # transfer: plateau, gap, noanswer, zoo; seeds 0-4
   python scripts/bench_quality.py --parts sizing --seeds 0           # how the student budget was sized
   python scripts/bench_quality.py --regime same-data --preset default --seeds 0 1 2 --parts zoo gap
   python scripts/bench_quality.py --preset quick --seeds 0 --losses sft taid --parts zoo   # a smoke run
@@ -289,7 +291,7 @@ def main() -> None:
     parser.add_argument("--losses", nargs="+", default=None, help=f"zoo losses; transfer: {', '.join(transfer.ZOO)}; "
                         f"same-data: {', '.join(ZOO)}")
     parser.add_argument("--parts", nargs="+", default=None,
-                        help=f"transfer: {', '.join(transfer.PARTS)} (default: zoo gap noanswer, in that order); "
+                        help=f"transfer: {', '.join(transfer.PARTS)} (default: plateau gap noanswer zoo, in that order); "
                              "same-data: zoo gap taid")
     parser.add_argument("--caption-backend", default="auto", choices=["auto", "pycocoevalcap", "python"],
                         help="auto: pycocoevalcap when Java runs, else the python fallback (named in every table)")
@@ -311,7 +313,7 @@ def main() -> None:
     transfer_regime = args.regime == "transfer"
     args.seeds = args.seeds or ([0, 1, 2, 3, 4] if transfer_regime else [0, 1, 2])
     args.gap_seeds = args.gap_seeds or args.seeds
-    args.parts = args.parts or (["zoo", "gap", "noanswer"] if transfer_regime else ["zoo", "gap", "taid"])
+    args.parts = args.parts or (["plateau", "gap", "noanswer", "zoo"] if transfer_regime else ["zoo", "gap", "taid"])
     args.losses = args.losses or list(transfer.ZOO if transfer_regime else ZOO)
     allowed_parts, allowed_losses = (transfer.PARTS, transfer.ZOO) if transfer_regime else (("zoo", "gap", "taid"), ZOO)
     for kind, given, allowed in (("--parts", args.parts, allowed_parts), ("--losses", args.losses, allowed_losses)):
@@ -386,8 +388,8 @@ def main_transfer(args) -> None:
         print(f"part {part} ...", flush=True)
         if part == "sizing":
             transfer.run_sizing(ctx, header)
-        elif part == "zoo":
-            transfer.run_zoo(ctx, list(args.losses), list(args.seeds), header)
+        elif part in ("zoo", "plateau"):
+            transfer.run_zoo(ctx, list(args.losses), list(args.seeds), header, part)
         elif part == "gap":
             transfer.run_gap(ctx, list(args.gap_seeds), {**header, "seeds": list(args.gap_seeds)})
         else:

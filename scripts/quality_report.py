@@ -22,7 +22,7 @@ def zoo_markdown(result: dict[str, Any], title: str) -> str:
     lines = [f"## {title}", "", status_line(result), "",
              f"Command: `{result['command']}`. Teacher VQA accuracy {teacher['vqa_accuracy']:.2f} on {teacher['vqa_n']:,} "
              f"questions (trained on {result['teacher_data_records']:,} scenes); students see {result['transfer_records']:,} "
-             f"scenes for {result['settings']['student_steps']} steps, batch {result['settings']['student_batch']}; "
+             f"scenes for {result.get('student_steps', result['settings']['student_steps'])} steps, batch {result['settings']['student_batch']}; "
              f"majority-answer baseline {result['majority']:.2f}; captions scored by {', '.join(backends) or 'n/a'}.", "",
              "| loss | VQA accuracy (mean +- std) | seeds | CIDEr-D (mean +- std) | taid - loss, paired (mean +- std) | taid ahead |",
              "|---|---:|---:|---:|---:|---:|"]
@@ -121,13 +121,14 @@ def plot_sizing(result: dict[str, Any], path: Path) -> None:
     _save(plt, fig, ax, path)
 
 
-TITLES = {"zoo": "Transfer regime: loss zoo", "noanswer": "Transfer regime, no answers: the teacher answers the transfer set",
+TITLES = {"zoo": "Transfer regime: loss zoo", "plateau": "Transfer regime: loss zoo at the plateau budget",
+          "noanswer": "Transfer regime, no answers: the teacher answers the transfer set",
           "gap": "Transfer regime: capacity gap", "sizing": "Transfer regime: student budget sizing"}
 
 
 def render(part: str, result: dict[str, Any], out: Path) -> None:
     """Write ``out/part.md`` and ``out/part.png`` from the part's result."""
-    if part in ("zoo", "noanswer"):
+    if part in ("zoo", "plateau", "noanswer"):
         text = zoo_markdown(result, TITLES[part])
         plot_zoo(result, out / f"{part}.png", TITLES[part])
     elif part == "gap":

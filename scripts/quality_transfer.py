@@ -2,16 +2,21 @@
 
 The teacher is trained on the preset's whole scenes set (the demo's 4,000 scenes); a student
 sees only a small transfer set, the first ``transfer_records`` scenes of that set (300: the
-teacher's data is 13x larger), for a budget long enough to plateau there (sized by the
-``sizing`` part, docs/results/quality/transfer/sizing.json). Every student is scored on the
-preset's held-out test scenes. Parts:
+teacher's data is 13x larger), and is scored on the preset's held-out test scenes. Parts:
 
-- ``zoo``: every loss over the seeds, the teacher's top-64 log-probs over the transfer set
-  cached once; mean +- std and taid's per-seed paired difference against each other loss;
+- ``plateau``: every loss over the seeds at ``plateau_steps`` (600), where the ``sizing`` runs
+  show the students near the end of their rise (docs/results/quality/transfer/sizing.json); the
+  teacher's top-64 log-probs over the transfer set cached once; mean +- std and taid's per-seed
+  paired difference against each other loss;
 - ``gap``: three teachers of growing size trained on the big set (the zoo's teacher on top),
-  one student, taid vs fkl vs skew_fkl;
+  one student, taid vs fkl vs skew_fkl, at the plateau budget (the top teacher's students are
+  the ``plateau`` runs);
 - ``noanswer``: the transfer set's answers are never shown: the teacher answers every turn
-  once (``responses: teacher``, cached with its log-probs) and students learn from that.
+  once (``responses: teacher``, cached with its log-probs) and students learn from that, at the
+  plateau budget;
+- ``zoo``: the plateau zoo at ``student_steps`` (200), a third of the budget, where every student
+  is still rising: which loss learns fastest from the teacher;
+- ``sizing``: a few losses at a few budgets on seed 0 (how ``plateau_steps`` was chosen).
 
 Each part's JSON is rewritten after every finished seed (or teacher), so an interrupted run
 still leaves its numbers, marked ``complete: false``; finished runs are reused on a rerun.
@@ -40,7 +45,7 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
 }
 GAP_LOSSES = ("taid", "fkl", "skew_fkl")
 NOANSWER_LOSSES = ("sft", "fkl", "skew_fkl", "dkd", "taid")
-PARTS = ("sizing", "zoo", "gap", "noanswer")
+PARTS = ("sizing", "zoo", "plateau", "gap", "noanswer")
 
 
 @dataclass(frozen=True)
@@ -57,6 +62,8 @@ class TransferSettings:
     ladder: tuple[tuple[str, float, int], ...]
     sizing_steps: tuple[int, ...]
     sizing_losses: tuple[str, ...] = ("sft", "taid")
+    # the zoo again at a budget near the students' plateau (the ``plateau`` part)
+    plateau_steps: int = 600
 
     def budget(self, steps: int | None = None):
         from taid_vlm.demo.presets import TrainBudget
@@ -67,9 +74,9 @@ class TransferSettings:
 
 SETTINGS = {
     "quick": TransferSettings(transfer_records=16, student_steps=4, student_batch=8, student_lr=3e-3, eval_questions=24,
-                              eval_captions=4, ladder=(("S", 0.5, 6),), sizing_steps=(2, 4)),
+                              eval_captions=4, ladder=(("S", 0.5, 6),), sizing_steps=(2, 4), plateau_steps=6),
     "default": TransferSettings(transfer_records=300, student_steps=200, student_batch=16, student_lr=2e-3,
-                                eval_questions=600, eval_captions=50, ladder=(("S", 0.5, 150), ("M", 0.75, 225)),
+                                eval_questions=600, eval_captions=50, ladder=(("S", 0.5, 200), ("M", 0.75, 275)),
                                 sizing_steps=(100, 200, 400, 600), sizing_losses=("sft", "fkl", "dkd", "taid")),
 }
 SETTINGS["full"] = SETTINGS["default"]
@@ -211,13 +218,16 @@ def run_sizing(ctx: Context, header: dict[str, Any]) -> None:
         ctx.write("sizing", {**header, "points": points, "complete": steps == ctx.settings.sizing_steps[-1]})
 
 
-def run_zoo(ctx: Context, names: list[str], seeds: list[int], header: dict[str, Any]) -> None:
+def run_zoo(ctx: Context, names: list[str], seeds: list[int], header: dict[str, Any], part: str = "zoo") -> None:
+    """The zoo at the regime's student budget (``zoo``) or at ``plateau_steps`` (``plateau``)."""
     cache = ctx.work / "cache-data"
+    steps = ctx.settings.plateau_steps if part == "plateau" else ctx.settings.student_steps
+    header = {**header, "student_steps": steps}
 
     def save(rows, complete=False):
-        ctx.write("zoo", {**header, **summarize(rows, ctx.teacher_row["vqa_accuracy"], ctx.majority), "complete": complete})
+        ctx.write(part, {**header, **summarize(rows, ctx.teacher_row["vqa_accuracy"], ctx.majority), "complete": complete})
 
-    rows = sweep(ctx, "zoo", names, seeds, ctx.teacher_dir, cache, ctx.settings.budget(), save)
+    rows = sweep(ctx, part, names, seeds, ctx.teacher_dir, cache, ctx.settings.budget(steps), save)
     save(rows, complete=True)
 
 
@@ -225,11 +235,14 @@ def run_noanswer(ctx: Context, names: list[str], seeds: list[int], header: dict[
     cache = ctx.work / "cache-teacher-answers"
     build_teacher_cache(cache, ctx.teacher_dir, ctx.data, responses="teacher", top_k=ctx.cache_top_k)
 
+    steps = ctx.settings.plateau_steps
+    header = {**header, "student_steps": steps}
+
     def save(rows, complete=False):
         ctx.write("noanswer", {**header, **summarize(rows, ctx.teacher_row["vqa_accuracy"], ctx.majority, SFT_ON_TEACHER_ANSWERS),
                                "complete": complete})
 
-    rows = sweep(ctx, "noanswer", names, seeds, ctx.teacher_dir, cache, ctx.settings.budget(), save,
+    rows = sweep(ctx, "noanswer", names, seeds, ctx.teacher_dir, cache, ctx.settings.budget(steps), save,
                  responses="teacher")
     save(rows, complete=True)
 
@@ -239,6 +252,8 @@ def run_gap(ctx: Context, seeds: list[int], header: dict[str, Any]) -> None:
 
     teachers: list[dict[str, Any]] = []
     points: list[dict[str, Any]] = []
+
+    header = {**header, "student_steps": ctx.settings.plateau_steps}
 
     def save(complete=False):
         ctx.write("gap", {**header, "teachers": teachers, "rows": points, **gap_summary(teachers, points, ctx.majority),
@@ -268,9 +283,9 @@ def run_gap(ctx: Context, seeds: list[int], header: dict[str, Any]) -> None:
                                "vqa_n": r["vqa_n"]} for s, r in sorted(by_seed.items()))
             save()
 
-        # the L teacher's students are the zoo's own runs (same teacher, cache, budget and seeds): reused
-        sweep(ctx, "zoo" if name == "L" else f"gap-{name}", list(GAP_LOSSES), seeds, teacher_dir, cache,
-              ctx.settings.budget(), on_seed, eval_prefix=f"gap-{name}")
+        # the L teacher's students are the plateau zoo's own runs (same teacher, cache, budget, seeds): reused
+        sweep(ctx, "plateau" if name == "L" else f"gap-{name}", list(GAP_LOSSES), seeds, teacher_dir, cache,
+              ctx.settings.budget(ctx.settings.plateau_steps), on_seed, eval_prefix=f"gap-{name}")
     save(complete=True)
 
 
@@ -294,7 +309,7 @@ def refresh(part: str, result: dict[str, Any]) -> dict[str, Any]:
     with the current rules, so ``--render-only`` never shows sentences an older version chose."""
     if part == "gap":
         return {**result, **gap_summary(result["teachers"], result["rows"], result.get("majority"))}
-    if part in ("zoo", "noanswer"):
+    if part in ("zoo", "plateau", "noanswer"):
         per_seed = {r["loss"]: {int(s): v for s, v in r["per_seed_vqa"].items()} for r in result["rows"]}
         pairs = paired_table(per_seed)
         return {**result, "paired": pairs,

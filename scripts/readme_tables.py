@@ -14,7 +14,7 @@ Blocks: ``demo`` (``demo_default.json`` in docs/results/, a copy of a default de
 ``loss_ce`` (docs/results/bench_loss_ce.json),
 ``trl`` (docs/results/bench_vs_trl.json and docs/results/bench_vs_trl_v151936.json),
 ``zoo``, ``gap`` and ``taid`` (docs/results/quality/*.json, the same-data regime), ``transfer-zoo``,
-``transfer-gap``, ``transfer-noanswer`` and ``transfer-sizing`` (docs/results/quality/transfer/*.json;
+``transfer-plateau``, ``transfer-gap``, ``transfer-noanswer`` and ``transfer-sizing`` (docs/results/quality/transfer/*.json;
 a part not run yet renders as the command that runs it).
 """
 
@@ -353,7 +353,7 @@ def _transfer_zoo_like(part: str) -> str:
     settings, teacher = d["settings"], d["teacher"]
     lines += ["", f"Teacher {teacher['vqa_accuracy']:.2f} on {teacher['vqa_n']:,} test questions, trained on "
               f"{d['teacher_data_records']:,} scenes; students on {d['transfer_records']:,} scenes, "
-              f"{settings['student_steps']} steps, batch {settings['student_batch']}, lr {settings['student_lr']}; "
+              f"{d.get('student_steps', settings['student_steps'])} steps, batch {settings['student_batch']}, lr {settings['student_lr']}; "
               f"majority-answer baseline {d['majority']:.2f}; mean +- standard deviation over seeds; the run had taken "
               f"{d['seconds'] / 60:.0f} min when this was written, load average "
               f"{d['machine']['load_average_1_5_15min_at_start'][0]:.1f} (1 min) at its start. Command: `{d['command']}` "
@@ -379,6 +379,10 @@ def _regimes_compared() -> str:
         lifts.append(f"{regime}: " + ", ".join(f"{loss} {by[loss] - by['sft']:+.2f}" for loss in ("fkl", "dkd", "taid") if loss in by))
     return ("\n- The teacher's value in the two regimes, mean VQA points above sft: " + "; ".join(lifts)
             + " ([zoo.json](docs/results/quality/zoo.json) for same-data).")
+
+
+def transfer_plateau_block() -> str:
+    return _transfer_zoo_like("plateau")
 
 
 def transfer_noanswer_block() -> str:
@@ -426,7 +430,7 @@ RENDERERS: dict[str, Callable[[], str]] = {
     "demo": demo_block, "loss": loss_block, "loss_ce": loss_ce_block, "cache": cache_block, "trl": trl_block,
     "zoo": zoo_block, "gap": gap_block, "taid": taid_block,
     "transfer-zoo": transfer_zoo_block, "transfer-gap": transfer_gap_block, "transfer-noanswer": transfer_noanswer_block,
-    "transfer-sizing": transfer_sizing_block,
+    "transfer-sizing": transfer_sizing_block, "transfer-plateau": transfer_plateau_block,
 }
 
 

@@ -181,6 +181,12 @@ def test_the_transfer_set_is_a_prefix_of_the_teachers_set_with_the_same_test_sce
     assert transfer_data(tmp_path / "small", big, 5) == small  # same key: kept as is
     transfer_data(tmp_path / "small", big, 6)  # a new count rebuilds it
     assert len(load_records(small / "train.jsonl")) == 6
+    assert not Path((small / "images").readlink()).is_absolute()  # the work folder can move as a whole
+    import shutil
+
+    shutil.move(tmp_path, tmp_path.with_name(tmp_path.name + "-moved"))
+    tmp_path, big = tmp_path.with_name(tmp_path.name + "-moved"), tmp_path.with_name(tmp_path.name + "-moved") / "big"
+    assert all(Path(i).is_file() for r in load_records(tmp_path / "small" / "train.jsonl") for i in r.images)
     with pytest.raises(UserError, match="needs 50 scenes"):
         transfer_data(tmp_path / "other", big, 50)
 
@@ -200,7 +206,8 @@ def test_the_default_ladder_sits_below_the_zoo_teacher(tmp_path):
 
 def test_a_transfer_run_end_to_end_writes_its_parts_and_reuses_its_runs(tmp_path, monkeypatch):
     """The quick preset through the real pipeline, in this process: teacher, transfer set, cache,
-    zoo and the no-answer variant (--losses narrows both); a second run trains nothing."""
+    zoo, the zoo at the plateau budget and the no-answer variant (--losses narrows them); a second
+    run trains nothing."""
     import json
     import sys
 
@@ -208,17 +215,22 @@ def test_a_transfer_run_end_to_end_writes_its_parts_and_reuses_its_runs(tmp_path
     common = ["--preset", "quick", "--seeds", "0", "--losses", "sft", "taid", "--caption-backend", "python",
               "--work", str(work), "--out", str(out)]
     bench = _bench_quality()
-    monkeypatch.setattr(sys, "argv", ["bench_quality.py", "--parts", "zoo", "noanswer", *common])
+    monkeypatch.setattr(sys, "argv", ["bench_quality.py", "--parts", "zoo", "plateau", "noanswer", *common])
     bench.main()
     zoo = json.loads((out / "transfer" / "zoo.json").read_text())
     assert zoo["complete"] and zoo["regime"] == "transfer" and zoo["seeds"] == [0]
     assert {r["loss"] for r in zoo["rows"]} == {"sft", "taid"} and zoo["transfer_records"] == 16
     assert zoo["machine"]["load_average_1_5_15min_at_start"] and zoo["seconds"] > 0
+    plateau = json.loads((out / "transfer" / "plateau.json").read_text())
+    plateau_steps = _scripts_module("quality_transfer").SETTINGS["quick"].plateau_steps
+    assert plateau["complete"] and plateau["student_steps"] == plateau_steps != zoo["student_steps"]
+    assert f"max_steps: {plateau_steps}" in (work / "transfer" / "plateau-taid-0" / "config.yaml").read_text()
+    assert f"for {plateau_steps} steps" in (out / "transfer" / "plateau.md").read_text()
     noanswer = json.loads((out / "transfer" / "noanswer.json").read_text())
     assert {r["loss"] for r in noanswer["rows"]} == {"sft", "taid"} and noanswer["complete"]
     config = (work / "transfer" / "noanswer-sft-0" / "config.yaml").read_text()
     assert "responses: teacher" in config and "cache-teacher-answers" in config
-    for name in ("zoo.md", "zoo.png", "noanswer.md", "noanswer.png"):
+    for name in ("zoo.md", "zoo.png", "plateau.md", "plateau.png", "noanswer.md", "noanswer.png"):
         assert (out / "transfer" / name).is_file()
     stamp = (work / "transfer" / "zoo-taid-0" / "student").stat().st_mtime
     monkeypatch.setattr(sys, "argv", ["bench_quality.py", "--parts", "zoo", *common])

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -177,7 +178,9 @@ def transfer_data(directory: Path, data_dir: Path, n_records: int) -> Path:
         if (data_dir / name).is_file():
             shutil.copy(data_dir / name, directory / name)
     if (data_dir / "images").is_dir():
-        (directory / "images").symlink_to((data_dir / "images").resolve(), target_is_directory=True)
+        # relative, so the work folder can be moved or copied as a whole
+        target = os.path.relpath((data_dir / "images").resolve(), directory.resolve())
+        (directory / "images").symlink_to(target, target_is_directory=True)
     _mark(directory, key)
     return directory
 
