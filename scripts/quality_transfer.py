@@ -77,7 +77,7 @@ SETTINGS = {
                               eval_captions=4, ladder=(("S", 0.5, 6),), sizing_steps=(2, 4), plateau_steps=6),
     "default": TransferSettings(transfer_records=300, student_steps=200, student_batch=16, student_lr=2e-3,
                                 eval_questions=600, eval_captions=50, ladder=(("S", 0.5, 200), ("M", 0.75, 275)),
-                                sizing_steps=(100, 200, 400, 600), sizing_losses=("sft", "fkl", "dkd", "taid")),
+                                sizing_steps=(100, 200, 400, 600, 900), sizing_losses=("sft", "fkl", "dkd", "taid")),
 }
 SETTINGS["full"] = SETTINGS["default"]
 
