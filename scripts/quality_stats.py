@@ -70,10 +70,10 @@ SFT_ON_TEACHER_ANSWERS = "sft on the teacher's answers (sequence-level distillat
 
 def zoo_statements(rows: list[dict[str, Any]], pairs: list[dict[str, Any]], teacher_vqa: float,
                    majority: float | None, sft_name: str = SFT_ON_LABELS) -> list[str]:
-    """The zoo's conclusions: TAID vs fkl and dkd, and whether the teacher is worth having at all."""
+    """The zoo's conclusions: TAID vs fkl, dkd and sft, and whether the teacher is worth having at all."""
     by_loss = {r["loss"]: r for r in rows}
     lines = []
-    for baseline in ("fkl", "dkd"):
+    for baseline in ("fkl", "dkd", "sft"):
         row = next((p for p in pairs if p["baseline"] == baseline), None)
         if row is not None:
             lines.append(diff_sentence("taid", row))

@@ -118,10 +118,13 @@ def test_zoo_statements_follow_the_numbers_whichever_way_they_go():
     rows = [{"loss": "sft", "vqa_mean": 40.0}, {"loss": "fkl", "vqa_mean": 45.0}, {"loss": "taid", "vqa_mean": 50.0},
             {"loss": "dkd", "vqa_mean": 38.0}]
     pairs = [{"baseline": "fkl", "verdict": "beats", "mean_diff": 5.0, "std_diff": 1.0, "wins": 5, "n": 5},
-             {"baseline": "dkd", "verdict": "beats", "mean_diff": 12.0, "std_diff": 1.0, "wins": 5, "n": 5}]
+             {"baseline": "dkd", "verdict": "beats", "mean_diff": 12.0, "std_diff": 1.0, "wins": 5, "n": 5},
+             {"baseline": "sft", "verdict": "is within seed noise of", "mean_diff": 10.0, "std_diff": 30.0, "wins": 3, "n": 5}]
     lines = stats.zoo_statements(rows, pairs, teacher_vqa=60.0, majority=30.0)
     assert lines[0].startswith("taid beats fkl: paired difference +5.00") and "5 of 5 seeds" in lines[0]
     assert lines[1].startswith("taid beats dkd")
+    assert lines[2].startswith("taid is within seed noise of sft: paired difference +10.00") and "3 of 5" in lines[2]
+    lines = lines[1:]  # the rest as without the sft pair
     assert "best distilled student (taid, 50.00) is +10.00 points from sft and closes 50%" in lines[2]
     assert lines[3] == "2 of 3 distilling losses average above sft."
     assert "vs sft on the teacher's answers" in stats.zoo_statements(rows, [], 60.0, None, stats.SFT_ON_TEACHER_ANSWERS)[0]
