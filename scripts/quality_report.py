@@ -51,7 +51,8 @@ def gap_markdown(result: dict[str, Any], title: str) -> str:
             values = [p["vqa"] for p in result["rows"] if p["loss"] == loss and p["teacher"] == t["name"]]
             cells.append("" if not values else f"{mean_std(values)[0]:.2f} +- {mean_std(values)[1]:.2f} ({len(values)})")
         lines.append(f"| {loss} | " + " | ".join(cells) + " |")
-    lines += ["", "Student VQA accuracy, mean +- std (seeds).", "", *[f"- {s}" for s in result["statements"]]]
+    budget = f" after {result['student_steps']} student steps" if result.get("student_steps") else ""
+    lines += ["", f"Student VQA accuracy{budget}, mean +- std (seeds).", "", *[f"- {s}" for s in result["statements"]]]
     return "\n".join(lines) + "\n"
 
 

@@ -403,7 +403,9 @@ def transfer_gap_block() -> str:
             sd = statistics.stdev(values) if len(values) > 1 else 0.0
             cells.append(f"{statistics.fmean(values):.2f} +- {sd:.2f} ({len(values)})" if values else "")
         lines.append(f"| {loss} | " + " | ".join(cells) + " |")
-    lines += ["", f"Student VQA accuracy, mean +- standard deviation (seeds in brackets). Command: `{d['command']}` "
+    steps = d.get("student_steps", d["settings"]["student_steps"])
+    lines += ["", f"Student VQA accuracy after {steps} steps on the transfer set, mean +- standard deviation (seeds in "
+              f"brackets); majority-answer baseline {d['majority']:.2f}. Command: `{d['command']}` "
               f"({_link('gap')}).{_status(d)}", "", *[f"- {s}" for s in d["statements"]]]
     return "\n".join(lines)
 
