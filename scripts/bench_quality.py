@@ -41,6 +41,7 @@ teacher per run; docs/TEACHER_CACHE.md says what the top-k approximation changes
 
 Usage:
   python scripts/bench_quality.py                                   # transfer: plateau, gap, noanswer, zoo; seeds 0-4
+  python scripts/bench_quality.py --jobs 2 --threads 1               # the same, two processes on two cores
   python scripts/bench_quality.py --parts sizing --seeds 0           # how the student budget was sized
   python scripts/bench_quality.py --regime same-data --preset default --seeds 0 1 2 --parts zoo gap
   python scripts/bench_quality.py --preset quick --seeds 0 --losses sft taid --parts zoo   # a smoke run
@@ -302,6 +303,11 @@ def main() -> None:
                         help="rewrite the .md tables and plots from the JSON already in --out (no training)")
     parser.add_argument("--cache-top-k", type=int, default=64,
                         help="students read the teacher's top-k from a cache built once (same-data only: 0 = live teacher)")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="transfer: processes training the plateau and zoo runs side by side (2 with --threads 1 on "
+                             "a 2-core machine); helpers take the seeds and losses in reverse order, the main process "
+                             "waits for a run a helper is writing and reuses it when done")
+    parser.add_argument("--helper", type=int, default=0, help=argparse.SUPPRESS)  # set by --jobs for its helpers
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads per process (1 on a shared 2-core machine: two threads fighting other "
                              "processes for the cores made each step several times slower)")
@@ -310,6 +316,8 @@ def main() -> None:
         import torch
 
         torch.set_num_threads(args.threads)
+    if args.jobs < 1:
+        parser.error(f"--jobs {args.jobs}: give 1 or more processes")
     transfer_regime = args.regime == "transfer"
     args.seeds = args.seeds or ([0, 1, 2, 3, 4] if transfer_regime else [0, 1, 2])
     args.gap_seeds = args.gap_seeds or args.seeds
@@ -372,6 +380,7 @@ def main_transfer(args) -> None:
     majority = majority_baseline(data)["overall"] * 100
     print(f"teacher: VQA {teacher_row['vqa_accuracy']:.2f} (majority-answer baseline {majority:.2f})", flush=True)
     transfer.build_teacher_cache(work / "cache-data", teacher_dir, data, top_k=args.cache_top_k)
+    helpers = start_helpers(args, work)
 
     def write(part: str, payload: dict) -> None:
         payload = {**payload, "machine": machine(load_at_start), "seconds": time.perf_counter() - started}
@@ -383,7 +392,7 @@ def main_transfer(args) -> None:
               "teacher_data_records": preset.n_train, "transfer_records": settings.transfer_records,
               "majority": majority, "seeds": list(args.seeds), "teacher_cache_top_k": args.cache_top_k}
     ctx = transfer.Context(preset, settings, work, big, data, tokenizer, teacher_dir, teacher_row, majority, write,
-                           args.cache_top_k)
+                           args.cache_top_k, f"-helper-{args.helper}" if args.helper else "")
     for part in args.parts:  # in the order given: the most important first
         print(f"part {part} ...", flush=True)
         if part == "sizing":
@@ -393,10 +402,43 @@ def main_transfer(args) -> None:
         elif part == "gap":
             transfer.run_gap(ctx, list(args.gap_seeds), {**header, "seeds": list(args.gap_seeds)})
         else:
-            names = [n for n in transfer.NOANSWER_LOSSES if n in args.losses]  # --losses narrows this part too
+            names = [n for n in args.losses if n in transfer.NOANSWER_LOSSES]  # --losses narrows (and orders) it too
             transfer.run_noanswer(ctx, names, list(args.seeds), header)
         print((out / f"{part}.md").read_text(), flush=True)
+    for helper in helpers:  # whatever a helper still does, the main process has already done or reused
+        helper.terminate()
+        helper.wait()
     print(json.dumps({"seconds": round(time.perf_counter() - started, 1), "out": str(out)}))
+
+
+HELPED_PARTS = ("plateau", "zoo")  # the parts with many runs; the others build teachers and caches once
+
+
+def start_helpers(args, work: Path) -> list:
+    """``--jobs N``: N - 1 copies of this command on the plateau and zoo parts, each with the seeds
+    (rotated) and losses reversed and its own scratch ``--out``; logs in WORK/helper-I.log. Runs are
+    keyed folders, so a run one process finished is reused by the others, and a run being written is
+    waited for (quality_transfer.wait_for_other_process)."""
+    import subprocess
+
+    parts = [p for p in args.parts if p in HELPED_PARTS]
+    if args.jobs <= 1 or not parts:
+        return []
+    helpers = []
+    for i in range(1, args.jobs):
+        seeds = list(reversed(args.seeds))
+        shift = (i - 1) * len(seeds) // (args.jobs - 1)
+        seeds = seeds[shift:] + seeds[:shift]
+        command = [sys.executable, str(Path(__file__).resolve()), "--regime", "transfer", "--preset", args.preset,
+                   "--parts", *parts, "--seeds", *map(str, seeds), "--losses", *reversed(args.losses),
+                   "--caption-backend", args.caption_backend, "--work", args.work, "--out", str(work / f"helper-{i}-out"),
+                   "--cache-top-k", str(args.cache_top_k), "--threads", str(args.threads or 1), "--helper", str(i)]
+        with open(work / f"helper-{i}.log", "w") as log:  # the child keeps its own handle
+            log.write("helper command: " + " ".join(command) + "\n")
+            log.flush()
+            helpers.append(subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT))
+        print(f"helper {i}: seeds {' '.join(map(str, seeds))} on {' '.join(parts)} (log {work / f'helper-{i}.log'})", flush=True)
+    return helpers
 
 
 def main_same_data(args) -> None:

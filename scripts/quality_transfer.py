@@ -133,6 +133,7 @@ class Context:
     majority: float
     write: Callable[[str, dict[str, Any]], None]
     cache_top_k: int = 64
+    eval_suffix: str = ""  # a helper process (bench_quality --jobs) evaluates into folders of its own
 
 
 def student_init(ctx: Context, seed: int) -> Path:
@@ -164,7 +165,7 @@ def sweep(ctx: Context, prefix: str, names: list[str], seeds: list[int], teacher
                                  ctx.preset.t_start, progress=False, reuse=True, **config)
             students[name] = run / "student"
             bar.update(1)
-        scores = evaluate_models(ctx.work / f"{eval_prefix or prefix}-eval-{seed}", students, ctx.data, ctx.preset, progress=False)
+        scores = evaluate_models(ctx.work / f"{eval_prefix or prefix}-eval-{seed}{ctx.eval_suffix}", students, ctx.data, ctx.preset, progress=False)
         for row in scores["rows"]:
             rows[row["model"]][seed] = row
         tqdm.write(f"  {prefix} seed {seed}: " + ", ".join(f"{r['model']} {r['vqa_accuracy']:.1f}" for r in scores["rows"]),

@@ -241,6 +241,26 @@ def test_a_transfer_run_end_to_end_writes_its_parts_and_reuses_its_runs(tmp_path
     assert (work / "transfer" / "zoo-taid-0" / "student").stat().st_mtime == stamp
 
 
+def test_jobs_share_the_plateau_runs_between_processes(tmp_path, monkeypatch):
+    """--jobs 2: a helper process takes the seeds from the other end; the main process's JSON holds
+    every seed and the helper leaves its log."""
+    import json
+    import sys
+
+    out, work = tmp_path / "out", tmp_path / "work"
+    monkeypatch.setattr(sys, "argv", ["bench_quality.py", "--parts", "plateau", "--jobs", "2", "--threads", "1",
+                                      "--preset", "quick", "--seeds", "0", "1", "--losses", "sft", "taid",
+                                      "--caption-backend", "python", "--work", str(work), "--out", str(out)])
+    _bench_quality().main()
+    plateau = json.loads((out / "transfer" / "plateau.json").read_text())
+    assert plateau["complete"] and {s for r in plateau["rows"] for s in r["seeds"]} == {0, 1}
+    log = (work / "transfer" / "helper-1.log").read_text()
+    command = log.splitlines()[0]  # how far the helper got before the main process stopped it depends on timing
+    assert "--parts plateau --seeds 1 0 --losses taid sft" in command and "--helper 1" in command
+    assert "Traceback" not in log, log[-2000:]
+    assert not list((work / "transfer").glob("plateau-eval-*-helper-2"))  # one helper only
+
+
 def test_partial_results_render_and_say_how_to_finish(tmp_path):
     report = _scripts_module("quality_report")
     transfer = _scripts_module("quality_transfer")
@@ -253,7 +273,7 @@ def test_partial_results_render_and_say_how_to_finish(tmp_path):
     report.render("zoo", result, tmp_path)
     text = (tmp_path / "zoo.md").read_text()
     assert "**Partial:**" in text and "rerun `python scripts/bench_quality.py`" in text
-    assert "| taid | 44.00 +- 0.00 | 1 |" in text and "(single seed, no verdict)" not in text
+    assert "| taid | 44.00 +- 0.00 | 1 |" in text and "- taid (single seed, no verdict) vs sft:" in text
     gap = {"teachers": [{"name": "S", "params": 1, "vqa": 35.0, "steps": 200, "vqa_n": 600}],
            "rows": [{"teacher": "S", "loss": "taid", "seed": 0, "vqa": 41.0}], "complete": False, "command": "c",
            **transfer.gap_summary([{"name": "S", "params": 1, "vqa": 35.0}], [{"teacher": "S", "loss": "taid", "vqa": 41.0}])}
