@@ -6,9 +6,9 @@ teacher learns from the demo's whole scenes set, the students only from a small 
 they run by default: ``plateau`` (every loss, 5 seeds, at the budget where the students end their
 rise; taid's per-seed paired difference against each), ``gap`` (three teachers of growing size,
 taid vs fkl vs skew_fkl, same budget), ``noanswer`` (the transfer set's answers withheld: the
-teacher answers it once and students learn from that), ``zoo`` (the plateau zoo at a third of
-the budget: which loss learns fastest from the teacher), and ``sizing`` (on request: a few losses
-at a few budgets, how the student budget was chosen).
+teacher answers it once and students learn from that), and on request ``zoo`` (the plateau zoo
+at a third of the budget: which loss learns fastest from the teacher) and ``sizing`` (a few
+losses at a few budgets, how the student budget was chosen).
 Outputs go to ``OUT/transfer/{part}.{json,md,png}``; each JSON is rewritten after every
 finished seed (``complete: false`` until the part ends) and carries the sentences the numbers
 support (scripts/quality_stats.py).
@@ -40,8 +40,9 @@ teacher cache that every loss and seed trains from (same-data: ``--cache-top-k 0
 teacher per run; docs/TEACHER_CACHE.md says what the top-k approximation changes per loss).
 
 Usage:
-  python scripts/bench_quality.py                                   # transfer: plateau, gap, noanswer, zoo; seeds 0-4
-  python scripts/bench_quality.py --jobs 2 --threads 1               # the same, two processes on two cores
+  python scripts/bench_quality.py                                   # transfer: plateau, gap, noanswer; seeds 0-4
+  python scripts/bench_quality.py --jobs 2 --threads 1               # the same, a helper sharing the plateau runs
+  python scripts/bench_quality.py --jobs 2 --threads 1 --parts zoo   # the 200-step zoo (learning speed)
   python scripts/bench_quality.py --parts sizing --seeds 0           # how the student budget was sized
   python scripts/bench_quality.py --regime same-data --preset default --seeds 0 1 2 --parts zoo gap
   python scripts/bench_quality.py --preset quick --seeds 0 --losses sft taid --parts zoo   # a smoke run
@@ -53,6 +54,7 @@ import argparse
 import dataclasses
 import json
 import os
+import signal
 import statistics
 import sys
 import time
@@ -292,7 +294,7 @@ def main() -> None:
     parser.add_argument("--losses", nargs="+", default=None, help=f"zoo losses; transfer: {', '.join(transfer.ZOO)}; "
                         f"same-data: {', '.join(ZOO)}")
     parser.add_argument("--parts", nargs="+", default=None,
-                        help=f"transfer: {', '.join(transfer.PARTS)} (default: plateau gap noanswer zoo, in that order); "
+                        help=f"transfer: {', '.join(transfer.PARTS)} (default: plateau gap noanswer, in that order); "
                              "same-data: zoo gap taid")
     parser.add_argument("--caption-backend", default="auto", choices=["auto", "pycocoevalcap", "python"],
                         help="auto: pycocoevalcap when Java runs, else the python fallback (named in every table)")
@@ -321,7 +323,7 @@ def main() -> None:
     transfer_regime = args.regime == "transfer"
     args.seeds = args.seeds or ([0, 1, 2, 3, 4] if transfer_regime else [0, 1, 2])
     args.gap_seeds = args.gap_seeds or args.seeds
-    args.parts = args.parts or (["plateau", "gap", "noanswer", "zoo"] if transfer_regime else ["zoo", "gap", "taid"])
+    args.parts = args.parts or (["plateau", "gap", "noanswer"] if transfer_regime else ["zoo", "gap", "taid"])
     args.losses = args.losses or list(transfer.ZOO if transfer_regime else ZOO)
     allowed_parts, allowed_losses = (transfer.PARTS, transfer.ZOO) if transfer_regime else (("zoo", "gap", "taid"), ZOO)
     for kind, given, allowed in (("--parts", args.parts, allowed_parts), ("--losses", args.losses, allowed_losses)):
@@ -380,7 +382,6 @@ def main_transfer(args) -> None:
     majority = majority_baseline(data)["overall"] * 100
     print(f"teacher: VQA {teacher_row['vqa_accuracy']:.2f} (majority-answer baseline {majority:.2f})", flush=True)
     transfer.build_teacher_cache(work / "cache-data", teacher_dir, data, top_k=args.cache_top_k)
-    helpers = start_helpers(args, work)
 
     def write(part: str, payload: dict) -> None:
         payload = {**payload, "machine": machine(load_at_start), "seconds": time.perf_counter() - started}
@@ -392,22 +393,31 @@ def main_transfer(args) -> None:
               "teacher_data_records": preset.n_train, "transfer_records": settings.transfer_records,
               "majority": majority, "seeds": list(args.seeds), "teacher_cache_top_k": args.cache_top_k}
     ctx = transfer.Context(preset, settings, work, big, data, tokenizer, teacher_dir, teacher_row, majority, write,
-                           args.cache_top_k, f"-helper-{args.helper}" if args.helper else "")
-    for part in args.parts:  # in the order given: the most important first
-        print(f"part {part} ...", flush=True)
-        if part == "sizing":
-            transfer.run_sizing(ctx, header)
-        elif part in ("zoo", "plateau"):
-            transfer.run_zoo(ctx, list(args.losses), list(args.seeds), header, part)
-        elif part == "gap":
-            transfer.run_gap(ctx, list(args.gap_seeds), {**header, "seeds": list(args.gap_seeds)})
-        else:
-            names = [n for n in args.losses if n in transfer.NOANSWER_LOSSES]  # --losses narrows (and orders) it too
-            transfer.run_noanswer(ctx, names, list(args.seeds), header)
-        print((out / f"{part}.md").read_text(), flush=True)
-    for helper in helpers:  # whatever a helper still does, the main process has already done or reused
-        helper.terminate()
-        helper.wait()
+                           args.cache_top_k)
+    if args.helper:  # a --jobs helper trains its share of the runs; the main process evaluates and reports
+        for part in args.parts:
+            transfer.train_zoo_runs(ctx, part, list(args.losses), list(args.seeds))
+        return
+    helpers = start_helpers(args, work)
+    if helpers:  # a plain kill (SIGTERM) must run the cleanup below too, or the helpers outlive us
+        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    try:
+        for part in args.parts:  # in the order given: the most important first
+            print(f"part {part} ...", flush=True)
+            if part == "sizing":
+                transfer.run_sizing(ctx, header)
+            elif part in ("zoo", "plateau"):
+                transfer.run_zoo(ctx, list(args.losses), list(args.seeds), header, part)
+            elif part == "gap":
+                transfer.run_gap(ctx, list(args.gap_seeds), {**header, "seeds": list(args.gap_seeds)})
+            else:
+                names = [n for n in args.losses if n in transfer.NOANSWER_LOSSES]  # --losses narrows (and orders) it too
+                transfer.run_noanswer(ctx, names, list(args.seeds), header)
+            print((out / f"{part}.md").read_text(), flush=True)
+    finally:  # on success a helper's remaining work is already done or reused; on an error or Ctrl-C it must not outlive us
+        for helper in helpers:
+            helper.terminate()
+            helper.wait()
     print(json.dumps({"seconds": round(time.perf_counter() - started, 1), "out": str(out)}))
 
 
@@ -415,10 +425,10 @@ HELPED_PARTS = ("plateau", "zoo")  # the parts with many runs; the others build 
 
 
 def start_helpers(args, work: Path) -> list:
-    """``--jobs N``: N - 1 copies of this command on the plateau and zoo parts, each with the seeds
-    (rotated) and losses reversed and its own scratch ``--out``; logs in WORK/helper-I.log. Runs are
-    keyed folders, so a run one process finished is reused by the others, and a run being written is
-    waited for (quality_transfer.wait_for_other_process)."""
+    """``--jobs N``: N - 1 copies of this command that only train the plateau and zoo runs, each with
+    the seeds (rotated) and losses reversed; logs in WORK/helper-I.log. Runs are keyed folders, so a
+    run one process finished is reused by the others, and a run being written is waited for
+    (quality_transfer.wait_for_other_process); the main process evaluates every seed."""
     import subprocess
 
     parts = [p for p in args.parts if p in HELPED_PARTS]
@@ -431,7 +441,7 @@ def start_helpers(args, work: Path) -> list:
         seeds = seeds[shift:] + seeds[:shift]
         command = [sys.executable, str(Path(__file__).resolve()), "--regime", "transfer", "--preset", args.preset,
                    "--parts", *parts, "--seeds", *map(str, seeds), "--losses", *reversed(args.losses),
-                   "--caption-backend", args.caption_backend, "--work", args.work, "--out", str(work / f"helper-{i}-out"),
+                   "--caption-backend", args.caption_backend, "--work", args.work,
                    "--cache-top-k", str(args.cache_top_k), "--threads", str(args.threads or 1), "--helper", str(i)]
         with open(work / f"helper-{i}.log", "w") as log:  # the child keeps its own handle
             log.write("helper command: " + " ".join(command) + "\n")

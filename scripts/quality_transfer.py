@@ -65,6 +65,11 @@ class TransferSettings:
     # the zoo again at a budget near the students' plateau (the ``plateau`` part)
     plateau_steps: int = 600
 
+    def part_steps(self, part: str) -> int:
+        """The student budget of a part: the 200-step zoo measures learning speed, every other
+        part (plateau, gap, noanswer) runs at the plateau budget."""
+        return self.student_steps if part == "zoo" else self.plateau_steps
+
     def budget(self, steps: int | None = None):
         from taid_vlm.demo.presets import TrainBudget
 
@@ -133,7 +138,6 @@ class Context:
     majority: float
     write: Callable[[str, dict[str, Any]], None]
     cache_top_k: int = 64
-    eval_suffix: str = ""  # a helper process (bench_quality --jobs) evaluates into folders of its own
 
 
 def student_init(ctx: Context, seed: int) -> Path:
@@ -149,23 +153,16 @@ def sweep(ctx: Context, prefix: str, names: list[str], seeds: list[int], teacher
           budget, on_seed: Callable[[dict[str, dict[int, dict]]], None], eval_prefix: str | None = None,
           **shared: Any) -> dict[str, dict[int, dict]]:
     """Every (seed, loss) student run, evaluated together per seed; ``on_seed`` sees the rows so far."""
-    from taid_vlm.demo.pipeline import distil_student, evaluate_models
+    from taid_vlm.demo.pipeline import evaluate_models
 
     rows: dict[str, dict[int, dict]] = {name: {} for name in names}
     bar = tqdm(total=len(seeds) * len(names), desc=f"{prefix} runs", unit="run", file=sys.stderr)
     for seed in seeds:
-        init, students = student_init(ctx, seed), {}
+        students = {}
         for name in names:
-            loss, extra = resolve(name)
-            config = {**shared, **extra}
-            if cache is not None and (loss != "sft" or config.get("responses") == "teacher"):
-                config["teacher_cache"] = str(cache)
-            wait_for_other_process(ctx.work, [f"{prefix}-{name}-{seed}"])  # the gap reuses the zoo's runs
-            run = distil_student(ctx.work / f"{prefix}-{name}-{seed}", init, teacher_dir, ctx.data, loss, budget, seed,
-                                 ctx.preset.t_start, progress=False, reuse=True, **config)
-            students[name] = run / "student"
+            students[name] = train_run(ctx, prefix, name, seed, teacher_dir, cache, budget, **shared)
             bar.update(1)
-        scores = evaluate_models(ctx.work / f"{eval_prefix or prefix}-eval-{seed}{ctx.eval_suffix}", students, ctx.data, ctx.preset, progress=False)
+        scores = evaluate_models(ctx.work / f"{eval_prefix or prefix}-eval-{seed}", students, ctx.data, ctx.preset, progress=False)
         for row in scores["rows"]:
             rows[row["model"]][seed] = row
         tqdm.write(f"  {prefix} seed {seed}: " + ", ".join(f"{r['model']} {r['vqa_accuracy']:.1f}" for r in scores["rows"]),
@@ -173,6 +170,31 @@ def sweep(ctx: Context, prefix: str, names: list[str], seeds: list[int], teacher
         on_seed(rows)
     bar.close()
     return rows
+
+
+def train_run(ctx: Context, prefix: str, name: str, seed: int, teacher_dir: Path, cache: Path | None, budget,
+              **shared: Any) -> Path:
+    """One (loss, seed) student, trained or reused (its folder is keyed); a folder another process
+    is still writing is waited for. Returns the student's directory."""
+    from taid_vlm.demo.pipeline import distil_student
+
+    loss, extra = resolve(name)
+    config = {**shared, **extra}
+    if cache is not None and (loss != "sft" or config.get("responses") == "teacher"):
+        config["teacher_cache"] = str(cache)
+    wait_for_other_process(ctx.work, [f"{prefix}-{name}-{seed}"])  # a --jobs helper, or the gap reusing the plateau's runs
+    run = distil_student(ctx.work / f"{prefix}-{name}-{seed}", student_init(ctx, seed), teacher_dir, ctx.data, loss, budget,
+                         seed, ctx.preset.t_start, progress=False, reuse=True, **config)
+    return run / "student"
+
+
+def train_zoo_runs(ctx: Context, part: str, names: list[str], seeds: list[int]) -> None:
+    """A ``bench_quality --jobs`` helper's share of a zoo part: the runs, trained or reused, and
+    nothing else; the main process evaluates every seed and writes the results."""
+    budget = ctx.settings.budget(ctx.settings.part_steps(part))
+    for seed in tqdm(seeds, desc=f"{part} seeds (helper)", unit="seed", file=sys.stderr):
+        for name in names:
+            train_run(ctx, part, name, seed, ctx.teacher_dir, ctx.work / "cache-data", budget)
 
 
 def summarize(rows: dict[str, dict[int, dict]], teacher_vqa: float, majority: float | None,
@@ -222,7 +244,7 @@ def run_sizing(ctx: Context, header: dict[str, Any]) -> None:
 def run_zoo(ctx: Context, names: list[str], seeds: list[int], header: dict[str, Any], part: str = "zoo") -> None:
     """The zoo at the regime's student budget (``zoo``) or at ``plateau_steps`` (``plateau``)."""
     cache = ctx.work / "cache-data"
-    steps = ctx.settings.plateau_steps if part == "plateau" else ctx.settings.student_steps
+    steps = ctx.settings.part_steps(part)
     header = {**header, "student_steps": steps}
 
     def save(rows, complete=False):
@@ -236,7 +258,7 @@ def run_noanswer(ctx: Context, names: list[str], seeds: list[int], header: dict[
     cache = ctx.work / "cache-teacher-answers"
     build_teacher_cache(cache, ctx.teacher_dir, ctx.data, responses="teacher", top_k=ctx.cache_top_k)
 
-    steps = ctx.settings.plateau_steps
+    steps = ctx.settings.part_steps("noanswer")
     header = {**header, "student_steps": steps}
 
     def save(rows, complete=False):
@@ -254,7 +276,8 @@ def run_gap(ctx: Context, seeds: list[int], header: dict[str, Any]) -> None:
     teachers: list[dict[str, Any]] = []
     points: list[dict[str, Any]] = []
 
-    header = {**header, "student_steps": ctx.settings.plateau_steps}
+    steps = ctx.settings.part_steps("gap")
+    header = {**header, "student_steps": steps}
 
     def save(complete=False):
         ctx.write("gap", {**header, "teachers": teachers, "rows": points, **gap_summary(teachers, points, ctx.majority),
@@ -286,7 +309,7 @@ def run_gap(ctx: Context, seeds: list[int], header: dict[str, Any]) -> None:
 
         # the L teacher's students are the plateau zoo's own runs (same teacher, cache, budget, seeds): reused
         sweep(ctx, "plateau" if name == "L" else f"gap-{name}", list(GAP_LOSSES), seeds, teacher_dir, cache,
-              ctx.settings.budget(ctx.settings.plateau_steps), on_seed, eval_prefix=f"gap-{name}")
+              ctx.settings.budget(steps), on_seed, eval_prefix=f"gap-{name}")
     save(complete=True)
 
 

@@ -242,8 +242,8 @@ def test_a_transfer_run_end_to_end_writes_its_parts_and_reuses_its_runs(tmp_path
 
 
 def test_jobs_share_the_plateau_runs_between_processes(tmp_path, monkeypatch):
-    """--jobs 2: a helper process takes the seeds from the other end; the main process's JSON holds
-    every seed and the helper leaves its log."""
+    """--jobs 2: a helper process takes the seeds from the other end and only trains; the main
+    process's JSON holds every seed, it alone evaluates, and the helper leaves its log."""
     import json
     import sys
 
@@ -258,7 +258,8 @@ def test_jobs_share_the_plateau_runs_between_processes(tmp_path, monkeypatch):
     command = log.splitlines()[0]  # how far the helper got before the main process stopped it depends on timing
     assert "--parts plateau --seeds 1 0 --losses taid sft" in command and "--helper 1" in command
     assert "Traceback" not in log, log[-2000:]
-    assert not list((work / "transfer").glob("plateau-eval-*-helper-2"))  # one helper only
+    assert sorted(p.name for p in (work / "transfer").glob("plateau-eval-*")) == ["plateau-eval-0", "plateau-eval-1"]
+    assert not (work / "transfer" / "helper-2.log").exists()  # one helper only
 
 
 def test_partial_results_render_and_say_how_to_finish(tmp_path):
