@@ -33,6 +33,7 @@ from .families import (
     Family, final_hidden_states, head_is_linear, image_token_ids, template_messages, uses_content_parts,
 )  # fmt: skip
 from .outputs import ResponseOutputs
+from .packing import VARLEN_ATTENTION, Piece, attention_of, canonical_order, pack, packing_problem
 from .tokenizer import PLAIN_TEMPLATE
 
 ROLES = ("teacher", "student")
@@ -45,6 +46,14 @@ class RenderedBatch:
     response_mask: torch.Tensor  # [B, T] bool: assistant content + end-of-turn marker tokens
     record_ids: list[str]
     texts: list[str]  # the chat-template text of each record, before image expansion
+    # Packed rows (models/packing.py): the state predicting each response token is decided per
+    # record, and each position knows its record (-1: row padding). None: padded rows.
+    predict_mask: torch.Tensor | None = None
+    token_records: torch.Tensor | None = None
+
+    @property
+    def packed(self) -> bool:
+        return self.token_records is not None
 
     @property
     def input_ids(self) -> torch.Tensor:
@@ -62,7 +71,8 @@ class RenderedBatch:
     def to(self, device: torch.device | str, float_dtype: torch.dtype | None = None) -> "RenderedBatch":
         """Move a batch rendered off the model's device (in a DataLoader worker) onto it."""
         inputs = {k: v.to(device, dtype=float_dtype if v.is_floating_point() else None) for k, v in self.inputs.items()}
-        return RenderedBatch(inputs, self.response_mask.to(device), self.record_ids, self.texts)
+        packed = [t.to(device) if t is not None else None for t in (self.predict_mask, self.token_records)]
+        return RenderedBatch(inputs, self.response_mask.to(device), self.record_ids, self.texts, *packed)
 
 
 class ModelAdapter:
@@ -129,17 +139,20 @@ class ModelAdapter:
 
     def render(
         self, records: Sequence[Record], add_generation_prompt: bool = False, max_length: int | None = None,
-        on_device: bool = True,
+        on_device: bool = True, pack: bool = False,
     ) -> RenderedBatch:
         """Tokenize records with this model's own processor and mark their response tokens.
 
         With ``add_generation_prompt`` the records are prompts (no response is marked) and the
-        batch is left-padded for generation; otherwise it is right-padded for a forward pass.
+        batch is left-padded for generation; otherwise it is right-padded for a forward pass, or
+        with ``pack`` laid end to end into padding-free rows (models/packing.py).
         ``on_device=False`` leaves the tensors on the CPU in the processor's dtypes (for
         DataLoader workers; ``RenderedBatch.to`` moves them later).
         """
         if not records:
             raise ValueError("render() needs at least one record")
+        if pack and not add_generation_prompt:
+            return self._render_packed(records, max_length, on_device)
         texts, spans = [], []
         for record in records:
             record.validate()
@@ -160,6 +173,55 @@ class ModelAdapter:
         ids = [r.id for r in records]
         return RenderedBatch(inputs=inputs, response_mask=mask.to(self.device) if on_device else mask, record_ids=ids,
                              texts=texts)
+
+    # ---- packed rows --------------------------------------------------------------------------------
+
+    @property
+    def attention(self) -> str:
+        return attention_of(self.model)
+
+    def packing_problem(self) -> str | None:
+        """Why this model cannot take packed rows (one sentence naming it), or None."""
+        info = self.family_info
+        refused = info.packing_refused
+        if not refused and info.packed_positions == "rope_index" and self._rope_index is None:
+            refused = f"{type(self.model).__name__} has no get_rope_index for its multimodal positions"
+        return packing_problem(self.role, self.family, refused, self.attention)
+
+    @property
+    def _rope_index(self) -> Callable[..., Any] | None:
+        for module in (self.model, getattr(self.model, "model", None)):
+            if module is not None and callable(getattr(module, "get_rope_index", None)):
+                return module.get_rope_index
+        return None
+
+    def _render_packed(self, records: Sequence[Record], max_length: int | None, on_device: bool) -> RenderedBatch:
+        problem = self.packing_problem()
+        if problem:
+            raise ValueError(problem)
+        pieces, texts = [], []
+        for record in records:  # alone: its own tokens and images, no padding
+            one = self.render([record], max_length=max_length, on_device=False)
+            pieces.append(Piece(one.inputs, one.response_mask[0], self._record_positions(one.inputs)))
+            texts += one.texts
+        packed = pack(pieces, self.tokenizer.pad_token_id, self.family_info.per_image_inputs,
+                      one_row=self.attention in VARLEN_ATTENTION)
+        batch = RenderedBatch(packed.inputs, packed.response_mask, [r.id for r in records], texts, packed.predict_mask,
+                              packed.token_records)
+        return batch.to(self.device, self.dtype) if on_device else batch
+
+    def _record_positions(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """[P, n] position ids of one record rendered alone."""
+        n = inputs["input_ids"].shape[1]
+        if self.family_info.packed_positions != "rope_index":
+            return torch.arange(n).unsqueeze(0)
+        names = ("input_ids", "mm_token_type_ids", "image_grid_thw", "video_grid_thw", "second_per_grid_ts", "attention_mask")
+        kwargs = {k: inputs[k] for k in names if k in inputs}
+        if "mm_token_type_ids" not in kwargs:
+            kwargs["mm_token_type_ids"] = torch.zeros_like(inputs["input_ids"], dtype=torch.int)
+        with torch.no_grad():
+            positions, _ = self._rope_index(**kwargs)
+        return positions[:, 0].cpu()
 
     def _render_text(self, record: Record, add_generation_prompt: bool) -> tuple[str, list[Span]]:
         conversation = template_messages(record, self.family_info, self.content_parts)
@@ -191,6 +253,8 @@ class ModelAdapter:
     ) -> torch.Tensor:
         offsets = encoded["offset_mapping"]
         replacements = encoded.get("text_replacement_offsets")
+        if isinstance(replacements, torch.Tensor) and not replacements.numel():  # InternVL: no image in the batch
+            replacements = None
         expanded = any(r.images for r in records) and not self.family_info.text_only
         mask = torch.zeros(offsets.shape[:2], dtype=torch.bool)
         for b, record_spans in enumerate(spans):
@@ -266,10 +330,19 @@ class ModelAdapter:
         """
         batch = records_or_batch if isinstance(records_or_batch, RenderedBatch) else self.render(records_or_batch)
         response = batch.response_mask
-        predicting = torch.zeros_like(response)
-        predicting[:, :-1] = response[:, 1:]
-        rows = torch.arange(response.shape[0], device=response.device).unsqueeze(1).expand_as(response)
-        token_ids, record_index = batch.input_ids[response], rows[response]
+        if batch.packed:  # records laid end to end: per-record prediction, then back to record order
+            predicting, record_index = batch.predict_mask, batch.token_records[response]
+            order = canonical_order(record_index)
+        else:
+            predicting = torch.zeros_like(response)
+            predicting[:, :-1] = response[:, 1:]
+            rows = torch.arange(response.shape[0], device=response.device).unsqueeze(1).expand_as(response)
+            record_index, order = rows[response], None
+
+        def canonical(t: torch.Tensor) -> torch.Tensor:
+            return t if order is None else t[order]
+
+        token_ids, record_index = canonical(batch.input_ids[response]), canonical(record_index)
         grad = torch.no_grad() if self.role == "teacher" else nullcontext()
         with grad:
             if return_hidden and self._linear_head:
@@ -281,10 +354,10 @@ class ModelAdapter:
                 weight, bias = head.weight, head.bias
                 if self.role == "teacher":
                     weight, bias = weight.detach(), (bias.detach() if bias is not None else None)
-                return ResponseOutputs(token_ids, record_index, hidden=hidden, head_weight=weight, head_bias=bias)
+                return ResponseOutputs(token_ids, record_index, hidden=canonical(hidden), head_weight=weight, head_bias=bias)
             keep = predicting.any(dim=0).nonzero().squeeze(1)  # only positions some row needs
             logits = self.model(**batch.inputs, use_cache=False, logits_to_keep=keep).logits
-        return ResponseOutputs(token_ids, record_index, logits=logits[predicting[:, keep]])
+        return ResponseOutputs(token_ids, record_index, logits=canonical(logits[predicting[:, keep]]))
 
     # ---- generation -----------------------------------------------------------------------------------
 

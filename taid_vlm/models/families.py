@@ -27,6 +27,13 @@ class Family:
     # Processor attributes holding token strings that belong to an image, besides the image
     # token itself: the model never predicts them, so they are never distilled.
     image_token_attrs: tuple[str, ...] = ()
+    # Packed rows (models/packing.py): "1d" positions restart at 0 per record; "rope_index": the
+    # model's own get_rope_index gives each record's multimodal rotary positions.
+    packed_positions: str = "1d"
+    # Image inputs shaped [records, images, ...] (not one entry per image): flattened when packed.
+    per_image_inputs: tuple[str, ...] = ()
+    # Why this family cannot take packed rows (None: it can).
+    packing_refused: str | None = None
 
 
 FAMILIES: tuple[Family, ...] = (
@@ -39,6 +46,7 @@ FAMILIES: tuple[Family, ...] = (
         text_only=False,
         image_placeholder="<|vision_start|><|image_pad|><|vision_end|>",
         image_token_attrs=("video_token",),
+        packed_positions="rope_index",
     ),
     Family(
         "idefics3",
@@ -46,6 +54,7 @@ FAMILIES: tuple[Family, ...] = (
         text_only=False,
         image_placeholder="<image>",
         image_token_attrs=("fake_image_token", "global_image_tag", "global_image_token", "video_token"),
+        per_image_inputs=("pixel_values", "pixel_attention_mask"),
     ),
     Family(
         "internvl",
@@ -197,5 +206,6 @@ def _composed_final_hidden(model: torch.nn.Module, inputs: dict[str, torch.Tenso
     if inputs.get("pixel_values") is not None:
         embeds = model.merge_image_features(input_ids, embeds, model.get_image_features(inputs["pixel_values"]))
     decoder = model.get_decoder()
-    out = decoder(inputs_embeds=embeds, attention_mask=inputs.get("attention_mask"), use_cache=False, return_dict=True)
+    out = decoder(inputs_embeds=embeds, attention_mask=inputs.get("attention_mask"), position_ids=inputs.get("position_ids"),
+                  use_cache=False, return_dict=True)
     return out.last_hidden_state
