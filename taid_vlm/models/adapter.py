@@ -28,7 +28,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from ..data.records import Record
+from ..data.records import IMAGE_PLACEHOLDER, Record
 from .families import (
     Family, final_hidden_states, head_is_linear, image_token_ids, template_messages, uses_content_parts,
 )  # fmt: skip
@@ -108,6 +108,7 @@ class ModelAdapter:
             model.eval()
             model.requires_grad_(False)
         self.end_of_turn = self._probe_end_of_turn()
+        self._image_extra: int | None = None  # tokens one image adds (length_estimates)
 
     # ---- basic properties -------------------------------------------------------------------------
 
@@ -173,6 +174,22 @@ class ModelAdapter:
         ids = [r.id for r in records]
         return RenderedBatch(inputs=inputs, response_mask=mask.to(self.device) if on_device else mask, record_ids=ids,
                              texts=texts)
+
+    def length_estimates(self, records: Sequence[Record]) -> list[int]:
+        """About how many tokens each record renders to, without opening any image: the chat
+        template's text tokens plus, per image, the extra tokens one image expanded into when this
+        model last rendered one (measured on the first record with an image, then kept). Exact
+        for fixed-resolution families; close for dynamic-resolution ones. For length grouping.
+        """
+        bare = [_without_images(r) for r in records]
+        texts = [self._apply_template(template_messages(r, self.family_info, self.content_parts), False) for r in bare]
+        tokens = self.tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
+        with_images = next((r for r in records if r.images), None)
+        if with_images is not None and self._image_extra is None:
+            self._image_extra = max(0, (self.render([with_images], on_device=False).input_ids.shape[1]
+                                        - self.render([_without_images(with_images)], on_device=False).input_ids.shape[1])
+                                    // len(with_images.images))
+        return [len(t) + len(r.images) * (self._image_extra or 0) for t, r in zip(tokens, records)]
 
     # ---- packed rows --------------------------------------------------------------------------------
 
@@ -403,6 +420,11 @@ class ModelAdapter:
         self.model.save_pretrained(out, state_dict=state_dict)
         self.processor.chat_template = self.chat_template
         self.processor.save_pretrained(out)
+
+
+def _without_images(record: Record) -> Record:
+    messages = [{**m, "content": m["content"].replace(IMAGE_PLACEHOLDER, "")} for m in record.messages]
+    return Record(record.id, messages)
 
 
 def _own_template(processor: Any, tokenizer: Any) -> str | None:

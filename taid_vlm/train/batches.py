@@ -4,7 +4,8 @@ Each epoch is one permutation of the records drawn from ``seed + epoch`` alone, 
 does not depend on any RNG state that other code touches. A global batch is
 ``batch_size * world_size`` consecutive records of the permutation; rank r takes its slice.
 The position (epoch, records consumed) is all a checkpoint needs to continue exactly: no batch
-is repeated or skipped on resume.
+is repeated or skipped on resume. With a ``LengthGrouping`` (train/grouping.py) the records of
+each window of the permutation are regrouped by length; the position means the same.
 """
 
 from __future__ import annotations
@@ -14,11 +15,12 @@ from collections.abc import Sequence
 import torch
 
 from ..data import Record
+from .grouping import LengthGrouping
 
 
 class BatchStream:
     def __init__(self, records: Sequence[Record], batch_size: int, seed: int, rank: int = 0, world_size: int = 1,
-                 epoch: int = 0, position: int = 0):
+                 epoch: int = 0, position: int = 0, grouping: LengthGrouping | None = None):
         if len(records) < batch_size * world_size:
             raise ValueError(
                 f"{len(records)} training records cannot fill one global batch of "
@@ -28,7 +30,12 @@ class BatchStream:
         self.batch_size, self.seed = batch_size, seed
         self.rank, self.world_size = rank, world_size
         self.epoch, self.position = epoch, position
+        if grouping is not None and grouping.unit % self.global_batch:
+            raise ValueError(f"length grouping's {grouping.unit} records per step is not a multiple of the "
+                             f"{self.global_batch} records per global batch")
+        self.grouping = grouping
         self._order = self._permutation(epoch)
+        self._window: tuple[tuple[int, int], list[int]] | None = None  # ((epoch, first position), arranged)
 
     @property
     def global_batch(self) -> int:
@@ -44,7 +51,18 @@ class BatchStream:
             self.epoch += 1
             self.position = 0
             self._order = self._permutation(self.epoch)
-        start = self.position + self.rank * self.batch_size
-        batch = [self.records[i] for i in self._order[start : start + self.batch_size]]
+        order = self._global_batch(self.position)
+        mine = order[self.rank * self.batch_size : (self.rank + 1) * self.batch_size]
         self.position += self.global_batch
-        return batch
+        return [self.records[i] for i in mine]
+
+    def _global_batch(self, start: int) -> list[int]:
+        """Record indices of the global batch at ``start`` of this epoch's order."""
+        if self.grouping is None:
+            return self._order[start : start + self.global_batch]
+        size = self.grouping.size
+        first = start // size * size
+        if self._window is None or self._window[0] != (self.epoch, first):
+            arranged = self.grouping.arrange(self._order[first : first + size], self.seed, self.epoch, first // size)
+            self._window = ((self.epoch, first), arranged)
+        return self._window[1][start - first : start - first + self.global_batch]

@@ -94,6 +94,11 @@ class DistillConfig:
     num_workers: int = 0  # DataLoader workers rendering records for student and teacher off the step
     save_dtype: str | None = None  # dtype of the saved student (e.g. bfloat16); default: the training dtype
 
+    # --- no compute on padding (train/grouping.py, models/packing.py) ------------------------
+    group_by_length: bool = True  # global batches of records of similar rendered length, within shuffled windows
+    group_window: int = 64  # optimizer steps per window that length grouping reorders (the records stay the window's)
+    packing: bool = False  # several records per row, no padding; attention cannot cross records
+
     # --- run --------------------------------------------------------------------------------
     output: str = ""
     seed: int = 0
@@ -170,6 +175,8 @@ class DistillConfig:
                             "sharded student: use distributed=ddp")
         if self.teacher_shard and self.distributed != "fsdp":
             problems.append("teacher_shard=true shards the teacher with FSDP: set distributed=fsdp")
+        if self.group_window < 1:
+            problems.append(f"group_window must be >= 1 (optimizer steps per length-grouping window), got {self.group_window}")
         if self.num_workers < 0:
             problems.append(f"num_workers must be >= 0, got {self.num_workers}")
         if self.save_dtype is not None and self.save_dtype not in ("float32", "bfloat16", "float16"):

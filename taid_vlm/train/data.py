@@ -25,6 +25,7 @@ from ..data.truncate import fit_prompt
 from ..models import ModelAdapter
 from ..models.adapter import RenderedBatch
 from .batches import BatchStream
+from .grouping import LengthGrouping
 
 
 @dataclass
@@ -72,8 +73,8 @@ class StepSampler(Sampler[list[int]]):
     """Endless batch sampler: this rank's record indices of each global batch, from a position on."""
 
     def __init__(self, num_records: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1,
-                 epoch: int = 0, position: int = 0):
-        self._stream = BatchStream(range(num_records), batch_size, seed, rank, world_size, epoch, position)
+                 epoch: int = 0, position: int = 0, grouping: LengthGrouping | None = None):
+        self._stream = BatchStream(range(num_records), batch_size, seed, rank, world_size, epoch, position, grouping)
 
     def __iter__(self) -> Iterator[list[int]]:
         while True:
@@ -87,15 +88,24 @@ class RenderCollator:
     ``max_length`` trims prompts (never responses) so both renderings fit.
     """
 
-    def __init__(self, student: ModelAdapter, teacher: ModelAdapter | None, max_length: int | None = None):
-        self.student, self.teacher, self.max_length = student, teacher, max_length
+    def __init__(self, student: ModelAdapter, teacher: ModelAdapter | None, max_length: int | None = None,
+                 pack: bool = False):
+        self.student, self.teacher, self.max_length, self.pack = student, teacher, max_length, pack
 
     def __call__(self, records: list[Record]) -> MicroBatch:
         if self.max_length:
             records = [fit_prompt(r, self._longest, self.max_length) for r in records]
-        student = self.student.render(records, max_length=self.max_length, on_device=False)
-        teacher = self.teacher.render(records, max_length=self.max_length, on_device=False) if self.teacher else None
+        common = dict(max_length=self.max_length, on_device=False, pack=self.pack)
+        student = self.student.render(records, **common)
+        teacher = self.teacher.render(records, **common) if self.teacher else None
         return MicroBatch(list(records), student, teacher)
+
+    def lengths(self, records: Sequence[Record]) -> list[int]:
+        """Estimated rendered length of each record: the longer of the two models' (length grouping)."""
+        models = [m for m in (self.student, self.teacher) if m is not None]
+        per_model = [m.length_estimates(records) for m in models]
+        longest = [max(column) for column in zip(*per_model)]
+        return [min(n, self.max_length) for n in longest] if self.max_length else longest
 
     def _longest(self, record: Record) -> int:
         lengths = [self.student.render([record], on_device=False).input_ids.shape[1]]
@@ -109,8 +119,13 @@ class MicroBatches:
     are those of the micro-batches taken so far (what a checkpoint stores)."""
 
     def __init__(self, records: Sequence[Record], collator: RenderCollator, batch_size: int, seed: int,
-                 rank: int = 0, world_size: int = 1, epoch: int = 0, position: int = 0, num_workers: int = 0):
-        sampler = StepSampler(len(records), batch_size, seed, rank, world_size, epoch, position)
+                 rank: int = 0, world_size: int = 1, epoch: int = 0, position: int = 0, num_workers: int = 0,
+                 group_window: int | None = None, grad_accum: int = 1):
+        grouping = None
+        if group_window:  # lengths measured a window at a time, in this process, as the sampler reaches it
+            grouping = LengthGrouping(len(records), group_window, batch_size * world_size * grad_accum,
+                                      lambda ids: collator.lengths([records[i] for i in ids]))
+        sampler = StepSampler(len(records), batch_size, seed, rank, world_size, epoch, position, grouping)
         self._taken = StreamPosition(epoch, position)
         self._num_records, self._global_batch = len(records), batch_size * world_size
         self.loader = DataLoader(RecordDataset(records), batch_sampler=sampler, collate_fn=collator,

@@ -12,6 +12,9 @@ to fix:
   dropped right after each micro-batch's loss;
 - records are rendered for student and teacher in DataLoader workers (``num_workers``), off
   the step, and the data position in checkpoints counts only batches the loop trained on;
+- no compute on padding: global batches group records of similar length (``group_by_length``,
+  train/grouping.py) and ``packing`` lays records end to end in padding-free rows
+  (models/packing.py), the loss seeing the same tokens in the same order either way;
 - mixed precision is autocast over fp32 master weights (train/precision.py); several
   processes either replicate the student (ddp) or shard it with FSDP2 (train/parallel.py);
 - a non-finite loss skips the step (logged with its record ids) and the run stops with a clear
@@ -53,7 +56,7 @@ from .objective import LossParts, training_loss
 from .parallel import Distributed, HiddenStates, full_model_state, full_optimizer_state, load_full_state, shard
 from .output import RunOutput
 from .precision import Precision
-from .preflight import check_data, check_devices, check_pair, load_model
+from .preflight import check_data, check_devices, check_packing, check_pair, load_model
 from .responses import on_policy_batch, teacher_responses
 from .teacher import CachedTeacher, LiveTeacher, open_teacher_cache
 
@@ -138,6 +141,7 @@ def setup(config: DistillConfig, env: Distributed | None = None, run_output: Run
 
     teacher, student = _load_models(config, env)
     check_data(config, records, env.world_size, student, teacher)
+    check_packing(config, student, teacher)
     cached = None
     if config.teacher_cache:  # the teacher's signal comes from disk; records are checked against it (read-only)
         cache, loaded = open_teacher_cache(config.teacher_cache, config.teacher, config.max_length, config.responses, records)
@@ -173,9 +177,10 @@ def setup(config: DistillConfig, env: Distributed | None = None, run_output: Run
 
     config_yaml = yaml.safe_dump(config.to_dict(), sort_keys=False)  # written once the first step is applied
     renders_teacher = getattr(teacher_signal, "adapter", None)  # a live teacher: render its inputs in workers too
-    collator = RenderCollator(student, renders_teacher, config.max_length)
+    collator = RenderCollator(student, renders_teacher, config.max_length, pack=config.packing)
     data = MicroBatches(records, collator, config.batch_size, config.seed, env.rank, env.world_size, state.epoch,
-                        state.position, num_workers=config.num_workers)
+                        state.position, num_workers=config.num_workers,
+                        group_window=config.group_window if config.group_by_length else None, grad_accum=config.grad_accum)
     log = MetricsLog(out / "metrics.jsonl", resume_step=state.step, enabled=env.is_main,
                      tensorboard_dir=out / "tensorboard" if config.tensorboard else None)
     progress = Progress(config.max_steps, state.step, enabled=config.progress and env.is_main)

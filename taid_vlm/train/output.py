@@ -41,7 +41,10 @@ ASIDE_PREFIX = ".replaced-"
 # What a resumed run must share with the run that wrote the checkpoint, or the result is neither
 # (plus the settings the loss class declares: TAID's schedule, CTKD's ramp).
 RESUME_KEYS = ("teacher", "student", "data", "data_format", "data_split", "data_limit", "max_length", "responses",
-               "loss", "loss_params", "distil_ratio", "temperature", "batch_size", "grad_accum", "seed", "on_policy")
+               "loss", "loss_params", "distil_ratio", "temperature", "batch_size", "grad_accum", "seed", "on_policy",
+               "group_by_length", "group_window")
+# What a checkpoint written before a key existed ran with (the data order keys).
+BEFORE_KEY = {"group_by_length": False}
 
 
 class OutputInUse(RunError, FileExistsError):
@@ -108,6 +111,7 @@ class RunOutput:
         now = self.config.to_dict()
         loss = self.config.loss_class
         keys = RESUME_KEYS + tuple(loss.settings if loss is not None else ())
+        saved = {**{k: v for k, v in BEFORE_KEY.items() if k not in saved}, **saved}
         changed = [f"{k}: {saved.get(k)!r} -> {now[k]!r}" for k in keys
                    if k in saved and _normal(k, saved[k]) != _normal(k, now[k])]
         if changed:

@@ -51,6 +51,16 @@ def check_pair(config: DistillConfig, teacher: ModelAdapter, student: ModelAdapt
                        "zero. Pass a different --student, or --allow-self-distill if this is intended")
 
 
+def check_packing(config: DistillConfig, student: ModelAdapter, teacher: ModelAdapter | None) -> None:
+    """packing=true with a family or attention implementation that cannot keep records apart fails now."""
+    if not config.packing:
+        return
+    for model in (student, teacher):
+        problem = model.packing_problem() if model is not None else None
+        if problem:
+            raise ConfigError(problem)
+
+
 def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
     sa, sb = a.state_dict(), b.state_dict()
     if sa.keys() != sb.keys() or any(sa[k].shape != sb[k].shape for k in sa):
