@@ -20,10 +20,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.mark.skipif(shutil.which("accelerate", path=str(Path(sys.executable).parent)) is None, reason="accelerate CLI missing")
 def test_two_processes_hold_identical_weights_and_t_and_match_one_process(tmp_path):
+    """With length-grouped batches and packed rows: each rank packs its own slice of the step."""
     texts = _shapes_and_teacher(tmp_path)
     args = ["distill", f"--teacher={tmp_path / 'teacher'}", "--student=composed:tiny?num_image_tokens=4&seed=2",
             f"--data={tmp_path / 'shapes' / 'train.jsonl'}", "--max-steps=3", "--save-every=3", "--no-progress",
-            "lr=0.003", "taid_alpha_per_run=5"]
+            "lr=0.003", "taid_alpha_per_run=5", "group_by_length=true", "group_window=2", "packing=true"]
     env = _env()
     two = subprocess.run(_launch_two(args + [f"--output={tmp_path / 'ddp'}", "--batch-size=2"]),
                          env=env, capture_output=True, text=True, timeout=300)

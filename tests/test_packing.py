@@ -125,3 +125,23 @@ def test_an_attention_that_cannot_pack_is_named():
     assert packing_problem("student", "gemma3", "its image tokens attend both ways", "sdpa").startswith(
         "packing: the student's family gemma3 cannot pack records: its image tokens attend both ways")
     assert _adapter("qwen2_vl").packing_problem() is None
+
+
+def test_distill_names_an_attention_that_cannot_pack_before_writing_anything(tmp_path):
+    from composed_pair import save_text_pair
+    from taid_vlm.train import ConfigError, distill, load_config
+
+    root = save_text_pair(tmp_path, 8)
+
+    def run(attention: str):
+        return distill(load_config(None, dict(
+            teacher=str(root / "teacher"), student=str(root / "student"), data=str(root / "shapes" / "train.jsonl"),
+            output=str(tmp_path / "run"), max_steps=1, batch_size=2, progress=False, packing=True,
+            attn_implementation=attention)))
+
+    with pytest.raises(ConfigError, match=r"^packing: the student \(qwen2\) runs attention implementation 'paged\|eager'"):
+        run("paged|eager")
+    with pytest.raises(ConfigError, match=r"^attn_implementation=no_such_kernel: the student \(qwen2\) cannot use it"):
+        run("no_such_kernel")
+    assert not (tmp_path / "run").exists()
+    assert run("eager").steps == 1  # an implementation that packs: trains

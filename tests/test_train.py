@@ -191,9 +191,11 @@ def _cli(args: list[str]) -> list[str]:
 
 
 def test_sigkill_then_resume_gives_the_same_student(vlm_pair):
+    """With length-grouped batches (windows of 3 steps: the kill lands inside one) and packed rows."""
     common = [f"--teacher={vlm_pair / 'teacher'}", f"--student={vlm_pair / 'student'}",
               f"--data={vlm_pair / 'shapes' / 'train.jsonl'}", "--batch-size=2", "--max-steps=10",
-              "--save-every=2", "--keep-checkpoints=10", "--no-progress", "--seed=5", "lr=0.003"]
+              "--save-every=2", "--keep-checkpoints=10", "--no-progress", "--seed=5", "lr=0.003",
+              "group_by_length=true", "group_window=3", "packing=true"]
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT))
     full = subprocess.run(_cli(common + [f"--output={vlm_pair / 'full'}"]), env=env, capture_output=True, text=True, timeout=300)
     assert full.returncode == 0, full.stderr[-2000:]

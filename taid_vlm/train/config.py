@@ -98,6 +98,7 @@ class DistillConfig:
     group_by_length: bool = True  # global batches of records of similar rendered length, within shuffled windows
     group_window: int = 64  # optimizer steps per window that length grouping reorders (the records stay the window's)
     packing: bool = False  # several records per row, no padding; attention cannot cross records
+    attn_implementation: str | None = None  # e.g. flash_attention_2 (GPU, varlen packed rows), sdpa, eager; default: the model's
 
     # --- run --------------------------------------------------------------------------------
     output: str = ""

@@ -56,7 +56,7 @@ from .objective import LossParts, training_loss
 from .parallel import Distributed, HiddenStates, full_model_state, full_optimizer_state, load_full_state, shard
 from .output import RunOutput
 from .precision import Precision
-from .preflight import check_data, check_devices, check_packing, check_pair, load_model
+from .preflight import check_data, check_devices, check_packing, check_pair, load_model, set_attention
 from .responses import on_policy_batch, teacher_responses
 from .teacher import CachedTeacher, LiveTeacher, open_teacher_cache
 
@@ -141,6 +141,7 @@ def setup(config: DistillConfig, env: Distributed | None = None, run_output: Run
 
     teacher, student = _load_models(config, env)
     check_data(config, records, env.world_size, student, teacher)
+    set_attention(config, student, teacher)
     check_packing(config, student, teacher)
     cached = None
     if config.teacher_cache:  # the teacher's signal comes from disk; records are checked against it (read-only)

@@ -51,6 +51,22 @@ def check_pair(config: DistillConfig, teacher: ModelAdapter, student: ModelAdapt
                        "zero. Pass a different --student, or --allow-self-distill if this is intended")
 
 
+def set_attention(config: DistillConfig, student: ModelAdapter, teacher: ModelAdapter | None) -> None:
+    """``attn_implementation`` on both models; one that cannot load here (flash-attn not installed,
+    no GPU) is named now."""
+    if not config.attn_implementation:
+        return
+    for model in (student, teacher):
+        if model is None:
+            continue
+        try:
+            model.model.set_attn_implementation(config.attn_implementation)
+        except (ValueError, ImportError) as e:
+            reason = " ".join(str(e).split())[:300]
+            raise ConfigError(f"attn_implementation={config.attn_implementation}: the {model.role} ({model.family}) "
+                              f"cannot use it ({reason}); choose another or leave it unset") from None
+
+
 def check_packing(config: DistillConfig, student: ModelAdapter, teacher: ModelAdapter | None) -> None:
     """packing=true with a family or attention implementation that cannot keep records apart fails now."""
     if not config.packing:
