@@ -188,7 +188,9 @@ def _tokenizer():
     return tiny_tokenizer(QWEN2_TEMPLATE)
 
 
-def _trl_side(args, teacher, student, batch, optimizer, tokenizer, liger: bool = False):
+def gkd_trainer(teacher, student, optimizer, tokenizer, *, device: str, batch_size: int, seed: int, liger: bool = False):
+    """TRL's GKDTrainer at beta=0 (forward KL), lmbda=0 (off-policy), no checkpointing or autocast;
+    ``(trainer, model to call training_step with)``."""
     import warnings
 
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
@@ -199,8 +201,8 @@ def _trl_side(args, teacher, student, batch, optimizer, tokenizer, liger: bool =
     config = GKDConfig(
         output_dir=tempfile.mkdtemp(prefix="bench-vs-trl-"), report_to="none", save_strategy="no",
         beta=0.0, lmbda=0.0, temperature=1.0, seq_kd=False,
-        gradient_checkpointing=False, bf16=False, fp16=False, use_cpu=args.device == "cpu",
-        per_device_train_batch_size=args.batch_size, learning_rate=LEARNING_RATE, seed=args.seed,
+        gradient_checkpointing=False, bf16=False, fp16=False, use_cpu=device == "cpu",
+        per_device_train_batch_size=batch_size, learning_rate=LEARNING_RATE, seed=seed,
         use_liger_kernel=liger,
     )  # fmt: skip
     with warnings.catch_warnings():
@@ -212,7 +214,36 @@ def _trl_side(args, teacher, student, batch, optimizer, tokenizer, liger: bool =
 
         apply_liger_kernel(trainer.model, trainer.args.liger_kernel_config)
     trainer.current_gradient_accumulation_steps = 1  # what train() sets with gradient_accumulation_steps=1
-    model = trainer.model_wrapped
+    return trainer, trainer.model_wrapped
+
+
+def distillation_trainer(teacher, student, optimizer, tokenizer, *, device: str, batch_size: int, seed: int,
+                         max_completion_length: int):
+    """TRL's stable DistillationTrainer at beta=0, its generation replaced by the identity (the
+    step is handed prepared prompt/completion tensors); ``(trainer, model)``."""
+    import warnings
+
+    from trl import DistillationConfig, DistillationTrainer
+
+    config = DistillationConfig(
+        output_dir=tempfile.mkdtemp(prefix="bench-vs-trl-"), report_to="none", save_strategy="no",
+        beta=0.0, temperature=1.0, gradient_checkpointing=False, bf16=False, fp16=False,
+        use_cpu=device == "cpu", per_device_train_batch_size=batch_size, learning_rate=LEARNING_RATE,
+        seed=seed, max_completion_length=max_completion_length,
+    )  # fmt: skip
+    placeholder = _placeholder().map(lambda row: {"prompt": row["messages"][:1]}, remove_columns=["messages"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer = DistillationTrainer(model=student, teacher_model=teacher, args=config, train_dataset=placeholder,
+                                      processing_class=tokenizer, optimizers=(optimizer, None))
+    trainer._prepare_inputs = lambda inputs: inputs  # off-policy: the batch stands in for generation
+    trainer.current_gradient_accumulation_steps = 1
+    return trainer, trainer.model_wrapped
+
+
+def _trl_side(args, teacher, student, batch, optimizer, tokenizer, liger: bool = False):
+    trainer, model = gkd_trainer(teacher, student, optimizer, tokenizer, device=args.device,
+                                 batch_size=args.batch_size, seed=args.seed, liger=liger)
     device = trainer.args.device
 
     def step(measure: bool):
@@ -235,24 +266,9 @@ def _placeholder():
 
 
 def _trl_distillation_side(args, teacher, student, batch, optimizer, tokenizer):
-    import warnings
-
-    from trl import DistillationConfig, DistillationTrainer
-
-    config = DistillationConfig(
-        output_dir=tempfile.mkdtemp(prefix="bench-vs-trl-"), report_to="none", save_strategy="no",
-        beta=0.0, temperature=1.0, gradient_checkpointing=False, bf16=False, fp16=False,
-        use_cpu=args.device == "cpu", per_device_train_batch_size=args.batch_size, learning_rate=LEARNING_RATE,
-        seed=args.seed, max_completion_length=args.seq_len - args.prompt_len,
-    )  # fmt: skip
-    placeholder = _placeholder().map(lambda row: {"prompt": row["messages"][:1]}, remove_columns=["messages"])
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        trainer = DistillationTrainer(model=student, teacher_model=teacher, args=config, train_dataset=placeholder,
-                                      processing_class=tokenizer, optimizers=(optimizer, None))
-    trainer._prepare_inputs = lambda inputs: inputs  # off-policy: the batch below stands in for generation
-    trainer.current_gradient_accumulation_steps = 1
-    model = trainer.model_wrapped
+    trainer, model = distillation_trainer(teacher, student, optimizer, tokenizer, device=args.device,
+                                          batch_size=args.batch_size, seed=args.seed,
+                                          max_completion_length=args.seq_len - args.prompt_len)
     prompt = args.prompt_len
     completion_mask = (batch["labels"][:, prompt:] != -100).long()
     prepared = {

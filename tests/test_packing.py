@@ -13,7 +13,7 @@ import torch
 from taid_vlm.data.records import Record
 from taid_vlm.models import adapt, check_alignment
 from taid_vlm.models.composed import build_composed_vlm
-from taid_vlm.models.packing import first_fit_decreasing, packing_problem
+from taid_vlm.models.packing import choose_rows, first_fit_decreasing, packing_problem
 from taid_vlm.testing.tiny import TINY_FAMILIES, build_tiny, tiny_records
 from taid_vlm.train.objective import training_loss
 
@@ -46,6 +46,8 @@ def test_first_fit_decreasing_fills_rows_up_to_the_capacity():
     assert all(sum(lengths[i] for i in row) <= 9 for row in rows)
     assert len(rows) == 4 and rows == first_fit_decreasing(lengths, 9)  # 30 tokens: 4 rows of 9 is the least
     assert first_fit_decreasing(lengths, sum(lengths)) == [list(range(7))]
+    assert choose_rows(lengths, 0.0) == [list(range(7))]  # varlen attention: one row, no padding at all
+    assert choose_rows(lengths, 1.0) == first_fit_decreasing(lengths, 9)  # attention dominates: the narrowest rows
 
 
 @pytest.mark.parametrize("family", [*TINY_FAMILIES, "composed"])

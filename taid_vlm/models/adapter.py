@@ -33,7 +33,7 @@ from .families import (
     Family, final_hidden_states, head_is_linear, image_token_ids, template_messages, uses_content_parts,
 )  # fmt: skip
 from .outputs import ResponseOutputs
-from .packing import VARLEN_ATTENTION, Piece, attention_of, canonical_order, pack, packing_problem
+from .packing import VARLEN_ATTENTION, Piece, attention_of, attention_weight, canonical_order, pack, packing_problem
 from .tokenizer import PLAIN_TEMPLATE
 
 ROLES = ("teacher", "student")
@@ -222,7 +222,7 @@ class ModelAdapter:
             pieces.append(Piece(one.inputs, one.response_mask[0], self._record_positions(one.inputs)))
             texts += one.texts
         packed = pack(pieces, self.tokenizer.pad_token_id, self.family_info.per_image_inputs,
-                      one_row=self.attention in VARLEN_ATTENTION)
+                      one_row=self.attention in VARLEN_ATTENTION, attention_cost=attention_weight(self.model))
         batch = RenderedBatch(packed.inputs, packed.response_mask, [r.id for r in records], texts, packed.predict_mask,
                               packed.token_records)
         return batch.to(self.device, self.dtype) if on_device else batch

@@ -13,8 +13,10 @@ images) and lays the records end to end into a few rows:
   for sdpa, eager and flex attention, ``cu_seqlens`` (varlen kernels) for flash attention,
   which transformers only does for a single flattened row, so with flash attention every record
   goes into one row;
-- otherwise rows hold at most as many tokens as the micro-batch's longest record (first fit,
-  longest first), so no row's attention is wider than the padded batch's;
+- otherwise the rows' width is chosen by a cost model: a row of W positions costs W in its
+  linear layers and about W^2 / (8 x hidden) in a masked attention, which computes every pair
+  of the row, masked or not; the widths tried run from the longest record to all of them in
+  one row, each filled first fit, longest record first;
 - the images of a row are concatenated in the order their records appear (a model scatters
   image features into image tokens in reading order), a family's per-record image batches
   (Idefics3's ``[records, images, ...]``) flattened to one image per entry;
@@ -92,12 +94,35 @@ def first_fit_decreasing(lengths: Sequence[int], capacity: int) -> list[list[int
     return [sorted(row) for row in rows]
 
 
-def pack(pieces: Sequence[Piece], pad_token_id: int, per_image_inputs: Sequence[str] = (), one_row: bool = False) -> Packed:
+def choose_rows(lengths: Sequence[int], attention_weight: float) -> list[list[int]]:
+    """The rows of least estimated cost ``rows x width x (1 + attention_weight x width)``; one row
+    when ``attention_weight`` is 0 (varlen attention costs the same however records are laid)."""
+    longest, total = max(lengths), sum(lengths)
+    best: tuple[float, list[list[int]]] | None = None
+    for capacity in sorted({min(int(longest * f), total) for f in (1, 1.25, 1.5, 2, 3, 4)} | {total}):
+        rows = first_fit_decreasing(lengths, capacity)
+        width = max(sum(lengths[i] for i in row) for row in rows)
+        cost = len(rows) * width * (1 + attention_weight * width)
+        if best is None or cost < best[0]:
+            best = (cost, rows)
+    assert best is not None
+    return best[1]
+
+
+def attention_weight(model: torch.nn.Module) -> float:
+    """What one more position of row width costs in masked attention, per position of linear work:
+    4 W d attention FLOPs against ~32 d^2 in the projections and MLP of a layer (d: hidden size)."""
+    text = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    return 1.0 / (8 * int(getattr(text, "hidden_size", 1024) or 1024))
+
+
+def pack(pieces: Sequence[Piece], pad_token_id: int, per_image_inputs: Sequence[str] = (), one_row: bool = False,
+         attention_cost: float = 1 / 8192) -> Packed:
     """Lay ``pieces`` into rows (one row when ``one_row``: varlen attention), with their images."""
     if not pieces:
         raise ValueError("pack() needs at least one record")
     lengths = [p.length for p in pieces]
-    rows = first_fit_decreasing(lengths, sum(lengths) if one_row else max(lengths))
+    rows = choose_rows(lengths, 0.0 if one_row else attention_cost)
     width = max(sum(lengths[i] for i in row) for row in rows)
     dims = {p.positions.shape[0] for p in pieces}
     if len(dims) != 1:
