@@ -36,7 +36,8 @@ Sides (each in its own process)
   response tokens: one ``training_step`` per micro-batch with ``num_items_in_batch`` = the step's
   count (TRL) or ``num_tokens`` = the step's count (ours), then one AdamW step.
 
-Measured: step time (best of ``--repeats`` after a warm-up step), peak memory (CPU max-RSS growth
+Measured: step time (best of ``--repeats`` after a warm-up step; also the process's CPU time, the
+work done, which a shared machine's load distorts less than the wall time), peak memory (CPU max-RSS growth
 over the resident size before the first step; CUDA max_memory_allocated growth), tokens of real
 work per second (the step's prompt + response tokens, padding excluded, / step time), the
 positions each side ran the models over, and the loss and gradient norm of the warm-up step.
@@ -56,12 +57,11 @@ import os
 import random
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_vs_trl as trl_bench  # noqa: E402
-from benchlib import current_rss_mb, machine, max_rss_mb, write_json  # noqa: E402
+from benchlib import machine, timed_steps, write_json  # noqa: E402
 
 HISTOGRAM = Path(__file__).resolve().parent / "data" / "llava_instruct_lengths.json"
 OURS = ("ours_padded", "ours_grouped", "ours_packed", "ours_grouped_packed")
@@ -297,31 +297,12 @@ def run_side(args: argparse.Namespace) -> dict:
     optimizer = torch.optim.AdamW(student.parameters(), lr=trl_bench.LEARNING_RATE)
     step, positions = build_step(args, teacher, student, records, optimizer)
 
-    def sync() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-
-    sync()
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-    else:
-        base = current_rss_mb()
-    loss, first_grad_norm = step(measure=True)  # warm-up; the compared values
-    sync()
-    times = []
-    for _ in range(args.repeats):
-        start = time.perf_counter()
-        step(measure=False)
-        sync()
-        times.append(time.perf_counter() - start)
-    peak = (torch.cuda.max_memory_allocated() - base) / 2**20 if device.type == "cuda" else max_rss_mb() - base
+    timed = timed_steps(step, device, args.repeats)
+    loss, first_grad_norm = timed.pop("first")  # the warm-up step's: the compared values
     real = sum(len(p) + len(r) for p, r in records)
-    best = min(times)
-    return {"step_s": round(best, 4), "all_step_s": [round(t, 4) for t in times], "peak_mb": round(peak, 1),
-            "loss": loss, "grad_norm": first_grad_norm, "weights_fingerprint": weights,
+    return {**timed, "loss": loss, "grad_norm": first_grad_norm, "weights_fingerprint": weights,
             "real_tokens": real, "response_tokens": sum(len(r) for _, r in records), "positions": positions,
-            "real_tokens_per_s": round(real / best, 1),
+            "real_tokens_per_s": round(real / timed["step_s"], 1), "real_tokens_per_cpu_s": round(real / timed["cpu_s"], 1),
             "load_average_1_5_15min": {"start": load_at_start, "end": [round(x, 2) for x in os.getloadavg()]}}
 
 
@@ -351,6 +332,7 @@ def summarise(args: argparse.Namespace, results: dict) -> dict:
     packed = min(("ours_packed", "ours_grouped_packed"), key=lambda n: ran[n]["step_s"])
     summary = {
         "step_s": {n: r["step_s"] for n, r in ran.items()},
+        "cpu_s": {n: r["cpu_s"] for n, r in ran.items()},
         "real_tokens_per_s": {n: r["real_tokens_per_s"] for n, r in ran.items()},
         "peak_mb": {n: r["peak_mb"] for n, r in ran.items()},
         "positions": {n: r["positions"] for n, r in ran.items()},
@@ -361,6 +343,9 @@ def summarise(args: argparse.Namespace, results: dict) -> dict:
         "fastest_packed_side": packed, "fastest_trl_side": fastest,
         "packed_over_padded": round(ran[packed]["step_s"] / reference["step_s"], 3),
         "packed_over_fastest_trl": round(ran[packed]["step_s"] / trl[fastest]["step_s"], 3) if fastest else None,
+        # the same ratios in CPU time (the work done, less sensitive to a shared machine's load)
+        "packed_over_padded_cpu": round(ran[packed]["cpu_s"] / reference["cpu_s"], 3),
+        "packed_over_fastest_trl_cpu": round(ran[packed]["cpu_s"] / min(r["cpu_s"] for r in trl.values()), 3) if trl else None,
         "targets": {"packed_over_padded": 0.6, "packed_over_fastest_trl": 0.8},
         "real_tokens": reference["real_tokens"], "response_tokens": reference["response_tokens"],
         "records": args.records, "micro_batch": args.micro_batch, "image_tokens": args.image_tokens,

@@ -20,11 +20,10 @@ import json
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchlib import current_rss_mb, max_rss_mb  # noqa: E402
+from benchlib import timed_steps  # noqa: E402
 
 
 def run_variant(args: argparse.Namespace) -> dict:
@@ -61,26 +60,9 @@ def run_variant(args: argparse.Namespace) -> dict:
         optimizer.zero_grad(set_to_none=True)
         del student_out, teacher_out, loss
 
-    def sync() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-    else:
-        base = current_rss_mb()
-    step()  # warm-up (allocates the optimizer state too, which both variants pay)
-    sync()
-    times = []
-    for _ in range(args.repeats):
-        start = time.perf_counter()
-        step()
-        sync()
-        times.append(time.perf_counter() - start)
-    peak = (torch.cuda.max_memory_allocated() - base) / 2**20 if device.type == "cuda" else max_rss_mb() - base
+    timed = timed_steps(lambda measure: step(), device, args.repeats)  # warm-up allocates AdamW's state, which both pay
     params = {name: sum(p.numel() for p in m.parameters()) for name, m in (("teacher", teacher_model), ("student", student_model))}
-    return {"step_s": round(min(times), 4), "peak_mb": round(peak, 1), "params": params,
+    return {"step_s": timed["step_s"], "peak_mb": timed["peak_mb"], "params": params,
             "response_tokens": int(student.render(records).num_response_tokens)}
 
 

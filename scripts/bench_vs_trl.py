@@ -98,11 +98,10 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchlib import current_rss_mb, machine, max_rss_mb, write_json  # noqa: E402
+from benchlib import machine, timed_steps, write_json  # noqa: E402
 
 OURS = "ours_chunked_fkl"
 TRL_SIDES = ("trl_gkd_full_logits", "trl_distillation_chunked", "trl_gkd_liger")
@@ -328,28 +327,10 @@ def run_side(args: argparse.Namespace) -> dict:
     optimizer = torch.optim.AdamW(student.parameters(), lr=LEARNING_RATE)
     step = build_side(args, teacher, student, batch, optimizer)
 
-    def sync() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-
-    sync()
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-    else:
-        base = current_rss_mb()
-    loss, first_grad_norm = step(measure=True)  # warm-up; the compared values
-    sync()
-    times = []
-    for _ in range(args.repeats):
-        start = time.perf_counter()
-        step(measure=False)
-        sync()
-        times.append(time.perf_counter() - start)
-    peak = (torch.cuda.max_memory_allocated() - base) / 2**20 if device.type == "cuda" else max_rss_mb() - base
+    timed = timed_steps(step, device, args.repeats)
+    loss, first_grad_norm = timed.pop("first")  # the warm-up step's: the compared values
     return {
-        "step_s": round(min(times), 4), "all_step_s": [round(t, 4) for t in times], "peak_mb": round(peak, 1),
-        "loss": loss, "grad_norm": first_grad_norm, "weights_fingerprint": weights,
+        **timed, "loss": loss, "grad_norm": first_grad_norm, "weights_fingerprint": weights,
         "load_average_1_5_15min": {"start": load_at_start, "end": [round(x, 2) for x in os.getloadavg()]},
         "response_tokens": int((batch["labels"][:, 1:] != -100).sum()),
         "params": {"teacher": sum(p.numel() for p in teacher.parameters()), "student": sum(p.numel() for p in student.parameters())},

@@ -10,8 +10,9 @@ import json
 import os
 import platform
 import resource
+import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 
 def current_rss_mb() -> float:
@@ -51,3 +52,36 @@ def write_json(path: str | Path, payload: dict[str, Any]) -> None:
     from taid_vlm.files import write_text_atomically
 
     write_text_atomically(path, json.dumps(payload, indent=1) + "\n")
+
+
+def timed_steps(step: Callable[[bool], Any], device: Any, repeats: int) -> dict[str, Any]:
+    """A warm-up ``step(True)`` (its result is what sides compare), then ``repeats`` timed
+    ``step(False)``. Wall time and this process's CPU time per step (all its threads: on a shared
+    machine the CPU time is the work done, the wall time also the waiting); peak memory: CPU
+    max-RSS growth over the resident size before the warm-up, CUDA max_memory_allocated growth."""
+    import torch
+
+    cuda = torch.device(device).type == "cuda"
+
+    def sync() -> None:
+        if cuda:
+            torch.cuda.synchronize()
+
+    sync()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+    else:
+        base = current_rss_mb()
+    first = step(True)
+    sync()
+    wall, cpu = [], []
+    for _ in range(repeats):
+        start, start_cpu = time.perf_counter(), time.process_time()
+        step(False)
+        sync()
+        wall.append(time.perf_counter() - start)
+        cpu.append(time.process_time() - start_cpu)
+    peak = (torch.cuda.max_memory_allocated() - base) / 2**20 if cuda else max_rss_mb() - base
+    return {"first": first, "step_s": round(min(wall), 4), "all_step_s": [round(t, 4) for t in wall],
+            "cpu_s": round(min(cpu), 4), "all_cpu_s": [round(t, 4) for t in cpu], "peak_mb": round(peak, 1)}

@@ -13,6 +13,7 @@ differs from what the JSON says (tests/test_readme_tables.py runs the check).
 Blocks: ``demo`` (``demo_default.json`` in docs/results/, a copy of a default demo run), ``loss`` (docs/results/bench_loss.json),
 ``loss_ce`` (docs/results/bench_loss_ce.json),
 ``trl`` (docs/results/bench_vs_trl.json and docs/results/bench_vs_trl_v151936.json),
+``padding`` (docs/results/bench_padding.json),
 ``zoo``, ``gap`` and ``taid`` (docs/results/quality/*.json, the same-data regime), ``transfer-zoo``,
 ``transfer-plateau``, ``transfer-gap``, ``transfer-noanswer`` and ``transfer-sizing`` (docs/results/quality/transfer/*.json;
 a part not run yet renders as the command that runs it).
@@ -258,6 +259,46 @@ def trl_block() -> str:
     return "\n".join(lines + [""] + [f"- {n}" for n in notes])
 
 
+PADDING_SIDES = {
+    "ours_padded": "taid-vlm, padded (`group_by_length: false`)",
+    "ours_grouped": "taid-vlm, length-grouped",
+    "ours_packed": "taid-vlm, packed (`packing: true`, `group_by_length: false`)",
+    "ours_grouped_packed": "taid-vlm, length-grouped + packed",
+    "trl_gkd_full_logits": "TRL `GKDTrainer` (full logits)",
+    "trl_distillation_chunked": "TRL `DistillationTrainer` (chunked divergence)",
+    "trl_gkd_full_logits_grouped": "TRL `GKDTrainer`, length-grouped micro-batches",
+    "trl_distillation_chunked_grouped": "TRL `DistillationTrainer`, length-grouped micro-batches",
+    "trl_gkd_liger": "TRL `GKDTrainer`, `use_liger_kernel=True`",
+}
+
+
+def padding_block() -> str:
+    """scripts/bench_padding.py: one step on LLaVA-Instruct-shaped lengths, every side."""
+    d = load("bench_padding.json")
+    lines = ["| side | step | CPU time | real tokens / s | positions run | peak memory | loss difference to padded | load (1 min) |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for key, side in d["sides"].items():
+        label = PADDING_SIDES.get(key, key)
+        if side.get("ran", True) is False:
+            lines.append(f"| {label} | could not run | | | | | | |")
+            continue
+        diff = "" if key == "ours_padded" else f"{d['loss_abs_diff_vs_padded'][key]:.1e}"
+        lines.append(f"| {label} | {side['step_s']:.2f} s | {side['cpu_s']:.2f} s | {side['real_tokens_per_s']:,.0f} | {side['positions']:,} | "
+                     f"{side['peak_mb']:,.0f} MB | {diff} | {side['load_average_1_5_15min']['start'][0]:.1f} |")
+    packed, fastest = d["fastest_packed_side"], d["fastest_trl_side"]
+    notes = [f"{d['records']} records in micro-batches of {d['micro_batch']}, {d['real_tokens']:,} real tokens "
+             f"({d['response_tokens']:,} response), vocabulary {d['vocab']:,}, {d['device']}, {d['dtype']}; "
+             f"[bench_padding.json](docs/results/bench_padding.json)"]
+    for target, other in (("packed_over_padded", "the padded step"), ("packed_over_fastest_trl", f"the fastest TRL side ({PADDING_SIDES.get(fastest, fastest)})")):
+        ratio, goal = d[target], d["targets"][target]
+        verdict = "target met" if d["met"][target] else f"target missed by {ratio / goal - 1:.0%}"
+        notes.append(f"{PADDING_SIDES[packed]} takes {ratio:.2f}x the step time of {other} (target <= {goal}): {verdict}; "
+                     f"{d[target + '_cpu']:.2f}x in CPU time")
+    for key, error in d.get("not_run", {}).items():
+        notes.append(f"{PADDING_SIDES.get(key, key)}: `{error}`")
+    return "\n".join(lines + [""] + [f"- {n}" for n in notes])
+
+
 def _speed(theirs: float, ours: float) -> str:
     return f"{theirs / ours:.1f}x as fast" if ours <= theirs else f"{ours / theirs:.1f}x slower"
 
@@ -430,7 +471,7 @@ def transfer_sizing_block() -> str:
 
 RENDERERS: dict[str, Callable[[], str]] = {
     "demo": demo_block, "loss": loss_block, "loss_ce": loss_ce_block, "cache": cache_block, "trl": trl_block,
-    "zoo": zoo_block, "gap": gap_block, "taid": taid_block,
+    "padding": padding_block, "zoo": zoo_block, "gap": gap_block, "taid": taid_block,
     "transfer-zoo": transfer_zoo_block, "transfer-gap": transfer_gap_block, "transfer-noanswer": transfer_noanswer_block,
     "transfer-sizing": transfer_sizing_block, "transfer-plateau": transfer_plateau_block,
 }
