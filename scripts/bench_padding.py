@@ -16,7 +16,7 @@ The records
   template tokens per round, questions and answers log-normal per part, conversations of 1 to
   5 rounds. The parts' mean lengths were set so that a record's text matches the bytes per
   record of the released JSON files (conversation_58k.json 126 MB, detail_23k.json 20.5 MB,
-  complex_reasoning_77k.json 79.6 MB, as listed in LLaVA's docs/Data.md) at ~4.4 bytes a token,
+  complex_reasoning_77k.json 79.6 MB, as the LLaVA repository's Data.md lists them) at ~4.4 bytes a token,
   less the JSON keys: about 430, 165 and 200 text tokens. The spreads are our assumption. The
   JSON records all of this in its ``source`` field; treat the shape as plausible, not measured.
 
@@ -85,7 +85,7 @@ SOURCE = (
     "answers (1 round). Prompt = a 35-token LLaVA-v1 system prompt + 5 template tokens per round + the questions; "
     "response = the answers + 1 end-of-turn token per round. Questions and answers are log-normal per part, their "
     "means set so that a record's text matches the bytes per record of the released files (conversation_58k.json "
-    "126 MB, detail_23k.json 20.5 MB, complex_reasoning_77k.json 79.6 MB, LLaVA docs/Data.md) at ~4.4 bytes a token "
+    "126 MB, detail_23k.json 20.5 MB, complex_reasoning_77k.json 79.6 MB, the LLaVA repository's Data.md) at ~4.4 bytes a token "
     "less the JSON keys (~430, 165, 200 text tokens); the spreads are assumptions. Image tokens are not included."
 )
 
