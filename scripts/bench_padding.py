@@ -37,7 +37,8 @@ Sides (each in its own process)
   count (TRL) or ``num_tokens`` = the step's count (ours), then one AdamW step.
 
 Measured: step time (best of ``--repeats`` after a warm-up step; also the process's CPU time, the
-work done, which a shared machine's load distorts less than the wall time), peak memory (CPU max-RSS growth
+work done, which a shared machine's load distorts less than the wall time, and for our sides on a
+CPU where it goes: student and teacher forward, the loss over response tokens, backward, AdamW), peak memory (CPU max-RSS growth
 over the resident size before the first step; CUDA max_memory_allocated growth), tokens of real
 work per second (the step's prompt + response tokens, padding excluded, / step time), the
 positions each side ran the models over, and the loss and gradient norm of the warm-up step.
@@ -57,6 +58,7 @@ import os
 import random
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -194,7 +196,8 @@ def _rendered(records, ids: list[int], pack: bool, attention_cost: float):
 
 
 def build_step(args, teacher, student, records, optimizer):
-    """``(step(measure), positions)``: one optimizer step over the step's micro-batches."""
+    """``(step(measure), positions, phases)``: one optimizer step over the step's micro-batches, the
+    positions it runs the models over, and (ours, on a CPU) where its CPU time goes."""
     grouped = args.side.startswith("ours_grouped") or args.side.endswith("_grouped")
     batches = micro_batches(records, args.micro_batch, grouped, args.seed)
     total = sum(len(records[i][1]) for b in batches for i in b)  # response tokens of the step
@@ -217,21 +220,31 @@ def _ours(args, teacher_model, student_model, records, batches, optimizer, total
     rendered = [_rendered(records, b, "packed" in args.side, cost).to(device) for b in batches]
     positions = sum(int(r.input_ids.numel()) for r in rendered)
 
+    phases: dict[str, float] = {}  # CPU seconds per part of the timed steps (on a CPU run), their sum over the steps
+
+    def timed(name: str, fn):
+        start = time.process_time()
+        out = fn()
+        if args.device == "cpu":
+            phases[name] = phases.get(name, 0.0) + time.process_time() - start
+        return out
+
     def step(measure: bool):
         loss_sum = 0.0
         for batch in rendered:
-            s_out = student.response_outputs(batch)
-            t_out = check_alignment(teacher.response_outputs(batch), s_out, batch.record_ids)
-            loss = training_loss("fkl", s_out, t_out, num_tokens=total).total
-            loss.backward()
+            s_out = timed("student_forward", lambda: student.response_outputs(batch))
+            t_out = timed("teacher_forward", lambda: check_alignment(teacher.response_outputs(batch), s_out, batch.record_ids))
+            loss = timed("loss_over_response_tokens", lambda: training_loss("fkl", s_out, t_out, num_tokens=total).total)
+            timed("backward", loss.backward)
             loss_sum += float(loss.detach())
             del s_out, t_out, loss
         result = (loss_sum, trl_bench.grad_norm(student_model)) if measure else None
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        timed("optimizer", lambda: (optimizer.step(), optimizer.zero_grad(set_to_none=True)))
+        if measure:
+            phases.clear()  # the warm-up step is not counted
         return result
 
-    return step, positions
+    return step, positions, phases
 
 
 def _trl(args, teacher, student, records, batches, optimizer, total):
@@ -264,7 +277,7 @@ def _trl(args, teacher, student, records, batches, optimizer, total):
         optimizer.zero_grad(set_to_none=True)
         return result
 
-    return step, positions
+    return step, positions, {}
 
 
 def _prompt_completion(records, ids: list[int], total: int) -> dict:
@@ -295,13 +308,14 @@ def run_side(args: argparse.Namespace) -> dict:
     weights = [trl_bench.fingerprint(teacher), trl_bench.fingerprint(student)]
     records = step_records(args)
     optimizer = torch.optim.AdamW(student.parameters(), lr=trl_bench.LEARNING_RATE)
-    step, positions = build_step(args, teacher, student, records, optimizer)
+    step, positions, phases = build_step(args, teacher, student, records, optimizer)
 
     timed = timed_steps(step, device, args.repeats)
     loss, first_grad_norm = timed.pop("first")  # the warm-up step's: the compared values
     real = sum(len(p) + len(r) for p, r in records)
     return {**timed, "loss": loss, "grad_norm": first_grad_norm, "weights_fingerprint": weights,
             "real_tokens": real, "response_tokens": sum(len(r) for _, r in records), "positions": positions,
+            "cpu_s_per_phase": {k: round(v / args.repeats, 3) for k, v in phases.items()},
             "real_tokens_per_s": round(real / timed["step_s"], 1), "real_tokens_per_cpu_s": round(real / timed["cpu_s"], 1),
             "load_average_1_5_15min": {"start": load_at_start, "end": [round(x, 2) for x in os.getloadavg()]}}
 
@@ -329,7 +343,8 @@ def summarise(args: argparse.Namespace, results: dict) -> dict:
             sys.exit(f"{name} did not start from the same weights: {r['weights_fingerprint']} vs {reference['weights_fingerprint']}")
     trl = {name: r for name, r in ran.items() if name.startswith("trl")}
     fastest = min(trl, key=lambda n: trl[n]["step_s"]) if trl else None
-    packed = min(("ours_packed", "ours_grouped_packed"), key=lambda n: ran[n]["step_s"])
+    packed = min((n for n in ("ours_packed", "ours_grouped_packed") if n in ran), key=lambda n: ran[n]["step_s"],
+                 default="ours_padded")
     summary = {
         "step_s": {n: r["step_s"] for n, r in ran.items()},
         "cpu_s": {n: r["cpu_s"] for n, r in ran.items()},
@@ -339,6 +354,7 @@ def summarise(args: argparse.Namespace, results: dict) -> dict:
         "loss_abs_diff_vs_padded": {n: abs(r["loss"] - reference["loss"]) for n, r in ran.items()},
         "grad_norm_rel_diff_vs_padded": {n: abs(r["grad_norm"] - reference["grad_norm"]) / reference["grad_norm"]
                                          for n, r in ran.items()},
+        "cpu_s_per_phase": {n: r["cpu_s_per_phase"] for n, r in ran.items() if r.get("cpu_s_per_phase")},
         "not_run": {n: r["error"] for n, r in results.items() if not r.get("ran", True)},
         "fastest_packed_side": packed, "fastest_trl_side": fastest,
         "packed_over_padded": round(ran[packed]["step_s"] / reference["step_s"], 3),
@@ -350,6 +366,8 @@ def summarise(args: argparse.Namespace, results: dict) -> dict:
         "real_tokens": reference["real_tokens"], "response_tokens": reference["response_tokens"],
         "records": args.records, "micro_batch": args.micro_batch, "image_tokens": args.image_tokens,
         "vocab": args.vocab, "device": args.device, "dtype": args.dtype,
+        "teacher_layers": args.teacher_layers, "student_layers": args.student_layers,
+        "teacher_hidden": args.teacher_hidden, "student_hidden": args.student_hidden,
     }
     summary["met"] = {"packed_over_padded": summary["packed_over_padded"] <= 0.6,
                       "packed_over_fastest_trl": fastest is not None and summary["packed_over_fastest_trl"] <= 0.8}

@@ -13,7 +13,7 @@ differs from what the JSON says (tests/test_readme_tables.py runs the check).
 Blocks: ``demo`` (``demo_default.json`` in docs/results/, a copy of a default demo run), ``loss`` (docs/results/bench_loss.json),
 ``loss_ce`` (docs/results/bench_loss_ce.json),
 ``trl`` (docs/results/bench_vs_trl.json and docs/results/bench_vs_trl_v151936.json),
-``padding`` (docs/results/bench_padding.json),
+``padding`` (docs/results/bench_padding.json and docs/results/bench_padding_deep.json),
 ``zoo``, ``gap`` and ``taid`` (docs/results/quality/*.json, the same-data regime), ``transfer-zoo``,
 ``transfer-plateau``, ``transfer-gap``, ``transfer-noanswer`` and ``transfer-sizing`` (docs/results/quality/transfer/*.json;
 a part not run yet renders as the command that runs it).
@@ -272,31 +272,48 @@ PADDING_SIDES = {
 }
 
 
+PADDING_RUNS = ("bench_padding.json", "bench_padding_deep.json")
+
+
 def padding_block() -> str:
-    """scripts/bench_padding.py: one step on LLaVA-Instruct-shaped lengths, every side."""
-    d = load("bench_padding.json")
-    lines = ["| side | step | CPU time | real tokens / s | positions run | peak memory | loss difference to padded | load (1 min) |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
-    for key, side in d["sides"].items():
-        label = PADDING_SIDES.get(key, key)
-        if side.get("ran", True) is False:
-            lines.append(f"| {label} | could not run | | | | | | |")
-            continue
-        diff = "" if key == "ours_padded" else f"{d['loss_abs_diff_vs_padded'][key]:.1e}"
-        lines.append(f"| {label} | {side['step_s']:.2f} s | {side['cpu_s']:.2f} s | {side['real_tokens_per_s']:,.0f} | {side['positions']:,} | "
-                     f"{side['peak_mb']:,.0f} MB | {diff} | {side['load_average_1_5_15min']['start'][0]:.1f} |")
+    """scripts/bench_padding.py: one step on LLaVA-Instruct-shaped lengths, every side, per pair."""
+    lines = ["| pair | side | step | CPU time | real tokens / s | positions run | peak memory | loss difference to padded | load (1 min) |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    notes = []
+    for name in PADDING_RUNS:
+        d = load(name)
+        pair = f"{d['teacher_layers']} + {d['student_layers']} layers"
+        for key, side in d["sides"].items():
+            label = PADDING_SIDES.get(key, key)
+            if side.get("ran", True) is False:
+                lines.append(f"| {pair} | {label} | could not run | | | | | | |")
+                continue
+            diff = "" if key == "ours_padded" else f"{d['loss_abs_diff_vs_padded'][key]:.1e}"
+            lines.append(f"| {pair} | {label} | {side['step_s']:.2f} s | {side['cpu_s']:.2f} s | {side['real_tokens_per_s']:,.0f} | "
+                         f"{side['positions']:,} | {side['peak_mb']:,.0f} MB | {diff} | {side['load_average_1_5_15min']['start'][0]:.1f} |")
+        notes += _padding_notes(name, d, pair)
+    return "\n".join(lines + [""] + [f"- {n}" for n in notes])
+
+
+def _padding_notes(name: str, d: dict[str, Any], pair: str) -> list[str]:
     packed, fastest = d["fastest_packed_side"], d["fastest_trl_side"]
-    notes = [f"{d['records']} records in micro-batches of {d['micro_batch']}, {d['real_tokens']:,} real tokens "
-             f"({d['response_tokens']:,} response), vocabulary {d['vocab']:,}, {d['device']}, {d['dtype']}; "
-             f"[bench_padding.json](docs/results/bench_padding.json)"]
-    for target, other in (("packed_over_padded", "the padded step"), ("packed_over_fastest_trl", f"the fastest TRL side ({PADDING_SIDES.get(fastest, fastest)})")):
+    positions = d["positions"][packed] / d["positions"]["ours_padded"]
+    phases = d["cpu_s_per_phase"]["ours_padded"]
+    loss_share = phases["loss_over_response_tokens"] / sum(phases.values())
+    notes = [f"{pair} ([{name}](docs/results/{name})): {d['records']} records in micro-batches of {d['micro_batch']}, "
+             f"{d['real_tokens']:,} real tokens ({d['response_tokens']:,} response), vocabulary {d['vocab']:,}, "
+             f"{d['device']}, {d['dtype']}; packing runs the models over {positions:.2f}x the padded positions, and the loss "
+             f"over response tokens (the same work on every side of ours: padding never reaches it) is "
+             f"{loss_share:.0%} of the padded step's CPU time"]
+    for target, other in (("packed_over_padded", "the padded step"),
+                          ("packed_over_fastest_trl", f"the fastest TRL side ({PADDING_SIDES.get(fastest, fastest)})")):
         ratio, goal = d[target], d["targets"][target]
         verdict = "target met" if d["met"][target] else f"target missed by {ratio / goal - 1:.0%}"
-        notes.append(f"{PADDING_SIDES[packed]} takes {ratio:.2f}x the step time of {other} (target <= {goal}): {verdict}; "
-                     f"{d[target + '_cpu']:.2f}x in CPU time")
+        notes.append(f"{pair}: {PADDING_SIDES[packed]} takes {ratio:.2f}x the step time of {other} (target <= {goal}): "
+                     f"{verdict}; {d[target + '_cpu']:.2f}x in CPU time")
     for key, error in d.get("not_run", {}).items():
-        notes.append(f"{PADDING_SIDES.get(key, key)}: `{error}`")
-    return "\n".join(lines + [""] + [f"- {n}" for n in notes])
+        notes.append(f"{pair}: {PADDING_SIDES.get(key, key)}: `{error}`")
+    return notes
 
 
 def _speed(theirs: float, ours: float) -> str:

@@ -45,7 +45,8 @@ def _side(step, loss=0.5, tokens_per_s=1.0):
 
 
 def test_the_summary_compares_the_fastest_packed_side_with_padded_and_the_fastest_trl_side(bench):
-    args = argparse.Namespace(records=16, micro_batch=8, image_tokens=0, vocab=32, device="cpu", dtype="float32")
+    args = argparse.Namespace(records=16, micro_batch=8, image_tokens=0, vocab=32, device="cpu", dtype="float32",
+                              teacher_layers=4, student_layers=2, teacher_hidden=512, student_hidden=256)
     results = {"ours_padded": _side(10.0), "ours_grouped": _side(7.0), "ours_packed": _side(6.5),
                "ours_grouped_packed": _side(5.0, loss=0.5 + 1e-8), "trl_gkd_full_logits": _side(8.0),
                "trl_distillation_chunked": _side(5.5), "trl_gkd_liger": {"ran": False, "error": "no GPU"}}
