@@ -45,7 +45,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 # Wheels the parts need that a CUDA image with torch, transformers, accelerate, numpy, pandas and
 # pyarrow may lack: Liger and TRL (benchmark-only, pyproject's `bench` extra) and datasets, which
-# TRL imports (with its two dependencies that such images lack). Pure Python, ~3.5 MB together.
+# TRL imports (with its two dependencies that such images lack). Pure Python, ~2.5 MB together.
 WHEELS = ("trl==1.16.0", "liger-kernel==0.8.5", "datasets==4.7.0", "dill==0.4.0", "multiprocess==0.70.18")
 LIGER_SHAPE = ["--tokens", "8192", "--hidden", "4096", "--vocab", "128256"]
 DEFAULT_BUDGET_S = 570  # the device tool's command limit is 600 s: room for the install and the packing

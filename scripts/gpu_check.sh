@@ -13,7 +13,7 @@
 #   - Python with a CUDA torch, transformers, accelerate, triton: $PYTHON, else ./.venv/bin/python
 #     (scripts/setup.sh on your own machine), else python3 (a CUDA image's). The project itself runs
 #     from this checkout (PYTHONPATH), not installed: nothing of .venv has to travel (it is GBs).
-#   - trl, liger-kernel, datasets (+ dill, multiprocess): wheels in .wheels/ (ignored by git, ~3.5 MB),
+#   - trl, liger-kernel, datasets (+ dill, multiprocess): wheels in .wheels/ (ignored by git, ~2.5 MB),
 #     installed with pip --no-index --target /tmp/taid-gpu-site and put on PYTHONPATH after the repo.
 #     A machine that cannot reach PyPI gets them carried: download them first where pip works:
 #         bash scripts/gpu_check.sh --prepare
