@@ -189,3 +189,119 @@ def test_kernel_compiles_for_hopper_with_vector_loads_and_no_spills(tmp_path):
     for dtype, seen in result.items():
         assert seen["loads"] == ["ld.global.v4.b32"], (dtype, seen)  # 16-byte loads: 4 fp32 or 8 bf16 logits
         assert not seen["local"], dtype  # nothing spilled to local memory
+
+
+# ---- the kernel as the engine's per-chunk step (chunk_kernel) ----------------------------------------
+
+
+def engine_pair(seed, n=11, hidden=8, vocab=45, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    student_h = torch.randn(n, hidden, generator=g).to(dtype)
+    student_w = (torch.randn(vocab, hidden, generator=g) * 0.8).to(dtype)
+    teacher_h = torch.randn(n, hidden + 4, generator=g).to(dtype)
+    teacher_w = (torch.randn(vocab, hidden + 4, generator=g) * 0.8).to(dtype)
+    return student_h, student_w, teacher_h, teacher_w
+
+
+def engine_run(kernel, pair, loss="taid", mask=None, **options):
+    from taid_vlm.losses import EngineOptions, Head, divergence
+
+    student_h, student_w, teacher_h, teacher_w = pair
+    h, w = student_h.clone().requires_grad_(), student_w.clone().requires_grad_()
+    params = {"t": 0.6} if loss == "taid" else {}
+    value = divergence(loss, Head(h, w), Head(teacher_h, teacher_w), mask,
+                       options=EngineOptions(chunk_kernel=kernel, chunk_size=4, **options), **params)
+    value.backward()
+    return value.detach(), h.grad, w.grad
+
+
+@pytest.mark.parametrize("loss", ["taid", "fkl"])
+def test_engine_with_the_triton_step_equals_the_torch_step(loss):
+    pair = engine_pair(7)
+    mask = torch.ones(11, dtype=torch.bool)
+    mask[[1, 5, 6]] = False  # masked tokens: 8 selected, chunks of 4, 4
+    triton_value, triton_h, triton_w = engine_run("triton", pair, loss, mask)
+    torch_value, torch_h, torch_w = engine_run("torch", pair, loss, mask)
+    torch.testing.assert_close(triton_value, torch_value, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(triton_h, torch_h, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(triton_w, torch_w, rtol=1e-5, atol=1e-6)
+    assert not triton_h[~mask].any()  # masked tokens get no gradient
+
+
+def test_engine_bf16_heads_and_a_fused_cross_entropy_with_the_triton_step():
+    pair = engine_pair(8, dtype=torch.bfloat16)
+    labels = torch.randint(0, 45, (11,), generator=torch.Generator().manual_seed(3))
+    from taid_vlm.losses import EngineOptions, Head, divergence
+
+    results = {}
+    for kernel in ("triton", "torch"):
+        h, w = pair[0].clone().requires_grad_(), pair[1].clone().requires_grad_()
+        value = divergence("taid", Head(h, w), Head(pair[2], pair[3]), labels=labels, t=0.5,
+                           options=EngineOptions(chunk_kernel=kernel, chunk_size=5, ce_weight=0.3))
+        value.backward()
+        results[kernel] = (value.detach(), h.grad.float(), w.grad.float())
+    for got, want in zip(results["triton"], results["torch"]):
+        torch.testing.assert_close(got, want, rtol=1e-2, atol=1e-3)  # both fold bf16-rounded gradients
+
+
+def test_engine_on_a_cached_top_k_teacher_with_the_triton_step():
+    from taid_vlm.losses import EngineOptions, Head, divergence, topk_of_logits
+
+    g = torch.Generator().manual_seed(9)
+    h0, w0 = torch.randn(9, 8, generator=g), torch.randn(40, 8, generator=g)
+    teacher = topk_of_logits(torch.randn(9, 40, generator=g) * 2, 6)
+    out = {}
+    for kernel in ("triton", "torch"):
+        h = h0.clone().requires_grad_()
+        value = divergence("fkl", Head(h, w0), teacher, options=EngineOptions(chunk_kernel=kernel, chunk_size=4))
+        value.backward()
+        out[kernel] = (value.detach(), h.grad)
+    torch.testing.assert_close(out["triton"][0], out["torch"][0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out["triton"][1], out["torch"][1], rtol=1e-5, atol=1e-6)
+
+
+def test_the_triton_step_holds_no_temporaries_so_its_chunks_are_larger():
+    from taid_vlm.losses import chunked
+    from taid_vlm.losses.options import EngineOptions
+
+    triton_kernel = chunked.kl_kernel(EngineOptions(chunk_kernel="triton"), "cpu")
+    assert triton_kernel is interpolated_kl_triton_
+    assert chunked.kl_kernel(EngineOptions(chunk_kernel="auto"), "cpu") is interpolated_kl_  # auto: never the interpreter
+    assert chunked.kl_kernel(EngineOptions(chunk_kernel="auto"), "cuda", torch.float64) is interpolated_kl_
+    step = chunked.FullVocabStep(None, None, kd_vocab=10, labels=None, interpolation=1.0, kernel=triton_kernel)
+    torch_step = chunked.FullVocabStep(None, None, kd_vocab=10, labels=None, interpolation=1.0, kernel=interpolated_kl_)
+    assert step.rows_per_token == chunked.ROWS_CLOSED_FORM_TRITON < torch_step.rows_per_token == chunked.ROWS_CLOSED_FORM
+    with pytest.raises(ValueError, match="chunk_kernel must be one of torch, triton, auto"):
+        EngineOptions(chunk_kernel="cuda")
+
+
+def test_bf16_head_logits_come_out_of_the_gemm_in_fp32_on_cuda():
+    """On CUDA (checked here on the meta device) the logits GEMM writes fp32, never bf16 first."""
+    from taid_vlm.losses.signals import Scratch, fp32_output_gemm, linear_into
+
+    x = torch.empty(4, 8, dtype=torch.bfloat16, device="meta")
+    w = torch.empty(16, 8, dtype=torch.bfloat16, device="meta")
+    out = torch.empty(4, 16, dtype=torch.float32, device="meta")
+    assert fp32_output_gemm(x, w, out)
+    linear_into(out, x, w, torch.empty(16, dtype=torch.bfloat16, device="meta"), Scratch(4, 16, torch.device("meta")))
+    assert not fp32_output_gemm(x.to("cpu"), w.to("cpu"), out.to("cpu"))  # no such GEMM on CPU
+
+
+def test_config_key_and_a_clear_error_on_cpu_without_the_interpreter(tmp_path, monkeypatch, capsys):
+    from taid_vlm import cli
+    from taid_vlm.train.config import ConfigError, load_config
+
+    base = ["student=s", "teacher=t", "data=d", "output=o"]
+    assert load_config(None, {}, base + ["chunk_kernel=torch"]).engine_options().chunk_kernel == "torch"
+    assert load_config(None, {}, base).engine_options().chunk_kernel == "auto"
+    with pytest.raises(ConfigError, match="chunk_kernel must be one of torch, triton, auto"):
+        load_config(None, {}, base + ["chunk_kernel=cuda"])
+    monkeypatch.setattr(triton_chunk, "interpreter_active", lambda: False)  # a user's plain CPU process
+    code = cli.main(["distill", "--student", str(tmp_path / "s"), "--teacher", str(tmp_path / "t"), "--data",
+                     str(tmp_path / "d.jsonl"), "--output", str(tmp_path / "out"), "--chunk-kernel", "triton"])
+    assert code == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "taid-vlm distill: error: chunk_kernel=triton runs on CUDA devices; this run's logits are on cpu. Use chunk_kernel: "
+        "torch or auto (TRITON_INTERPRET=1 in the environment of a fresh process runs the kernel in Triton's interpreter "
+        "on CPU: for tests, far slower than torch)"]
+    assert not (tmp_path / "out").exists()
