@@ -80,7 +80,7 @@ def side_loss(side: str, hidden, weight, teacher_hidden, teacher_weight):
     if side == "liger_fljsd":
         from liger_kernel.transformers import LigerFusedLinearJSD
 
-        return LigerFusedLinearJSD(jsd_beta=0.0, temperature=1.0)(hidden, weight, teacher_hidden, teacher_weight)
+        return LigerFusedLinearJSD(jsd_beta=0.0, temperature=1.0)(hidden, weight, teacher_hidden, teacher_weight, None)
     if side == "trl_chunked":
         from trl.kernels.chunked_divergence import ChunkedDivergenceFunction
 

@@ -30,12 +30,16 @@ def run_sh(*args, tmp_path):
 
 def test_without_cuda_one_line_exit_0_and_nothing_written(tmp_path):
     out = tmp_path / "results" / "gpu"
+    committed = sorted((ROOT / "docs" / "results" / "gpu").iterdir())
     done = run_sh("--out-dir", str(out), "--work-dir", str(tmp_path / "work"), "--copy-to", str(tmp_path / "copy"), tmp_path=tmp_path)
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == [done.stdout.strip()] and "no CUDA device here" in done.stdout
     assert done.stderr == ""
     assert not out.exists() and not (tmp_path / "work").exists() and not (tmp_path / "copy").exists()
-    assert not (ROOT / "docs" / "results" / "gpu").exists()
+    assert sorted((ROOT / "docs" / "results" / "gpu").iterdir()) == committed
+    default = run_sh(tmp_path=tmp_path)  # the default folder, docs/results/gpu/, is left as it was
+    assert default.returncode == 0 and "no CUDA device here" in default.stdout
+    assert sorted((ROOT / "docs" / "results" / "gpu").iterdir()) == committed
 
 
 def test_its_arguments_are_checked_first_even_without_cuda(tmp_path):

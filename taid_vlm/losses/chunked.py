@@ -53,7 +53,8 @@ Tensor = torch.Tensor
 # Budget (MiB) for a chunk's [chunk, V] buffers when neither chunk_size nor chunk_memory_mb is
 # given. CPU: ~220-token chunks at V = 152k: TAID at 1.41x the four-GEMM floor with 13.6x less
 # memory than the plain path; smaller chunks slow the GEMMs down (96 tokens: 1.66x, under load)
-# (docs/LOSS-ENGINE.md). CUDA: ~1,750-token chunks at V = 152k, where GPU GEMMs are efficient;
+# (docs/LOSS-ENGINE.md). CUDA: ~1,750-token chunks at V = 152k (~3,500 with the Triton kernel's
+# 2 rows a token), where GPU GEMMs are efficient;
 # not measured here.
 DEFAULT_CHUNK_MEMORY_MB = {"cpu": 512.0, "cuda": 4096.0}
 MIN_CHUNK, MAX_CHUNK = 8, 8192
