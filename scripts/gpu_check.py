@@ -69,12 +69,12 @@ def plan(args: argparse.Namespace) -> list[Part]:
         Part("loss_readme_shape", 80, [py, "scripts/bench_loss.py", "--device", "cuda", "--dtypes", "float32", "bfloat16",
                                        "--chunk-kernels", "torch", "triton", "--out", str(out / "loss_readme_shape.json")],
              ["loss_readme_shape.json"]),
-        Part("distill_fsdp", 80, [py, __file__, "--distill-part", "--pair-dir", pair, "--work-dir", args.work_dir,
+        Part("distill_fsdp", 110, [py, __file__, "--distill-part", "--pair-dir", pair, "--work-dir", args.work_dir,
                                   "--out", str(out / "distill_fsdp.json")], ["distill_fsdp.json"]),
-        Part("loss_liger_shape", 100, [py, "scripts/bench_loss.py", "--device", "cuda", *LIGER_SHAPE,
+        Part("loss_liger_shape", 90, [py, "scripts/bench_loss.py", "--device", "cuda", *LIGER_SHAPE,
                                        "--dtypes", "float32", "bfloat16", "--out", str(out / "loss_liger_shape.json")],
              ["loss_liger_shape.json"]),
-        Part("scale", 120, [py, "scripts/bench_scale.py", "--device", "cuda", "--modes", "fp32,bf16,bf16_ckpt",
+        Part("scale", 100, [py, "scripts/bench_scale.py", "--device", "cuda", "--modes", "fp32,bf16,bf16_ckpt",
                             "--steps", "2", "--pair-dir", pair, "--out", str(out / "scale.json")], ["scale.json"]),
         Part("vs_trl", 70, [py, "scripts/bench_vs_trl.py", "--device", "cuda", "--out", str(out / "vs_trl.json")],
              ["vs_trl.json"]),
@@ -113,13 +113,33 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def cuda_device() -> str | None:
-    """The GPU's name, or None where torch is missing or sees no CUDA device."""
+PROBE = """
+import json, os, platform
+try:
+    import torch
+except Exception:
+    print("null"); raise SystemExit
+if not torch.cuda.is_available():
+    print("null"); raise SystemExit
+record = {"gpu": torch.cuda.get_device_name(0), "capability": ".".join(map(str, torch.cuda.get_device_capability(0))),
+          "gpu_memory_gib": round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1),
+          "torch": torch.__version__, "cuda": torch.version.cuda, "python": platform.python_version(),
+          "cpu_count": os.cpu_count()}
+for name in ("triton", "transformers", "accelerate", "trl", "liger_kernel"):
     try:
-        import torch
-    except Exception:  # noqa: BLE001 - no (working) torch: no CUDA either
-        return None
-    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+        record[name] = __import__(name).__version__
+    except Exception:
+        record[name] = None
+print(json.dumps(record))
+"""
+
+
+def probe(env: dict[str, str] | None = None) -> dict | None:
+    """The GPU and the versions, asked in a subprocess (this process never holds a CUDA context);
+    None where torch is missing or sees no CUDA device."""
+    done = subprocess.run([sys.executable, "-c", PROBE], env=env, capture_output=True, text=True)
+    lines = done.stdout.strip().splitlines()
+    return json.loads(lines[-1]) if done.returncode == 0 and lines else None
 
 
 # ---- preparing and installing the wheels ----------------------------------------------------------
@@ -198,32 +218,14 @@ def _kill_group(proc: subprocess.Popen) -> None:
             continue
 
 
-def machine_record() -> dict:
-    import platform
-
-    import torch
-
-    record = {"gpu": torch.cuda.get_device_name(0), "capability": ".".join(map(str, torch.cuda.get_device_capability(0))),
-              "gpu_memory_gib": round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1),
-              "torch": torch.__version__, "cuda": torch.version.cuda, "python": platform.python_version(),
-              "cpu_count": os.cpu_count()}
-    for name in ("triton", "transformers", "accelerate", "trl", "liger_kernel"):
-        try:
-            record[name] = __import__(name).__version__
-        except Exception:  # noqa: BLE001 - recorded as missing
-            record[name] = None
-    return record
-
-
-def run_all(args: argparse.Namespace, parts: list[Part], gpu: str) -> int:
+def run_all(args: argparse.Namespace, parts: list[Part], machine: dict) -> int:
     out_dir, work = Path(args.out_dir), Path(args.work_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (work / "logs").mkdir(parents=True, exist_ok=True)
     installed = install(Path(args.wheels), Path(args.site))
     env = child_env(Path(args.site))
-    if str(Path(args.site)) not in sys.path and Path(args.site).is_dir():
-        sys.path.append(str(Path(args.site)))  # for the versions in the summary
-    summary = {"gpu": gpu, "machine": machine_record(), "budget_s": args.budget_s, "wheels_installed": installed,
+    machine = probe(env) or machine  # again with the carried packages on the path: their versions
+    summary = {"gpu": machine["gpu"], "machine": machine, "budget_s": args.budget_s, "wheels_installed": installed,
                "started": time.strftime("%Y-%m-%d %H:%M:%S"), "parts": []}
     deadline = time.time() + args.budget_s
     for part in parts:
@@ -310,11 +312,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{part.name:18s} <= {part.limit_s:3d} s  {' '.join(part.argv)}")
         print(f"budget {args.budget_s} s; results in {args.out_dir}; wheels from {args.wheels} into {args.site}")
         return 0
-    gpu = cuda_device()
-    if gpu is None:
+    machine = probe()
+    if machine is None:
         print(f"gpu_check: no CUDA device here ({sys.executable} has no torch.cuda): nothing measured, nothing written")
         return 0
-    return run_all(args, parts, gpu)
+    return run_all(args, parts, machine)
 
 
 if __name__ == "__main__":

@@ -75,8 +75,7 @@ def test_each_part_has_its_limit_and_a_failure_does_not_stop_the_rest(gpu_check,
         gpu_check.Part("after", 30, [py, "-c", "print('still ran')"]),
     ]
     monkeypatch.setattr(gpu_check, "plan", lambda args: fake)
-    monkeypatch.setattr(gpu_check, "cuda_device", lambda: "Fake GPU")
-    monkeypatch.setattr(gpu_check, "machine_record", lambda: {"gpu": "Fake GPU"})
+    monkeypatch.setattr(gpu_check, "probe", lambda env=None: {"gpu": "Fake GPU"})
     out, copy = tmp_path / "gpu", tmp_path / "copy"
     wheels = tmp_path / "no-wheels"
     assert gpu_check.main(["--out-dir", str(out), "--work-dir", str(tmp_path / "work"), "--wheels", str(wheels),
@@ -96,8 +95,7 @@ def test_a_spent_budget_skips_the_remaining_parts(gpu_check, tmp_path, monkeypat
     py = sys.executable
     fake = [gpu_check.Part("slow", 100, [py, "-c", "import time; time.sleep(50)"]), gpu_check.Part("next", 30, [py, "-c", "pass"])]
     monkeypatch.setattr(gpu_check, "plan", lambda args: fake)
-    monkeypatch.setattr(gpu_check, "cuda_device", lambda: "Fake GPU")
-    monkeypatch.setattr(gpu_check, "machine_record", lambda: {})
+    monkeypatch.setattr(gpu_check, "probe", lambda env=None: {"gpu": "Fake GPU"})
     now = [1000.0]
     monkeypatch.setattr(gpu_check.time, "time", lambda: now[0])
 

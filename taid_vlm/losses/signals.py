@@ -241,10 +241,18 @@ def as_signal(value: "Tensor | TeacherSignal | None") -> "TeacherSignal | None":
 
 
 def fp32_output_gemm(x: Tensor, weight: Tensor, out: Tensor) -> bool:
-    """Whether ``torch.mm(x, weight.T, out_dtype=fp32)`` runs here: 16-bit operands of one dtype on
-    a CUDA device (the meta device too, for checks), an fp32 output."""
-    return (out.dtype == torch.float32 and x.dtype in (torch.bfloat16, torch.float16) and weight.dtype == x.dtype
-            and x.device.type in ("cuda", "meta"))
+    """Whether ``torch.mm(x, weight.T, out_dtype=fp32)`` runs here: 16-bit operands of one dtype,
+    an fp32 output, a torch that has the op, on an Ampere or newer CUDA device (or the meta
+    device, for checks)."""
+    if not (out.dtype == torch.float32 and x.dtype in (torch.bfloat16, torch.float16) and weight.dtype == x.dtype
+            and _MM_HAS_OUT_DTYPE):
+        return False
+    if x.device.type == "meta":
+        return True
+    return x.device.type == "cuda" and torch.cuda.get_device_capability(x.device)[0] >= 8
+
+
+_MM_HAS_OUT_DTYPE = "dtype_out" in torch.ops.aten.mm.overloads()
 
 
 class Scratch:
