@@ -42,7 +42,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchlib import current_rss_mb, machine, max_rss_mb, write_json  # noqa: E402
+from benchlib import distribution_version, machine, peak_baseline, peak_since, sync, write_json  # noqa: E402
 
 SIDES = ("plain", "ours_torch", "ours_triton", "liger_fljsd", "trl_chunked")
 
@@ -113,10 +113,6 @@ def run_side(args: argparse.Namespace) -> dict:
 
     device = torch.device(args.device)
 
-    def sync():
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-
     def step(inputs):
         inputs[0].grad = inputs[1].grad = None
         loss = side_loss(args.side, *inputs)
@@ -136,19 +132,14 @@ def run_side(args: argparse.Namespace) -> dict:
 
     inputs = make_inputs(args, args.tokens)
     step(inputs)  # warm-up (kernel compilation, cuBLAS handles)
-    sync()
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-    else:
-        base = current_rss_mb()
+    base = peak_baseline(device)
     times = []
     for _ in range(args.repeats):
         start = time.perf_counter()
         step(inputs)
-        sync()
+        sync(device)
         times.append(time.perf_counter() - start)
-    peak = (torch.cuda.max_memory_allocated() - base) / 2**20 if device.type == "cuda" else max_rss_mb() - base
+    peak = peak_since(device, base)
     return {"seconds": round(statistics.median(times), 6), "all_seconds": [round(t, 6) for t in times],
             "peak_mb": round(peak, 1), **accuracy}
 
@@ -162,15 +153,6 @@ def run_subprocess(args: argparse.Namespace, side: str) -> dict:
         lines = [line for line in done.stderr.strip().splitlines() if line.strip()]
         return {"ran": False, "error": lines[-1] if lines else f"exit {done.returncode}", "exit_code": done.returncode}
     return {"ran": True, **json.loads(done.stdout.strip().splitlines()[-1])}
-
-
-def _version(distribution: str) -> str | None:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(distribution)
-    except PackageNotFoundError:
-        return None
 
 
 def main() -> None:
@@ -207,7 +189,7 @@ def main() -> None:
     summary["shape"] = {"tokens": args.tokens, "hidden": args.hidden, "vocab": args.vocab, "dtype": args.dtype, "device": args.device}
     if args.out:
         info = machine(load_at_start)
-        info.update(trl=_version("trl"), liger_kernel=_version("liger-kernel"), triton=_version("triton"))
+        info.update({name: distribution_version(name) for name in ("trl", "liger-kernel", "triton")})
         write_json(args.out, {"summary": summary, "sides": sides, "command": " ".join(["python", *sys.argv]), "machine": info})
     print(json.dumps(summary))
 

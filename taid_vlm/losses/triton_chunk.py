@@ -32,8 +32,6 @@ torch path, so it is never chosen silently.
 
 from __future__ import annotations
 
-import os
-
 import torch
 
 from .fused_kl import NEG_LARGE
