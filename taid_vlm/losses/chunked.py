@@ -113,7 +113,7 @@ def chunk_size_for(step: "ChunkStep", vocab: int, options: EngineOptions, *, dev
 KLKernel = Callable[[Tensor, Tensor, float, float], Tensor]
 
 
-def kl_kernel(options: EngineOptions, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> KLKernel:
+def kl_kernel(options: EngineOptions, device: torch.device | str, dtype: torch.dtype = torch.float32) -> KLKernel:
     """The closed-form KL(p_t || q) kernel of a chunk (taid; fkl is t = 1) for logits of ``dtype``
     on ``device``, as ``options.chunk_kernel`` says (``triton_chunk.resolve_chunk_kernel``: an
     explicit ``triton`` where it cannot run is an error here, before any chunk).
