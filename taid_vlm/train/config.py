@@ -65,7 +65,7 @@ class DistillConfig:
     chunk_size: int | None = None  # tokens per chunk; overrides chunk_memory_mb
     chunk_memory_mb: float | None = None  # budget for a chunk's [chunk, V] buffers (None: device default)
     chunk_compile: bool = False  # torch.compile the taid/fkl chunk kernel (pays a one-off compile)
-    chunk_kernel: str = "auto"  # taid/fkl chunk kernel: torch, triton (CUDA) or auto (triton on CUDA, else torch)
+    chunk_kernel: str = "torch"  # taid/fkl chunk kernel: torch, triton (CUDA) or auto (triton on CUDA, else torch); torch until measured on a GPU
     # Settings of one loss; each loss class declares the ones it reads and their ranges.
     # TAID schedule (docs/TAID.md)
     t_start: float = 0.4
