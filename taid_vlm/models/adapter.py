@@ -32,6 +32,7 @@ from ..data.records import Record
 from .families import (
     Family, final_hidden_states, head_is_linear, image_token_ids, template_messages, uses_content_parts,
 )  # fmt: skip
+from .lora import effective_head
 from .outputs import ResponseOutputs
 from .tokenizer import PLAIN_TEMPLATE
 
@@ -277,8 +278,7 @@ class ModelAdapter:
                     hidden = self.hidden_module(batch.inputs)[predicting]
                 else:
                     hidden = final_hidden_states(self.model, batch.inputs, self.family_info)[predicting]
-                head = self.lm_head()
-                weight, bias = head.weight, head.bias
+                weight, bias = effective_head(self.lm_head())  # W + scale * B @ A under a LoRA head
                 if self.role == "teacher":
                     weight, bias = weight.detach(), (bias.detach() if bias is not None else None)
                 return ResponseOutputs(token_ids, record_index, hidden=hidden, head_weight=weight, head_bias=bias)

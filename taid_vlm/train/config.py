@@ -25,11 +25,13 @@ from ..flags import flag
 from ..losses import LOSSES, EngineOptions, Loss, UnknownLoss
 from ..losses import loss_class as find_loss_class
 from ..losses.triton_chunk import CHUNK_KERNELS
+from ..models.lora import LoraSettings
 
 RESPONSE_SOURCES = ("data", "teacher")
 MIXED_PRECISION = ("no", "bf16", "fp16")
 DISTRIBUTED = ("ddp", "fsdp")
 LR_SCHEDULERS = ("cosine", "linear", "constant")
+LIST_KEYS = ("lora_target_modules",)  # str keys that also take a YAML list (stored comma-separated)
 
 
 @dataclass
@@ -96,6 +98,13 @@ class DistillConfig:
     num_workers: int = 0  # DataLoader workers rendering records for student and teacher off the step
     save_dtype: str | None = None  # dtype of the saved student (e.g. bfloat16); default: the training dtype
 
+    # --- LoRA student (taid_vlm/models/lora.py, through peft): lora_r > 0 trains adapters only ---
+    lora_r: int = 0  # adapter rank; 0 = full fine-tuning
+    lora_alpha: float | None = None  # scale = lora_alpha / lora_r; default: lora_r (scale 1)
+    lora_dropout: float = 0.0  # on each adapted layer's input (refused on the LM head with the chunked loss)
+    lora_target_modules: str = "all-linear"  # or comma-separated module names, e.g. q_proj,k_proj,v_proj,o_proj,lm_head
+    save_adapter_only: bool = False  # student/ holds peft's adapter folder instead of the merged model
+
     # --- run --------------------------------------------------------------------------------
     output: str = ""
     seed: int = 0
@@ -155,7 +164,7 @@ class DistillConfig:
         problems = []
         if self.mixed_precision not in MIXED_PRECISION:
             problems.append(f"mixed_precision must be one of {MIXED_PRECISION}, got {self.mixed_precision!r}")
-        elif self.mixed_precision != "no" and self.student_dtype not in ("float32", "fp32", "float"):
+        elif self.mixed_precision != "no" and self.student_dtype not in ("float32", "fp32", "float") and not self.lora_r:
             problems.append(f"mixed_precision={self.mixed_precision} keeps fp32 master weights: set student_dtype=float32 "
                             f"(got {self.student_dtype}), or mixed_precision=no to train in {self.student_dtype} alone")
         if self.distributed not in DISTRIBUTED:
@@ -176,7 +185,17 @@ class DistillConfig:
             problems.append(f"num_workers must be >= 0, got {self.num_workers}")
         if self.save_dtype is not None and self.save_dtype not in ("float32", "bfloat16", "float16"):
             problems.append(f"save_dtype must be float32, bfloat16 or float16, got {self.save_dtype!r}")
+        if self.lora_r:
+            problems += self.lora_settings().problems()
+        if self.save_adapter_only and not self.lora_r:
+            problems.append("save_adapter_only=true keeps a LoRA adapter: set lora_r > 0 (or save_adapter_only=false)")
         return problems
+
+    def lora_settings(self) -> LoraSettings | None:
+        """The LoRA student's settings; None for full fine-tuning (lora_r = 0)."""
+        if not self.lora_r:
+            return None
+        return LoraSettings(self.lora_r, self.lora_alpha, self.lora_dropout, self.lora_target_modules)
 
     @property
     def loss_class(self) -> type[Loss] | None:
@@ -251,6 +270,8 @@ def coerce(name: str, value: Any, source: str) -> Any:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
     elif base is str:
+        if name in LIST_KEYS and isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return ",".join(value)  # a YAML list of names
         return str(value)
     elif typing.get_origin(base) is dict:
         if isinstance(value, dict) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value.values()):

@@ -30,7 +30,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -43,6 +43,7 @@ from ..errors import RunError, is_disk_full
 from ..losses import Loss
 from ..models import ModelAdapter, check_alignment, check_vocab_compatible, is_composed_spec
 from ..models.checkpointing import enable_gradient_checkpointing
+from ..models.lora import LoraStudent, apply_lora
 from ..models.loading import resolve_dtype
 from .checkpoint import TrainerState, load_newest_intact, save_checkpoint
 from .config import ConfigError, DistillConfig
@@ -98,6 +99,7 @@ class Run:
     progress: Progress
     config_yaml: str
     run_output: RunOutput  # the output directory's life: claimed, committed at the first applied step (train/output.py)
+    lora: LoraStudent | None = None  # a LoRA student (lora_r > 0): its adapters, merge and saving
     last_loss: float | None = None
     last_kd: float = float("nan")
     last_ce: float = float("nan")
@@ -137,6 +139,7 @@ def setup(config: DistillConfig, env: Distributed | None = None, run_output: Run
     _seed_everything(config.seed)
 
     teacher, student = _load_models(config, env)
+    lora = _apply_lora(config, student)
     check_data(config, records, env.world_size, student, teacher)
     cached = None
     if config.teacher_cache:  # the teacher's signal comes from disk; records are checked against it (read-only)
@@ -180,7 +183,7 @@ def setup(config: DistillConfig, env: Distributed | None = None, run_output: Run
                      tensorboard_dir=out / "tensorboard" if config.tensorboard else None)
     progress = Progress(config.max_steps, state.step, enabled=config.progress and env.is_main)
     return Run(config, env, out, started, student, teacher, teacher_signal, sharded, precision, params, optimizer,
-               lr_scheduler, loss, extra_modules, state, data, collator, log, progress, config_yaml, run_output)
+               lr_scheduler, loss, extra_modules, state, data, collator, log, progress, config_yaml, run_output, lora)
 
 
 def _load_models(config: DistillConfig, env: Distributed) -> tuple[ModelAdapter | None, ModelAdapter]:
@@ -196,6 +199,16 @@ def _load_models(config: DistillConfig, env: Distributed) -> tuple[ModelAdapter 
         check_vocab_compatible(teacher, student)
         check_pair(config, teacher, student)
     return teacher, student
+
+
+def _apply_lora(config: DistillConfig, student: ModelAdapter) -> LoraStudent | None:
+    """lora_r > 0: peft adapters injected into the student (before any placement: every rank
+    starts from rank 0's adapters too); only they train."""
+    settings = config.lora_settings()
+    if settings is None:
+        return None
+    base = str(Path(config.student).resolve()) if Path(config.student).is_dir() else config.student
+    return apply_lora(student, settings, base=base, chunked=config.chunked)
 
 
 def _place(config: DistillConfig, env: Distributed, student: ModelAdapter, teacher: ModelAdapter | None) -> HiddenStates | None:
@@ -344,15 +357,26 @@ def finish(run: Run) -> DistillResult:
     _check_ranks_agree(env, run.student.model, run.loss, run.out, full_state)
     student_dir = run.out / "student"
     if env.is_main:
-        _save_student_atomically(run.student, student_dir, _state_to_save(run, full_state))
+        _save_student_atomically(student_dir, _student_saver(run, full_state))
     env.barrier()
     return DistillResult(run.out, student_dir, run.state.step, run.last_loss, run.loss.snapshot().get("t"),
                          time.perf_counter() - run.started, env.is_main)
 
 
+def _student_saver(run: Run, full_state: dict[str, torch.Tensor] | None) -> Callable[[Path], None]:
+    """What writes the student folder: the model (a LoRA student merged), or peft's adapter folder."""
+    lora, state = run.lora, _state_to_save(run, full_state)
+    if lora is not None and run.config.save_adapter_only:
+        return lambda out: lora.save_adapter(out, run.student, state)
+    return lambda out: run.student.save(out, state_dict=state)
+
+
 def _state_to_save(run: Run, full_state: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor] | None:
-    """The student's weights to ship: gathered (fsdp) and/or cast to ``save_dtype``; None = as is."""
+    """The student's weights to ship: gathered (fsdp), a LoRA student merged (unless only its
+    adapter ships), and/or cast to ``save_dtype``; None = as is."""
     dtype = resolve_dtype(run.config.save_dtype)
+    if run.lora is not None and not run.config.save_adapter_only:
+        full_state = run.lora.merged_state(full_state)
     if dtype is None:
         return full_state
     state = full_state if full_state is not None else run.student.model.state_dict()
@@ -453,11 +477,11 @@ def _check_ranks_agree(env: Distributed, model: torch.nn.Module, loss: Loss, out
         raise RuntimeError(f"ranks disagree at the end of the run (see {out / 'ranks.json'}): {everyone}")
 
 
-def _save_student_atomically(student: ModelAdapter, target: Path, state_dict: dict[str, torch.Tensor] | None = None) -> None:
+def _save_student_atomically(target: Path, save: Callable[[Path], None]) -> None:
     tmp = target.parent / f".tmp-{target.name}"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        student.save(tmp, state_dict=state_dict)
+        save(tmp)
     except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
         if is_disk_full(e):

@@ -1,0 +1,159 @@
+"""LoRA students through peft: the effective head in the chunked engine, merge, refusals, a run end to end."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from composed_pair import save_text_pair
+from taid_vlm.losses import EngineOptions
+from taid_vlm.models import adapt, load
+from taid_vlm.models.lora import LoraError, LoraSettings, apply_lora, effective_head
+from taid_vlm.testing import build_tiny
+from taid_vlm.train import ConfigError, distill, load_config
+from taid_vlm.train.metrics import read_metrics
+from taid_vlm.train.objective import training_loss
+
+HEAD_TARGETS = "q_proj,v_proj,lm_head"
+
+
+def lora_student(targets: str = HEAD_TARGETS, dropout: float = 0.0, seed: int = 2, **settings):
+    """A tiny Qwen2 student (untied head) with adapters whose B is random, so W + scale * B @ A != W."""
+    model, tokenizer = build_tiny("qwen2", hidden_size=16, seed=seed)
+    student = adapt(model.float().train(), tokenizer)
+    lora = apply_lora(student, LoraSettings(4, settings.pop("alpha", 8.0), dropout, targets), **settings)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        for layer in lora.layers.values():
+            torch.nn.init.normal_(layer.lora_B["default"].weight, std=0.2)
+    return student, lora
+
+
+@pytest.fixture(scope="module")
+def text_pair(tmp_path_factory):
+    return save_text_pair(tmp_path_factory.mktemp("lora"), 16)
+
+
+def run_config(root: Path, out: str, **overrides):
+    values = dict(teacher=str(root / "teacher"), student=str(root / "student"), data=str(root / "shapes" / "train.jsonl"),
+                  output=str(root / out), max_steps=3, batch_size=4, save_every=100, log_every=1, progress=False,
+                  seed=3, lora_r=4, lora_target_modules=HEAD_TARGETS, lr=1e-2, loss="fkl")
+    values.update(overrides)
+    return load_config(None, values)
+
+
+# ---- the effective head ----------------------------------------------------------------------------
+
+
+def test_chunked_engine_sees_the_effective_head_values_and_gradients(text_pair):
+    """A LoRA on lm_head: the chunked engine (hidden states + W + scale * B @ A) gives the loss and
+    the adapters' gradients of the plain path (the model's own forward, peft's LoRA branch)."""
+    student, lora = lora_student()
+    teacher = load(text_pair / "teacher", role="teacher")
+    from taid_vlm.data import load_records
+
+    records = load_records(text_pair / "shapes" / "train.jsonl")[:4]
+    teacher_out = teacher.response_outputs(records, return_hidden=False)
+    head = student.lm_head()
+    weight, _ = effective_head(head)
+    assert weight.requires_grad and not head.get_base_layer().weight.requires_grad
+    expected = head.get_base_layer().weight + 2.0 * head.lora_B["default"].weight @ head.lora_A["default"].weight
+    assert torch.allclose(weight, expected, atol=1e-6)
+
+    results = []
+    for chunked in (True, False):
+        student.model.zero_grad(set_to_none=True)
+        out = student.response_outputs(records, return_hidden=chunked)
+        assert (out.hidden is not None) == chunked
+        loss = training_loss("fkl", out, teacher_out.to(dtype=torch.float32), num_tokens=out.num_tokens,
+                             options=EngineOptions(chunked=chunked, chunk_size=5)).total
+        loss.backward()
+        grads = {n: p.grad.clone() for n, p in student.model.named_parameters() if p.requires_grad}
+        results.append((loss.detach(), grads))
+    (chunked_loss, chunked_grads), (plain_loss, plain_grads) = results
+    assert torch.allclose(chunked_loss, plain_loss, rtol=1e-5)
+    assert chunked_grads.keys() == plain_grads.keys() and any("lm_head.lora_A" in n for n in chunked_grads)
+    for name, grad in plain_grads.items():
+        assert grad.abs().max() > 0, name
+        torch.testing.assert_close(chunked_grads[name], grad, rtol=1e-5, atol=1e-7)
+
+
+def test_merged_state_is_peft_merge_and_unload():
+    student, lora = lora_student()
+    merged = lora.merged_state()
+    reference = {k: v.clone() for k, v in lora.peft_model.merge_and_unload().state_dict().items()}
+    assert merged.keys() == reference.keys()
+    for name, tensor in reference.items():
+        torch.testing.assert_close(merged[name], tensor, rtol=0, atol=1e-6)
+    assert (merged["lm_head.weight"] - lora_student()[0].model.lm_head.get_base_layer().weight).abs().max() > 1e-3
+
+
+# ---- refusals ----------------------------------------------------------------------------------------
+
+
+def test_lora_settings_that_cannot_work_are_refused_by_name():
+    base = {"student": "s", "teacher": "t", "data": "d", "output": "o"}
+    for values, message in (({"lora_r": -1}, "lora_r must be >= 1"), ({"lora_r": 4, "lora_dropout": 1.0}, "lora_dropout"),
+                            ({"lora_r": 4, "lora_alpha": 0}, "lora_alpha must be > 0"),
+                            ({"lora_r": 4, "lora_target_modules": "q_proj; v_proj"}, "comma-separated"),
+                            ({"save_adapter_only": True}, "save_adapter_only=true keeps a LoRA adapter")):
+        with pytest.raises(ConfigError, match=message):
+            load_config(None, dict(base, **values))
+    config = load_config(None, dict(base, lora_r=8, mixed_precision="bf16", student_dtype="bfloat16"))
+    assert config.lora_settings() == LoraSettings(8, None, 0.0, "all-linear")  # a bf16 base under fp32 adapters
+    assert load_config(None, base, ["lora_r=2", "lora_target_modules=q_proj,v_proj"]).lora_settings().targets == ["q_proj", "v_proj"]
+
+
+def test_a_tied_head_dropout_on_the_head_and_non_linear_targets_are_refused():
+    with pytest.raises(LoraError, match="lora_dropout=0.1 with lm_head.*chunked=false"):
+        lora_student(dropout=0.1)
+    lora_student(dropout=0.1, chunked=False)  # the plain path runs the head's own forward
+    with pytest.raises(LoraError, match="only linear layers.*embed_tokens"):
+        lora_student("q_proj,embed_tokens")
+    with pytest.raises(LoraError, match="lora_target_modules=nothing_here"):
+        lora_student("nothing_here")
+    model, tokenizer = build_tiny("qwen2", hidden_size=16)
+    model.lm_head.weight = model.model.embed_tokens.weight  # tie_word_embeddings
+    with pytest.raises(LoraError, match="lm_head's weight is tied to model.embed_tokens.weight"):
+        apply_lora(adapt(model, tokenizer), LoraSettings(4, target_modules="lm_head"))
+
+
+# ---- a run end to end -----------------------------------------------------------------------------
+
+
+def test_lora_run_trains_adapters_only_and_ships_a_merged_student_that_answers_like_the_adapter(text_pair):
+    """The same 4 records every step: the loss falls, only the adapters move, and the merged
+    student (plain transformers) and the adapter folder (peft over the base) answer alike."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    common = dict(data_limit=4, max_steps=6, lr=3e-2)
+    merged_run = distill(run_config(text_pair, "merged", **common))
+    adapter_run = distill(run_config(text_pair, "adapter", save_adapter_only=True, **common))
+    losses = [r["loss"] for r in read_metrics(merged_run.output / "metrics.jsonl")]
+    assert all(math.isfinite(x) for x in losses) and all(b < a for a, b in zip(losses, losses[1:])), losses
+    assert losses[-1] < 0.8 * losses[0], losses
+
+    merged = AutoModelForCausalLM.from_pretrained(merged_run.student_dir)
+    assert merged.config.model_type == "qwen2" and not any("lora" in k for k in merged.state_dict())
+    base = load_file(str(text_pair / "student" / "model.safetensors"))
+    shipped = load_file(str(merged_run.student_dir / "model.safetensors"))
+    moved = {k for k in base if not torch.equal(base[k], shipped[k])}
+    assert moved and all(k.endswith(("q_proj.weight", "v_proj.weight", "lm_head.weight")) for k in moved), moved
+
+    assert (adapter_run.student_dir / "adapter_config.json").is_file()
+    assert not (adapter_run.student_dir / "model.safetensors").exists()
+    with_adapter = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(text_pair / "student"), adapter_run.student_dir)
+    from taid_vlm.data import load_records
+
+    records = load_records(text_pair / "shapes" / "train.jsonl")[:4]
+    tokenizer = load(merged_run.student_dir).tokenizer
+    answers = []
+    for model in (merged, with_adapter.base_model.model):
+        adapter = adapt(model.eval(), tokenizer)
+        answers.append(adapter.generate(records, max_new_tokens=8))
+    assert answers[0] == answers[1] and any(answers[0])
