@@ -10,6 +10,9 @@ timed steps:
 
 - fp32, bf16 (autocast over fp32 master weights), bf16_ckpt (+ activation checkpointing):
   one process each, in its own subprocess so a peak is its own;
+- lora_r8, lora_r64, lora_r8_bf16base (``--modes``, not in the default list): a LoRA student
+  (bf16 autocast, adapters on every linear layer but the head; the last with its frozen base in
+  bf16), to set beside bf16 full fine-tuning on the same pair;
 - ddp, fsdp: two processes (torchrun; gloo on CPU, NCCL on GPUs) with the global batch of the
   single-process runs, figures per rank.
 
@@ -18,7 +21,9 @@ sampled every 2 ms over them (the whole process: libraries, teacher, student, op
 ``transient_mb``: that peak minus the memory held just before the timed steps (what a step adds
 on top: activations, gradients, gathered shards, loss temporaries). ``saved_activations_mb``:
 what autograd keeps from forward to backward (see ``SavedActivations``). ``param_optim_mb``: bytes of this rank's parameters plus AdamW
-state (local shards under fsdp), counted exactly. ``step_s``: median step wall time.
+state (local shards under fsdp), counted exactly; ``trainable_params``, ``weights_mb`` (every
+parameter, frozen ones included) and ``optimizer_state_mb`` (AdamW's moments alone) likewise.
+``step_s``: median step wall time.
 
 The last line printed is ONE JSON object:
   {"fp32": {"peak_mb": .., "step_s": ..}, "bf16": {..}, "bf16_ckpt": {..}, "ddp": {..}, "fsdp": {..},
@@ -50,6 +55,10 @@ from benchlib import current_rss_mb, machine, write_json  # noqa: E402
 
 SINGLE = {"fp32": dict(mixed_precision="no"), "bf16": dict(mixed_precision="bf16"),
           "bf16_ckpt": dict(mixed_precision="bf16", gradient_checkpointing=True)}
+# LoRA students (taid_vlm/models/lora.py) next to bf16 full fine-tuning: adapters on every linear
+# layer but the head; "_bf16base" also keeps the frozen base in bf16 (QLoRA-style, no 4-bit).
+SINGLE.update({f"lora_r{r}": dict(mixed_precision="bf16", lora_r=r) for r in (8, 64)})
+SINGLE["lora_r8_bf16base"] = dict(mixed_precision="bf16", lora_r=8, student_dtype="bfloat16")
 PARALLEL = ("ddp", "fsdp")
 QWEN2_VL_2B = dict(hidden_size=1536, intermediate_size=8960, num_attention_heads=12, num_key_value_heads=2,
                    vision_embed_dim=1280, vision_heads=16, vocab_size=151936)
@@ -236,8 +245,20 @@ def worker(args: argparse.Namespace) -> None:
               "saved_activations_mb": round(saved.largest / 2**20, 1), "step_s": round(statistics.median(times), 3),
               "all_step_s": [round(t, 3) for t in times],
               "param_optim_mb": round(local_state_bytes(run.params, run.optimizer) / 2**20, 1),
+              **_parameter_bytes(run),
               "torch_threads": torch.get_num_threads(), "records_per_rank": config.batch_size}
     (work / f"result-{args.worker}-rank{rank}.json").write_text(json.dumps(result))
+
+
+def _parameter_bytes(run: Any) -> dict[str, Any]:
+    """Trainable parameters, every parameter's bytes (frozen base included) and AdamW's state alone."""
+    import torch
+
+    params = list(run.student.model.parameters())
+    state = [v for s in run.optimizer.state.values() for v in s.values() if isinstance(v, torch.Tensor) and v.dim() > 0]
+    return {"trainable_params": sum(p.numel() for p in params if p.requires_grad),
+            "weights_mb": round(sum(p.numel() * p.element_size() for p in params) / 2**20, 1),
+            "optimizer_state_mb": round(sum(v.numel() * v.element_size() for v in state) / 2**20, 1)}
 
 
 # ---- the driver -----------------------------------------------------------------------------------
@@ -330,7 +351,9 @@ def main() -> None:
     finally:
         if not args.pair_dir:
             shutil.rmtree(work, ignore_errors=True)
-    line = {**{m: {k: v for k, v in r.items() if k in ("peak_mb", "transient_mb", "saved_activations_mb", "step_s", "param_optim_mb", "skipped")} for m, r in results.items()},
+    kept = ("peak_mb", "transient_mb", "saved_activations_mb", "step_s", "param_optim_mb", "trainable_params", "weights_mb",
+            "optimizer_state_mb", "skipped")
+    line = {**{m: {k: v for k, v in r.items() if k in kept} for m, r in results.items()},
             "model": model, "device": args.device}
     payload = {**line, "details": results, "steps": args.steps,
                "notes": ("ddp/fsdp run 2 processes with half the threads each (CPU) and half the records each: compare "
