@@ -15,7 +15,7 @@ Blocks: ``demo`` (``demo_default.json`` in docs/results/, a copy of a default de
 ``trl`` (docs/results/bench_vs_trl.json and docs/results/bench_vs_trl_v151936.json),
 ``zoo``, ``gap`` and ``taid`` (docs/results/quality/*.json, the same-data regime), ``transfer-zoo``,
 ``transfer-plateau``, ``transfer-gap``, ``transfer-noanswer`` and ``transfer-sizing`` (docs/results/quality/transfer/*.json;
-a part not run yet renders as the command that runs it).
+a part not run yet renders as the command that runs it), ``lora`` (docs/results/bench_scale_lora.json).
 """
 
 from __future__ import annotations
@@ -428,11 +428,39 @@ def transfer_sizing_block() -> str:
     return "\n".join(lines)
 
 
+# ---- LoRA against full fine-tuning -------------------------------------------------------------
+
+LORA_MODES = {"bf16": "full fine-tuning", "lora_r8": "LoRA r=8", "lora_r64": "LoRA r=64",
+              "lora_r8_bf16base": "LoRA r=8, bf16 base"}
+
+
+def lora_block() -> str:
+    """What a LoRA student saves per rank next to full fine-tuning, on one pair in one run."""
+    name = "bench_scale_lora.json"
+    d = load(name)
+    m = d["model"]
+    lines = ["| student | trainable parameters | weights (all) | AdamW state | params + grads + AdamW | peak (process) | step |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for mode, label in LORA_MODES.items():
+        r = d[mode]
+        lines.append(f"| {label} | {r['trainable_params'] / 1e6:,.2f} M | {r['weights_mb']:,.0f} MB | {r['optimizer_state_mb']:,.1f} MB | "
+                     f"{r['param_optim_mb']:,.1f} MB | {r['peak_mb']:,.0f} MB | {r['step_s']:.1f} s |")
+    full, lora = d["bf16"], d["lora_r8_bf16base"]
+    lines += ["", f"{m['family']}: student {m['student_params'] / 1e6:,.0f} M parameters ({m['student_lm_layers']} LM + "
+              f"{m['vision_layers']} vision layer, a {m['vocab_size']:,}-row tied head), bf16 teacher, {m['records_per_step']} records "
+              f"of {m['tokens_per_record']} tokens a step, bf16 autocast, adapters on every linear layer but the head; one process "
+              f"each on {d['device']} ({_load_text(d['machine'])} at the start). The peak is the whole process (teacher, "
+              f"libraries, data) on CPU: LoRA with a bf16 base peaks {full['peak_mb'] - lora['peak_mb']:,.0f} MB lower. "
+              f"Command: `python scripts/bench_scale.py --steps {d['steps']} --modes {','.join(LORA_MODES)} --out "
+              f"docs/results/{name}`; [{name}](docs/results/{name})."]
+    return "\n".join(lines)
+
+
 RENDERERS: dict[str, Callable[[], str]] = {
     "demo": demo_block, "loss": loss_block, "loss_ce": loss_ce_block, "cache": cache_block, "trl": trl_block,
     "zoo": zoo_block, "gap": gap_block, "taid": taid_block,
     "transfer-zoo": transfer_zoo_block, "transfer-gap": transfer_gap_block, "transfer-noanswer": transfer_noanswer_block,
-    "transfer-sizing": transfer_sizing_block, "transfer-plateau": transfer_plateau_block,
+    "transfer-sizing": transfer_sizing_block, "transfer-plateau": transfer_plateau_block, "lora": lora_block,
 }
 
 

@@ -149,6 +149,9 @@ def apply_lora(adapter: Any, settings: LoraSettings, *, base: str | None = None,
     if problems:
         raise LoraError("; ".join(problems))
     model = adapter.model
+    if getattr(model, "is_quantized", False) or getattr(model.config, "quantization_config", None):
+        raise LoraError(f"lora_r={settings.r}: the student is a quantised checkpoint; LoRA students here train over a "
+                        "bf16 or fp32 base (student_dtype: bfloat16 for a QLoRA-style memory profile), not a 4/8-bit one")
     head = model.get_output_embeddings()
     head_name = next((n for n, m in model.named_modules() if m is head), None)
     try:
