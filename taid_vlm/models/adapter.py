@@ -30,13 +30,21 @@ import torch
 
 from ..data.records import Record
 from .families import (
-    Family, final_hidden_states, head_is_linear, image_token_ids, template_messages, uses_content_parts,
+    Family, final_hidden_states, head_is_linear, image_token_ids, prefix_and_suffix, template_messages,
+    uses_content_parts,
 )  # fmt: skip
 from .outputs import ResponseOutputs
 from .tokenizer import PLAIN_TEMPLATE
 
 ROLES = ("teacher", "student")
 Span = tuple[int, int]
+# Passed to every chat template (ignored by those that do not read them). Records hold answers,
+# not reasoning: a thinking template (Qwen3, Qwen3.5) renders a finished answer after an empty
+# <think></think> block, and with thinking off its generation prompt ends with that same block,
+# so a student is prompted exactly as it was trained.
+TEMPLATE_KWARGS = {"enable_thinking": False}
+# Processor outputs that are never model inputs here (PaliGemma returns HF labels: the loss is ours).
+_NOT_INPUTS = ("labels",)
 
 
 @dataclass
@@ -86,6 +94,7 @@ class ModelAdapter:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.chat_template = chat_template or _own_template(processor, self.tokenizer) or PLAIN_TEMPLATE
         self.content_parts = not family.text_only and uses_content_parts(self.chat_template)
+        self._image_placeholder = family.image_placeholder or getattr(processor, "image_token", None)
         self._image_ids = torch.tensor(image_token_ids(processor, family), dtype=torch.long)
         self._specials = sorted(
             (t.content for t in self.tokenizer.added_tokens_decoder.values() if t.special), key=len, reverse=True
@@ -140,14 +149,19 @@ class ModelAdapter:
         """
         if not records:
             raise ValueError("render() needs at least one record")
-        texts, spans = [], []
         for record in records:
             record.validate()
-            text, record_spans = self._render_text(record, add_generation_prompt)
-            texts.append(text)
-            spans.append([] if add_generation_prompt else record_spans)
         side = "left" if add_generation_prompt else "right"
-        encoded = self._encode(texts, records, padding_side=side)
+        if self.family_info.prompt_format == "prefix_suffix":
+            encoded, texts, mask = self._encode_prefix_suffix(records, add_generation_prompt, side)
+        else:
+            texts, spans = [], []
+            for record in records:
+                text, record_spans = self._render_text(record, add_generation_prompt)
+                texts.append(text)
+                spans.append([] if add_generation_prompt else record_spans)
+            encoded = self._encode(texts, records, padding_side=side)
+            mask = None
         lengths = encoded["attention_mask"].sum(dim=1)
         if max_length is not None and int(lengths.max()) > max_length:
             too_long = [f"{r.id!r} ({int(n)} tokens)" for r, n in zip(records, lengths) if n > max_length]
@@ -155,21 +169,23 @@ class ModelAdapter:
                 f"{self.role} ({self.family}): record(s) {', '.join(too_long)} exceed max_length={max_length}; "
                 "responses are never truncated: trim the prompt or raise max_length"
             )
-        mask = self._response_mask(encoded, texts, spans, records)
+        if mask is None:
+            mask = self._response_mask(encoded, texts, spans, records)
         inputs = self._model_inputs(encoded, on_device)
         ids = [r.id for r in records]
         return RenderedBatch(inputs=inputs, response_mask=mask.to(self.device) if on_device else mask, record_ids=ids,
                              texts=texts)
 
     def _render_text(self, record: Record, add_generation_prompt: bool) -> tuple[str, list[Span]]:
-        conversation = template_messages(record, self.family_info, self.content_parts)
+        conversation = template_messages(record, self.family_info, self.content_parts, self._image_placeholder)
         if add_generation_prompt:
             return self._apply_template(conversation, True), []
         return response_spans(conversation, self._apply_template, self._specials, record.id)
 
     def _apply_template(self, conversation: list[dict[str, Any]], add_generation_prompt: bool) -> str:
         return self.tokenizer.apply_chat_template(
-            conversation, chat_template=self.chat_template, add_generation_prompt=add_generation_prompt, tokenize=False
+            conversation, chat_template=self.chat_template, add_generation_prompt=add_generation_prompt, tokenize=False,
+            **TEMPLATE_KWARGS,
         )
 
     def _encode(self, texts: list[str], records: Sequence[Record], padding_side: str) -> Any:
@@ -184,14 +200,45 @@ class ModelAdapter:
         images = [r.open_images() for r in records]
         if any(images):
             common["images"] = images
-        return self.processor(text=texts, return_text_replacement_offsets=True, **common)
+        if self.family_info.images_expand:
+            common["return_text_replacement_offsets"] = True
+        return self.processor(text=texts, **common)
+
+    def _encode_prefix_suffix(
+        self, records: Sequence[Record], add_generation_prompt: bool, padding_side: str
+    ) -> tuple[Any, list[str], torch.Tensor]:
+        """PaliGemma-style processors: the answer goes in as ``suffix`` and comes back as the
+        tokens with ``token_type_ids`` 1, which is the response mask (``families.prefix_and_suffix``)."""
+        pairs = [prefix_and_suffix(r, self.processor.image_token, add_generation_prompt) for r in records]
+        prefixes = [p for p, _ in pairs]
+        suffixes = None if add_generation_prompt else [s for _, s in pairs]
+        common: dict[str, Any] = dict(return_tensors="pt", padding=True, padding_side=padding_side)
+        with_images = [bool(r.images) for r in records]
+        if all(with_images):
+            encoded = self.processor(text=prefixes, images=[r.open_images() for r in records], suffix=suffixes, **common)
+        elif not any(with_images):  # what the processor writes, without its (required) images
+            tok = self.tokenizer
+            pair = {"text_pair": [s + tok.eos_token for s in suffixes]} if suffixes is not None else {}
+            encoded = tok([tok.bos_token + p + "\n" for p in prefixes], **pair, return_token_type_ids=True,
+                          add_special_tokens=False, **common)
+        else:
+            raise ValueError(f"{self.family}: a batch needs an image in every record or in none "
+                             f"(records {', '.join(repr(r.id) for r in records)})")
+        mask = torch.zeros(encoded["input_ids"].shape, dtype=torch.bool)
+        if suffixes is not None:
+            mask = encoded["token_type_ids"].bool() & encoded["attention_mask"].bool()
+            if len(self._image_ids):
+                mask &= ~torch.isin(encoded["input_ids"], self._image_ids)
+        texts = [p + (s or "") for p, s in pairs]
+        return encoded, texts, mask
 
     def _response_mask(
         self, encoded: Any, texts: list[str], spans: list[list[Span]], records: Sequence[Record]
     ) -> torch.Tensor:
         offsets = encoded["offset_mapping"]
         replacements = encoded.get("text_replacement_offsets")
-        expanded = any(r.images for r in records) and not self.family_info.text_only
+        # Cross-attention images (images_expand=False) leave the text as the template wrote it.
+        expanded = any(r.images for r in records) and not self.family_info.text_only and self.family_info.images_expand
         mask = torch.zeros(offsets.shape[:2], dtype=torch.bool)
         for b, record_spans in enumerate(spans):
             if not record_spans:
@@ -239,7 +286,7 @@ class ModelAdapter:
         names = set(getattr(self.processor, "model_input_names", []) or []) | {"input_ids", "attention_mask"}
         inputs = {}
         for key, value in encoded.items():
-            if key not in names or not isinstance(value, torch.Tensor):
+            if key not in names or key in _NOT_INPUTS or not isinstance(value, torch.Tensor):
                 continue
             if on_device:
                 value = value.to(self.device, dtype=self.dtype if value.is_floating_point() else None)
@@ -248,8 +295,10 @@ class ModelAdapter:
 
     def _probe_end_of_turn(self) -> str:
         """The end-of-turn marker this template writes after an assistant message ('' if none)."""
+        if self.family_info.prompt_format == "prefix_suffix":
+            return self.tokenizer.eos_token or ""  # the processor ends every suffix with eos
         probe = Record("end-of-turn probe", [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "OK"}])
-        conversation = template_messages(probe, self.family_info, self.content_parts)
+        conversation = template_messages(probe, self.family_info, self.content_parts, self._image_placeholder)
         text, spans = response_spans(conversation, self._apply_template, self._specials, probe.id)
         start, end = spans[0]
         return text[start:end].split("OK", 1)[1].strip()
