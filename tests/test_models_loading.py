@@ -35,7 +35,7 @@ def test_unknown_family_error_lists_the_supported_ones(tmp_path):
     from transformers import GPT2Config
 
     GPT2Config(n_layer=1, n_embd=32, n_head=2).save_pretrained(tmp_path)
-    with pytest.raises(ValueError, match=r"model_type 'gpt2' is not a supported family.*llama, qwen2, llava, qwen2_vl"):
+    with pytest.raises(ValueError, match=r"model_type 'gpt2' is not a supported family.*llama, qwen2, qwen3, gemma3_text, llava"):
         load(tmp_path)
 
 

@@ -13,9 +13,14 @@ the assistant text. The adapter finds it robustly:
    where each token came from (``offset_mapping``), so character spans map to token positions
    exactly, whatever the expansion.
 
+Cross-attention images (Mllama, ``images_expand=False``) are not expanded: each stays one
+``<|image|>`` token and the template text's offsets are the tokenizer's. A prefix/suffix processor
+(PaliGemma, ``prompt_format="prefix_suffix"``) has no chat template: the answer goes in as the
+processor's ``suffix`` and its tokens (``token_type_ids`` 1) are the response.
+
 The forward pass then returns, for those positions only and in (record, turn, token) order, the
-final hidden state that predicts each token plus the LM head (or logits when the head is not a
-plain linear map). Image tokens and prompt tokens never reach the loss.
+final hidden state that predicts each token plus the LM head and its final-logit softcap (or
+logits when the head scales them otherwise). Image tokens and prompt tokens never reach the loss.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ import torch
 
 from ..data.records import Record
 from .families import (
-    Family, final_hidden_states, head_is_linear, image_token_ids, prefix_and_suffix, template_messages,
+    Family, final_hidden_states, head_is_linear, head_softcap, image_token_ids, prefix_and_suffix, template_messages,
     uses_content_parts,
 )  # fmt: skip
 from .outputs import ResponseOutputs
@@ -100,6 +105,7 @@ class ModelAdapter:
             (t.content for t in self.tokenizer.added_tokens_decoder.values() if t.special), key=len, reverse=True
         )
         self._linear_head = head_is_linear(model)
+        self.softcap = head_softcap(model)  # applied by the loss engine inside each chunk
         # What computes the final hidden states: the model itself, or a module wrapping it (an
         # FSDP root must be called for its parameters to be gathered; train/parallel.py sets it).
         self.hidden_module: torch.nn.Module | None = None
@@ -120,7 +126,7 @@ class ModelAdapter:
 
     @property
     def head_is_linear(self) -> bool:
-        """Logits are exactly ``lm_head(final hidden)``: the chunked loss may read the head."""
+        """Logits are ``lm_head(final hidden)`` (then ``softcap``, if set): the chunked loss may read the head."""
         return self._linear_head
 
     @property
@@ -330,7 +336,8 @@ class ModelAdapter:
                 weight, bias = head.weight, head.bias
                 if self.role == "teacher":
                     weight, bias = weight.detach(), (bias.detach() if bias is not None else None)
-                return ResponseOutputs(token_ids, record_index, hidden=hidden, head_weight=weight, head_bias=bias)
+                return ResponseOutputs(token_ids, record_index, hidden=hidden, head_weight=weight, head_bias=bias,
+                                       softcap=self.softcap)
             keep = predicting.any(dim=0).nonzero().squeeze(1)  # only positions some row needs
             logits = self.model(**batch.inputs, use_cache=False, logits_to_keep=keep).logits
         return ResponseOutputs(token_ids, record_index, logits=logits[predicting[:, keep]])

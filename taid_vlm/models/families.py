@@ -225,17 +225,25 @@ def image_token_ids(processor: Any, family: Family) -> list[int]:
 # ---- the LM head and the hidden state it reads ----------------------------------------------------
 
 
-def head_is_linear(model: torch.nn.Module) -> bool:
-    """True when logits are exactly ``lm_head(final hidden)``: no softcapping or scaling.
+def head_softcap(model: torch.nn.Module) -> float | None:
+    """The final-logit softcap of the model's head (Gemma 2, PaliGemma 2, Gemma 3 where set):
+    its logits are ``cap * tanh(lm_head(hidden) / cap)``; None when they are not capped."""
+    value = getattr(model.config.get_text_config(), "final_logit_softcapping", None)
+    return float(value) if value else None
 
-    The chunked engine recomputes logits from hidden states and head weights, so a head that
-    caps or scales logits must hand over logits instead.
+
+def head_is_linear(model: torch.nn.Module) -> bool:
+    """True when logits are ``lm_head(final hidden)``, up to the final-logit softcap.
+
+    The chunked engine recomputes logits from hidden states and head weights and applies the
+    softcap itself (``head_softcap``, inside each chunk, gradient included), so only a head that
+    scales logits some other way must hand over logits instead.
     """
     head = model.get_output_embeddings()
     if not isinstance(head, torch.nn.Linear):
         return False
     text_config = model.config.get_text_config()
-    for attr in ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale"):
+    for attr in ("logit_scale", "logits_scaling", "output_multiplier_scale"):
         value = getattr(text_config, attr, None)
         if value not in (None, 1, 1.0):
             return False
