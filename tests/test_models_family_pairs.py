@@ -79,7 +79,7 @@ def _feature_tokens(adapter, batch) -> int:
 
 
 @pytest.mark.parametrize("family", TEXT + VISION)
-def test_chunked_loss_equals_the_plain_path_with_checkpointing_and_fsdp_units(pair, family):
+def test_chunked_loss_equals_the_plain_path_with_checkpointing_recomputing_every_layer_as_an_fsdp_unit(pair, family):
     root = pair(family)
     teacher, student = load(root / "teacher", role="teacher"), load(root / "student")
     check_vocab_compatible(teacher, student)
@@ -89,12 +89,21 @@ def test_chunked_loss_equals_the_plain_path_with_checkpointing_and_fsdp_units(pa
         assert (_feature_tokens(teacher, t_batch), _feature_tokens(student, s_batch)) == IMAGE_TOKENS[family]
     student.model.train()
     enable_gradient_checkpointing(student.model)
+    layers = [m for m in student.model.modules() if isinstance(m, GradientCheckpointingLayer)]
+    calls = {id(m): 0 for m in layers}  # forwards of each checkpointed layer's children
+    hooks = [child.register_forward_hook(lambda *_, k=id(m): calls.__setitem__(k, calls[k] + 1))
+             for m in layers for child in m.children()]
     t_out = check_alignment(teacher.response_outputs(t_batch), s_out := student.response_outputs(s_batch), records)
+    forward_calls = dict(calls)
     assert s_out.hidden is not None and t_out.hidden is not None  # the engine reads the heads
     assert s_out.softcap == t_out.softcap == SOFTCAP.get(family)
     loss = divergence("taid", s_out.signal(), t_out.signal(), t=0.5, options=EngineOptions(chunk_size=7))
     params = [p for p in student.model.parameters() if p.requires_grad]
     grads = torch.autograd.grad(loss, params, allow_unused=True)
+    for h in hooks:
+        h.remove()
+    recomputed = [k for k in calls if calls[k] > forward_calls[k]]  # backward ran the layer again
+    assert layers and len(recomputed) == len(layers), (len(recomputed), len(layers))
     plain_student = student.response_outputs(s_batch, return_hidden=False)  # the model's own logits
     plain_teacher = teacher.response_outputs(t_batch, return_hidden=False)
     reference = divergence("taid", plain_student.logits, plain_teacher.logits, t=0.5)
@@ -110,8 +119,7 @@ def test_chunked_loss_equals_the_plain_path_with_checkpointing_and_fsdp_units(pa
         assert abs(float(uncapped - reference)) > 0.05 * abs(float(reference))
     # fsdp: every checkpointed layer (decoder, cross-attention, vision block) is its own unit
     units = {id(m) for m in layer_units(student.model)}
-    layers = [m for m in student.model.modules() if isinstance(m, GradientCheckpointingLayer)]
-    assert layers and all(id(m) in units for m in layers)
+    assert all(id(m) in units for m in layers)
 
 
 @pytest.mark.parametrize("family", TEXT + VISION)
