@@ -130,6 +130,17 @@ def test_a_vlm_processor_without_chat_template_renders_images_in_the_plain_defau
     assert _response_texts(plain, batch) == ["The circle is red." + plain.tokenizer.eos_token]
 
 
+def test_cross_attention_images_align_when_the_processor_prepends_bos_to_a_template_without_one(saved):
+    adapter = load(saved("mllama"), chat_template="chatml")  # no bos: MllamaProcessor inserts one
+    records = tiny_records()
+    batch = adapter.render(records)
+    assert not batch.texts[0].startswith(adapter.tokenizer.bos_token)
+    assert adapter.tokenizer.convert_ids_to_tokens(int(batch.input_ids[0, 0])) == adapter.tokenizer.bos_token
+    for row, record in enumerate(records):  # the two-images record has an image after an answer
+        answers = [m["content"] for m in record.messages if m["role"] == "assistant"]
+        assert _response_texts(adapter, batch)[row] == "".join(a + "<|im_end|>" for a in answers), record.id
+
+
 def test_templates_are_overridable_per_model_and_survive_save(saved, tmp_path):
     teacher = load(saved("llava"), role="teacher", chat_template="chatml")
     student = load(saved("internvl"))  # its own ChatML-style template

@@ -14,7 +14,8 @@ the assistant text. The adapter finds it robustly:
    exactly, whatever the expansion.
 
 Cross-attention images (Mllama, ``images_expand=False``) are not expanded: each stays one
-``<|image|>`` token and the template text's offsets are the tokenizer's. A prefix/suffix processor
+``<|image|>`` token, so every response sits at the same distance from the end of the tokenized
+text as in the template's own text (the processor may still prepend a bos). A prefix/suffix processor
 (PaliGemma, ``prompt_format="prefix_suffix"``) has no chat template: the answer goes in as the
 processor's ``suffix`` and its tokens (``token_type_ids`` 1) are the response.
 
@@ -243,8 +244,9 @@ class ModelAdapter:
     ) -> torch.Tensor:
         offsets = encoded["offset_mapping"]
         replacements = encoded.get("text_replacement_offsets")
-        # Cross-attention images (images_expand=False) leave the text as the template wrote it.
-        expanded = any(r.images for r in records) and not self.family_info.text_only and self.family_info.images_expand
+        # A processor that reports no replacement offsets but may have changed the text (expanded
+        # images; Mllama prepends bos to a text without one) is aligned from the end.
+        expanded = any(r.images for r in records) and not self.family_info.text_only
         mask = torch.zeros(offsets.shape[:2], dtype=torch.bool)
         for b, record_spans in enumerate(spans):
             if not record_spans:
@@ -264,7 +266,8 @@ class ModelAdapter:
         """For processors that do not report where they expanded images: align from the end.
 
         Tokens after the last image are the same in the expanded and unexpanded sequence, so a
-        response that follows every image sits at the same distance from the end in both.
+        response that follows every image sits at the same distance from the end in both. Images
+        that do not expand (cross-attention, ``images_expand=False``) keep every response there.
         """
         plain = self.tokenizer(text, return_offsets_mapping=True, add_special_tokens=False, return_tensors="pt")
         plain_mask = _mask_from_offsets(plain["offset_mapping"][0], spans)
@@ -272,7 +275,8 @@ class ModelAdapter:
         ids, attention = encoded["input_ids"][b], encoded["attention_mask"][b].bool()
         real = attention.nonzero().squeeze(1)
         image_positions = torch.isin(plain_ids, self._image_ids).nonzero()
-        if len(image_positions) and int(image_positions.max()) > int(plain_mask.nonzero().min()):
+        expands = self.family_info.images_expand
+        if expands and len(image_positions) and int(image_positions.max()) > int(plain_mask.nonzero().min()):
             raise ValueError(
                 f"{self.family} processor does not report text_replacement_offsets; record {record_id!r} has an "
                 "image after a response, which cannot be aligned without them"

@@ -12,8 +12,8 @@ line, ``Family(name, model_types)``. A family only declares what its processor c
 - ``image_token_attrs`` / ``image_token_prefixes``: tokens an image expands into besides the
   image token (begin/end/row markers), never distilled;
 - ``images_expand=False``: cross-attention images (Mllama): each image stays ONE ``<|image|>``
-  token in the text, the pixels reach the LM through cross-attention, so the template text's
-  character offsets are the tokenizer's;
+  token in the text, the pixels reach the LM through cross-attention, so responses are found at
+  the same distance from the end of the sequence wherever the images are;
 - ``prompt_format="prefix_suffix"``: no chat template; the processor takes a prompt prefix and
   the answer as a ``suffix`` (PaliGemma), see ``prefix_and_suffix``;
 - ``hidden_states``: how to reach the final hidden state the LM head reads, when it is not

@@ -9,7 +9,9 @@ the union of every family's special tokens), so any two tiny models, of the same
 are vocabulary-compatible: what differs between families is only which tokens the processor
 and chat template use. Chat templates are faithful, shortened versions of each family's real
 one, so the adapter meets the same quirks (default system prompts, "Assistant: " spacing,
-image-first parts) that it meets on real checkpoints.
+image-first parts, Qwen3's empty thinking block, Gemma's "model" role and system-in-user turn)
+that it meets on real checkpoints. PaliGemma's processor appends its <loc>/<seg> tokens after the
+shared ids, which leaves the shared range as it is.
 """
 
 from __future__ import annotations
@@ -814,7 +816,9 @@ def build_tiny(
     """A tiny random ``(model, processor)`` of ``family``; text families return the tokenizer.
 
     ``template`` names one of ``TEMPLATES`` (default: the family's own). Family options:
-    ``image_size`` (all VLMs), ``vision_tower`` ("clip" | "siglip", llava), ``patch_size``.
+    ``image_size`` (all VLMs; mllama: the tile), ``vision_tower`` ("clip" | "siglip", llava),
+    ``patch_size``, ``tokens_per_image`` (gemma3), ``max_tiles`` (mllama),
+    ``final_logit_softcapping`` (gemma3_text, gemma3; paligemma defaults to Gemma 2's 30).
     ``pad_vocab_to`` rounds the model's vocabulary rows up like real checkpoints do. Weights
     depend on ``seed`` only; the global random state is left untouched.
     """
@@ -830,7 +834,10 @@ def build_tiny(
 
 
 def save_tiny(family: str, out_dir: str | Path, **options: Any) -> Path:
-    """Build a tiny ``family`` model and save it as a checkpoint directory ``load()`` accepts."""
+    """Build a tiny ``family`` model and save it as a checkpoint directory ``load()`` accepts:
+    config, weights, tokenizer, image and video processors, chat template. Two calls with other
+    ``hidden_size`` / ``num_layers`` / ``seed`` (or image options) give a teacher and a student
+    that share one tokenizer and distil together."""
     out = Path(out_dir)
     model, processor = build_tiny(family, **options)
     model.save_pretrained(out)
