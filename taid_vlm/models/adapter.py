@@ -217,8 +217,12 @@ class ModelAdapter:
         """PaliGemma-style processors: the answer goes in as ``suffix`` and comes back as the
         tokens with ``token_type_ids`` 1, which is the response mask (``families.prefix_and_suffix``)."""
         pairs = [prefix_and_suffix(r, self.processor.image_token, add_generation_prompt) for r in records]
-        prefixes = [p for p, _ in pairs]
-        suffixes = None if add_generation_prompt else [s for _, s in pairs]
+        prefixes, suffixes = [p for p, _ in pairs], [s for _, s in pairs]
+        if all(s is None for s in suffixes):
+            suffixes = None
+        elif any(s is None for s in suffixes):
+            raise ValueError(f"{self.family}: a batch needs an answer in every record or in none "
+                             f"(records {', '.join(repr(r.id) for r in records)})")
         common: dict[str, Any] = dict(return_tensors="pt", padding=True, padding_side=padding_side)
         with_images = [bool(r.images) for r in records]
         if all(with_images):

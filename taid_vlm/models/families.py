@@ -160,14 +160,13 @@ def prefix_and_suffix(record: Record, image_token: str, add_generation_prompt: b
     the prefix with ``token_type_ids`` 1 (causal attention; the prefix attends bidirectionally)
     and ends with eos. So the response is located by the processor itself, not by searching
     text: exactly the suffix tokens, eos included. Earlier answers are context, not distilled.
-    A prompt (``add_generation_prompt``) is all of its messages as the prefix, no suffix.
+    A prompt (``add_generation_prompt``, or a record without an answer) is all of its messages as
+    the prefix, no suffix.
     """
     messages = record.messages
     last = None if add_generation_prompt else max(
         (i for i, m in enumerate(messages) if m["role"] == "assistant"), default=None
     )
-    if not add_generation_prompt and last is None:
-        raise ValueError(f"record {record.id!r} has no assistant turn to use as the answer (suffix)")
     context = messages if last is None else messages[:last]
     lines = [m["content"].replace(IMAGE_PLACEHOLDER, "").strip() for m in context]
     prefix = image_token * len(record.images) + "\n".join(line for line in lines if line)
