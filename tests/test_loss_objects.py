@@ -247,3 +247,14 @@ def test_resume_reads_checkpoints_written_before_loss_objects(pair, tmp_path):
     t_full = [r["t"] for r in read_metrics(full / "metrics.jsonl")]
     t_resumed = [r["t"] for r in read_metrics(resumed / "metrics.jsonl")]
     assert t_resumed[-2:] == t_full[-2:] and t_full[-1] > t_full[0]
+
+
+def test_docs_list_every_registered_loss_and_its_settings():
+    rows = [line for line in (ROOT / "docs/LOSSES.md").read_text().splitlines() if line.startswith("| `")]
+    for name, cls in LOSSES.items():
+        row = next((r for r in rows if f"`{name}`" in r.split("|")[1]), None)
+        assert row is not None, name
+        named = set(re.findall(r"`(\w+)`", row.split("|")[2]))
+        assert named >= set(cls.declared()), (name, named)
+    aliases = {s.alias for cls in LOSSES.values() for s in cls.declared().values() if s.alias}
+    assert all(f"`{alias}`" in (ROOT / "docs/LOSSES.md").read_text() for alias in aliases)
