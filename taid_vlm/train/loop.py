@@ -6,8 +6,9 @@ to fix:
 - the loss is normalised by the response tokens of the whole optimizer step (every
   micro-batch, every rank), not per micro-batch;
 - the loss is an object (taid_vlm/losses/base.py) that says what it needs and owns its state:
-  the loop asks it, never its name. TAID's t moves once per applied optimizer step, from the
-  all-reduced training loss, so every rank holds the same t; both t and t_linear are logged;
+  the loop asks it, never its name, and reports whatever its ``metrics()`` say (TAID: t and
+  t_linear, which move once per applied optimizer step from the all-reduced training loss, so
+  every rank holds the same values) in the progress bar and metrics.jsonl;
 - the teacher runs in eval mode without gradients, in its own dtype/device, and its outputs are
   dropped right after each micro-batch's loss;
 - records are rendered for student and teacher in DataLoader workers (``num_workers``), off
@@ -68,7 +69,7 @@ class DistillResult:
     student_dir: Path
     steps: int
     final_loss: float | None
-    final_t: float | None
+    final_metrics: dict[str, float]  # the loss's metrics() at the end (TAID: t, t_linear)
     seconds: float
     is_main: bool = True
 
@@ -221,7 +222,7 @@ def step(run: Run) -> None:
     """One optimizer step: take micro-batches, forward/backward each, reduce, update, record."""
     config, env, state = run.config, run.env, run.state
     step_started = time.perf_counter()
-    before = run.loss.snapshot()  # e.g. TAID's t and t_linear at the start of the step
+    before = run.loss.metrics()  # the loss's values at the start of the step (TAID: t, t_linear)
 
     micro_batches = _take_micro_batches(run)
     global_tokens = int(env.sum(torch.tensor(float(sum(mb.student.num_response_tokens for mb in micro_batches)),
@@ -258,7 +259,7 @@ def step(run: Run) -> None:
     row.update(loss.step_metrics(before))
     if state.step % config.log_every == 0 or state.step == config.max_steps or state.step == 1:
         run.log.log(row)
-    run.progress.update(total, before.get("t"), tokens_per_s)
+    run.progress.update(total, before, tokens_per_s)
     if state.step % config.save_every == 0 or state.step == config.max_steps:
         _save_checkpoint(run)
 
@@ -346,7 +347,7 @@ def finish(run: Run) -> DistillResult:
     if env.is_main:
         _save_student_atomically(run.student, student_dir, _state_to_save(run, full_state))
     env.barrier()
-    return DistillResult(run.out, student_dir, run.state.step, run.last_loss, run.loss.snapshot().get("t"),
+    return DistillResult(run.out, student_dir, run.state.step, run.last_loss, run.loss.metrics(),
                          time.perf_counter() - run.started, env.is_main)
 
 
@@ -430,18 +431,18 @@ def _state_digest(state: dict[str, torch.Tensor]) -> str:
 
 def _check_ranks_agree(env: Distributed, model: torch.nn.Module, loss: Loss, out: Path,
                        full_state: dict[str, torch.Tensor] | None = None) -> None:
-    """Every rank must end with the same weights and the same t; ``ranks.json`` records it.
+    """Every rank must end with the same weights and the same loss values; ``ranks.json`` records it.
 
     Drifting ranks are the silent failure of data-parallel distillation (the TAID reference
     kept t per GPU); a run that drifted stops here with an error instead of saving a student.
     A sharded (fsdp) student exists once, gathered on rank 0 (``full_state``): its digest is
-    rank 0's alone, and the ranks must agree on the loss's values (TAID's t).
+    rank 0's alone, and the ranks must agree on the loss's ``metrics()`` (TAID's t).
     """
     if full_state is not None:
         digest = _state_digest(full_state) if env.is_main else None
     else:
         digest = _weights_digest(model)
-    mine = {"rank": env.rank, "sharded": full_state is not None, "weights_sha256": digest, **loss.snapshot()}
+    mine = {"rank": env.rank, "sharded": full_state is not None, "weights_sha256": digest, **loss.metrics()}
     everyone = [mine]
     if env.active:
         everyone = [None] * env.world_size
