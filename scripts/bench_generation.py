@@ -54,6 +54,7 @@ def main() -> None:
     from taid_vlm.eval.items import load_eval_set
     from taid_vlm.models import load
     from taid_vlm.teacher_server import ServerConfig, open_served, start_server
+    from taid_vlm.teacher_server.launcher import free_port
     from taid_vlm.testing import save_tiny
 
     with tempfile.TemporaryDirectory(prefix="bench-generation-") as tmp:
@@ -66,7 +67,7 @@ def main() -> None:
         process = None
         url = args.server
         if url is None:
-            process = start_server(ServerConfig(teacher=str(model_dir), port=_free_port(), top_k=1, eager=True,
+            process = start_server(ServerConfig(teacher=str(model_dir), port=free_port(), top_k=1, eager=True,
                                                 output=str(tmp_path / "server")))
             url = process.url
         try:
@@ -97,14 +98,6 @@ def main() -> None:
     write_json(args.out, payload)
     print(__import__("json").dumps({k: payload[k] for k in ("prompts", "same_answers")} |
                                    {f"{k}_tokens_per_s": v["tokens_per_s"] for k, v in sides.items()}))
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 if __name__ == "__main__":  # vLLM starts its engine in a subprocess: keep the guard

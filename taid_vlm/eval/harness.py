@@ -122,6 +122,7 @@ def _preflight(models: Sequence[ModelLike], names: Sequence[str]) -> None:
 def served_model(model: ModelLike, name: str, config: EvalConfig) -> Iterator[Any]:
     """The model answered by a vLLM server: ``--server``'s, or one started for it here (stopped after)."""
     from ..teacher_server import ServerConfig, open_served, start_server
+    from ..teacher_server.launcher import free_port, has_gpu
 
     if isinstance(model, (dict, ModelAdapter)) or not Path(str(model)).is_dir():
         raise EvalError(f"--backend vllm serves checkpoint folders; model {name!r} ({model}) is not one")
@@ -130,7 +131,8 @@ def served_model(model: ModelLike, name: str, config: EvalConfig) -> Iterator[An
     url = config.server
     if url is None:
         _log(config, f"{name}: starting a vLLM server (scripts/setup_vllm.sh's environment)")
-        process = start_server(ServerConfig(teacher=str(model), port=free_port(), top_k=1, dtype=config.dtype or "auto"))
+        process = start_server(ServerConfig(teacher=str(model), port=free_port(), top_k=1, dtype=config.dtype or "auto",
+                                              eager=not has_gpu()))  # no graph compilation on a CPU
         url = process.url
     try:
         served = open_served(str(model), url, top_k=1, timeout=60.0, role="student")
@@ -139,14 +141,6 @@ def served_model(model: ModelLike, name: str, config: EvalConfig) -> Iterator[An
     finally:
         if process is not None:
             process.stop()
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _load(model: ModelLike, name: str, config: EvalConfig) -> ModelAdapter:

@@ -63,7 +63,7 @@ def vllm_command(config: ServerConfig, python: str, name: str) -> list[str]:
                "--generation-config", "vllm"]  # sampling defaults are the request's, not generation_config.json's
     if config.max_length:
         command += ["--max-model-len", str(config.max_length)]
-    kv_cache_gib = config.kv_cache_gib or (None if _has_gpu() else CPU_KV_CACHE_GIB)
+    kv_cache_gib = config.kv_cache_gib or (None if has_gpu() else CPU_KV_CACHE_GIB)
     if kv_cache_gib:  # on CPU vLLM otherwise reserves a share of the whole node's memory, and fails when it is in use
         command += ["--kv-cache-memory-bytes", str(int(kv_cache_gib * (1 << 30)))]
     if config.eager:
@@ -71,7 +71,7 @@ def vllm_command(config: ServerConfig, python: str, name: str) -> list[str]:
     return command + list(config.vllm_args)
 
 
-def _has_gpu() -> bool:
+def has_gpu() -> bool:
     import torch
 
     return torch.cuda.is_available()
@@ -160,6 +160,15 @@ def _check(config: ServerConfig) -> None:
         raise ServerError(f"--top-k must be >= 1, got {config.top_k}")
     if not 0 < config.port < 65536:
         raise ServerError(f"--port must be in 1..65535, got {config.port}")
+
+
+def free_port() -> int:
+    """A port nothing on this machine listens on now (for a server started here)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def _url_host(host: str) -> str:

@@ -178,19 +178,7 @@ class ServedModel:
     # ---- requests with images ---------------------------------------------------------------------------
 
     def chat_messages(self, record: Record) -> list[dict]:
-        """The record as OpenAI chat messages, images as PNG data URLs in their places."""
-        images = iter(record.open_images())
-        messages = []
-        for m in template_messages(record, self.adapter.family_info, content_parts=True):
-            parts = m["content"] if isinstance(m["content"], list) else [{"type": "text", "text": m["content"]}]
-            content = []
-            for part in parts:
-                if part["type"] == "image":
-                    content.append({"type": "image_url", "image_url": {"url": _data_url(next(images))}})
-                else:
-                    content.append({"type": "text", "text": part["text"]})
-            messages.append({"role": m["role"], "content": content})
-        return messages
+        return chat_messages(record, self.adapter.family_info)
 
 
 def open_served(folder: str | None, url: str, *, top_k: int, timeout: float, role: str = "teacher",
@@ -205,6 +193,24 @@ def open_served(folder: str | None, url: str, *, top_k: int, timeout: float, rol
             raise ServerError(f"the server at {base_url(url)} serves {list(roots)} from {folder!r}, which is not a "
                               "checkpoint folder here; name the teacher folder too (teacher=DIR)")
     return ServedModel(folder, client, top_k=top_k, role=role, chat_template=chat_template, check=check)
+
+
+def chat_messages(record: Record, family: Any) -> list[dict]:
+    """The record as OpenAI chat messages for a server of a ``family`` model, images as PNG data
+    URLs in their places (where the record's ``<image>`` placeholders are, else before the first
+    user turn, as the adapter renders them)."""
+    images = iter(record.open_images())
+    messages = []
+    for m in template_messages(record, family, content_parts=True):
+        parts = m["content"] if isinstance(m["content"], list) else [{"type": "text", "text": m["content"]}]
+        content = []
+        for part in parts:
+            if part["type"] == "image":
+                content.append({"type": "image_url", "image_url": {"url": _data_url(next(images))}})
+            else:
+                content.append({"type": "text", "text": part["text"]})
+        messages.append({"role": m["role"], "content": content})
+    return messages
 
 
 def tail_of(logprobs: torch.Tensor, full: bool) -> torch.Tensor:
