@@ -100,7 +100,8 @@ class ServedModel:
         return (torch.tensor(token_ids, dtype=torch.long), torch.tensor(record_index, dtype=torch.long),
                 TopK(ids_t, values_t.float(), tail_of(values_t, full=k >= self.vocab_rows)))
 
-    def token_logprobs(self, records: Sequence[Record], batch: RenderedBatch | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def token_logprobs(self, records: Sequence[Record],
+                       batch: RenderedBatch | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(response token ids, record index, the model's log-prob of each of them): vLLM returns the
         actual token's log-prob beside the top-k."""
         rows, logprobs = self._prompt_logprobs(records, batch)
