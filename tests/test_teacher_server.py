@@ -252,6 +252,14 @@ def test_eval_backend_vllm_answers_as_the_hf_backend(server):
     assert hf_model.keys() == model.keys() and hf_model["metrics"].keys() == model["metrics"].keys()
     assert model["extra"]["backend"] == "vllm" and hf_model["extra"]["backend"] == "hf"
     assert model["extra"]["generated_tokens"] > 0 and model["metrics"]["tokens_per_s"] > 0
+    # the text task's perplexity comes from the server's log-prob of each reference token
+    text = ["eval", "--model", str(root / "teacher"), "--data", str(root / "shapes" / "train.jsonl"), "--task", "text",
+            "--quiet", "--max-new-tokens", "4", "--limit", "4"]
+    assert main([*text, "--output", str(root / "text-hf")]) == 0
+    assert main([*text, "--output", str(root / "text-vllm"), "--backend", "vllm", "--server", url]) == 0
+    hf_text, vllm_text = (json.loads((root / d / "results.json").read_text())["models"]["teacher"]["metrics"]
+                          for d in ("text-hf", "text-vllm"))
+    assert vllm_text["perplexity"] == pytest.approx(hf_text["perplexity"], rel=1e-4)
 
 
 def test_on_policy_samples_from_the_server_holding_the_students_weights(server, monkeypatch):
