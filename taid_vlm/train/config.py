@@ -24,6 +24,7 @@ from ..files import write_text_atomically
 from ..flags import flag
 from ..losses import LOSSES, EngineOptions, Loss, UnknownLoss
 from ..losses import loss_class as find_loss_class
+from ..losses.triton_chunk import CHUNK_KERNELS
 
 RESPONSE_SOURCES = ("data", "teacher")
 MIXED_PRECISION = ("no", "bf16", "fp16")
@@ -74,6 +75,7 @@ class DistillConfig:
     chunk_size: int | None = None  # tokens per chunk; overrides chunk_memory_mb
     chunk_memory_mb: float | None = None  # budget for a chunk's [chunk, V] buffers (None: device default)
     chunk_compile: bool = False  # torch.compile the taid/fkl chunk kernel (pays a one-off compile)
+    chunk_kernel: str = "torch"  # taid/fkl chunk kernel: torch, triton (CUDA) or auto (triton on CUDA, else torch); torch until measured on a GPU
     # Settings of one loss; each loss class declares the ones it reads and their ranges.
     # TAID schedule (docs/TAID.md)
     t_start: float = 0.4
@@ -233,7 +235,7 @@ class DistillConfig:
     def engine_options(self) -> EngineOptions:
         """How the loss engine computes this run's loss (the same on every path and device)."""
         return EngineOptions(chunked=self.chunked, chunk_size=self.chunk_size, chunk_memory_mb=self.chunk_memory_mb,
-                             compile=self.chunk_compile)
+                             compile=self.chunk_compile, chunk_kernel=self.chunk_kernel)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -322,6 +324,7 @@ def value_problems(config: "DistillConfig") -> list[str]:
     check("temperature", config.temperature > 0, "> 0 (1.0 = no scaling)")
     check("warmup_steps", config.warmup_steps >= 0, ">= 0")
     check("chunk_size", config.chunk_size is None or config.chunk_size >= 1, ">= 1 or null (automatic)")
+    check("chunk_kernel", config.chunk_kernel in CHUNK_KERNELS, f"one of {', '.join(CHUNK_KERNELS)}")
     check("max_length", config.max_length is None or config.max_length >= 8, ">= 8 tokens or null (no limit)")
     check("data_limit", config.data_limit is None or config.data_limit >= 1, ">= 1 or null (all records)")
     check("generation_max_new_tokens", config.generation_max_new_tokens >= 1, ">= 1")

@@ -242,7 +242,7 @@ def _place(config: DistillConfig, env: Distributed, student: ModelAdapter, teach
         enable_gradient_checkpointing(student.model)
     student.model.train()
     sharded = None
-    if config.distributed == "fsdp" and env.active:
+    if config.distributed == "fsdp" and env.launched:  # one launched rank too: FSDP2 over a mesh of one
         sharded = shard(student, env)
         if config.teacher_shard and teacher is not None:
             shard(teacher, env)
@@ -522,7 +522,7 @@ def _check_ranks_agree(env: Distributed, model: torch.nn.Module, loss: Loss, out
         digest = _state_digest(full_state) if env.is_main else None
     else:
         digest = _weights_digest(model)
-    mine = {"rank": env.rank, "weights_sha256": digest, **loss.snapshot()}
+    mine = {"rank": env.rank, "sharded": full_state is not None, "weights_sha256": digest, **loss.snapshot()}
     everyone = [mine]
     if env.active:
         everyone = [None] * env.world_size

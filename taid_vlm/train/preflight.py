@@ -18,6 +18,7 @@ import torch
 from ..data import DataError, Record
 from ..data.records import IMAGE_PLACEHOLDER
 from ..errors import RunError
+from ..losses.triton_chunk import resolve_chunk_kernel
 from ..models import ModelAdapter, load_model  # noqa: F401 - load_model: the loop loads through preflight
 from .config import ConfigError, DistillConfig
 
@@ -38,6 +39,10 @@ def check_devices(config: DistillConfig, default_device: torch.device) -> None:
             raise ConfigError(f"{name}={value} but only {torch.cuda.device_count()} CUDA device(s) are visible")
         if kind == "mps" and not torch.backends.mps.is_available():
             raise ConfigError(f"{name}={value} but MPS is not available here; use cpu")
+    try:  # an explicit chunk_kernel=triton where it cannot run fails now, not at the first loss
+        resolve_chunk_kernel(config.chunk_kernel, default_device)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def check_pair(config: DistillConfig, teacher: ModelAdapter, student: ModelAdapter) -> None:
