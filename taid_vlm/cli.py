@@ -16,6 +16,7 @@ from .errors import user_message
 from .eval.command import add_eval_parser
 from .flags import add_dataclass_arguments, values_from
 from .teacher_cache.command import add_teacher_cache_parser
+from .teacher_server.command import add_teacher_server_parser
 
 DEBUG_ENV = "TAID_VLM_DEBUG"  # =1: failures keep their traceback, as --debug does
 
@@ -32,6 +33,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     _add_data(commands)
     _add_distill(commands, argv)
     add_teacher_cache_parser(commands)
+    add_teacher_server_parser(commands)
     add_eval_parser(commands)
     _add_demo(commands)
     return parser

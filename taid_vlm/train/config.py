@@ -44,6 +44,7 @@ RESPONSE_SOURCES = ("data", "teacher")
 MIXED_PRECISION = ("no", "bf16", "fp16")
 DISTRIBUTED = ("ddp", "fsdp")
 LR_SCHEDULERS = ("cosine", "linear", "constant")
+GENERATION_BACKENDS = ("hf", "vllm")
 
 
 @dataclass
@@ -57,6 +58,15 @@ class DistillConfig:
     student_chat_template: str | None = None  # Jinja template overriding the processor's
     teacher_chat_template: str | None = None
     teacher_cache: str | None = None  # a `taid-vlm teacher-cache` directory: no live teacher is loaded
+
+    # --- teachers and the sampler on vLLM servers (taid_vlm/teacher_server/, README "Teacher on a vLLM server") --
+    teacher_server: str | None = None  # URL of `taid-vlm teacher-server --teacher TEACHER`: its top-k prompt log-probs
+    teacher_server_timeout: float = 600.0  # seconds an unreachable server is waited for, then one error (resumable)
+    teacher_top_k: int = 20  # log-probs per response token asked of a teacher server (<= its --top-k)
+    teachers: dict[str, str] = field(default_factory=dict)  # record `teacher` tag -> checkpoint dir or server URL
+    generation_backend: str = "hf"  # on-policy samples from the student's own generate ("hf") or a vLLM server ("vllm")
+    generation_server: str | None = None  # with vllm: URL of `teacher-server --teacher STUDENT --allow-weight-updates`
+    generation_sync_every: int = 1  # optimizer steps between loads of the student's weights into generation_server
 
     # --- data -------------------------------------------------------------------------------
     data: str = ""
@@ -129,13 +139,14 @@ class DistillConfig:
             find_loss_class(self.loss)
         except UnknownLoss as e:
             problems.append(str(e))
-        if self.needs_teacher and not (self.teacher or self.teacher_cache):
+        problems += self._served_problems()
+        if self.needs_teacher and not (self.teacher or self.teacher_cache or self.teacher_server or self.teachers):
             problems.append(f"loss {self.loss!r} with distil_ratio {self.distil_ratio} needs a teacher (or a teacher_cache)")
         if self.teacher_cache and self.on_policy > 0:
             problems.append("on_policy > 0 needs a live teacher to score the student's samples; drop teacher_cache or set on_policy=0")
         if self.responses not in RESPONSE_SOURCES:
             problems.append(f"responses must be one of {RESPONSE_SOURCES}, got {self.responses!r}")
-        if self.responses == "teacher" and not (self.teacher or self.teacher_cache):
+        if self.responses == "teacher" and not (self.teacher or self.teacher_cache or self.teacher_server):
             problems.append("responses=teacher needs a teacher")
         if not 0.0 <= self.on_policy <= 1.0:
             problems.append(f"on_policy is a probability in [0, 1], got {self.on_policy}")
@@ -156,6 +167,31 @@ class DistillConfig:
         if problems:
             raise ConfigError("invalid configuration: " + "; ".join(problems))
         return self
+
+    def _served_problems(self) -> list[str]:
+        problems = []
+        if self.teacher_server and self.teacher_cache:
+            problems.append("teacher_server and teacher_cache are two sources of the teacher's signal; pass one")
+        if self.teachers and (self.teacher or self.teacher_cache or self.teacher_server):
+            problems.append("teachers routes every record to its tagged teacher; drop teacher, teacher_cache and "
+                            "teacher_server (or drop teachers)")
+        if self.teachers and self.responses == "teacher":
+            problems.append("responses=teacher with several teachers is not supported; use responses=data")
+        if any(not str(v).strip() for v in self.teachers.values()):
+            problems.append("teachers: every tag needs a checkpoint folder or a server URL")
+        if self.generation_backend not in GENERATION_BACKENDS:
+            problems.append(f"generation_backend must be one of {GENERATION_BACKENDS}, got {self.generation_backend!r}")
+        if self.generation_backend == "vllm" and not self.generation_server:
+            problems.append("generation_backend=vllm samples from a vLLM server of the student: start `taid-vlm "
+                            "teacher-server --teacher STUDENT --allow-weight-updates` and set generation_server=URL")
+        if self.generation_backend == "vllm" and self.on_policy == 0:
+            problems.append("generation_backend=vllm samples on-policy responses: set on_policy > 0")
+        if self.teacher_server_timeout < 0:
+            problems.append(f"teacher_server_timeout must be >= 0 seconds, got {self.teacher_server_timeout}")
+        for name in ("teacher_top_k", "generation_sync_every"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
+        return problems
 
     def _scale_problems(self) -> list[str]:
         problems = []
@@ -275,6 +311,9 @@ def _convert(base: Any, optional: bool, value: Any, name: str, source: str) -> A
             return float(value)
     elif base is str:
         return str(value)
+    elif typing.get_origin(base) is dict and typing.get_args(base)[1] is str:
+        if isinstance(value, dict) and all(isinstance(v, str) for v in value.values()):
+            return {str(k): v for k, v in value.items()}
     elif typing.get_origin(base) is dict:
         if isinstance(value, dict) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value.values()):
             return {str(k): float(v) for k, v in value.items()}
@@ -434,6 +473,8 @@ def apply(config: DistillConfig, values: dict[str, Any], source: str, chosen: ty
                 _set_setting(config, sections[key], str(name), item, f"{key}.{name}", source)
         elif dot and head in sections:
             _set_setting(config, sections[head], rest, value, key, source)
+        elif head == "teachers" and dot:  # teachers.TAG=DIR-or-URL sets one route
+            config.teachers[rest] = str(value)
         elif key in FIELDS and key != "loss_settings":
             setattr(config, key, coerce(key, value, source))
         else:
