@@ -51,7 +51,8 @@ def check_pair(config: DistillConfig, teacher: ModelAdapter, student: ModelAdapt
         return
     same_source = str(config.teacher) == str(config.student) or (
         Path(str(config.teacher)).exists() and Path(str(config.teacher)).resolve() == Path(str(config.student)).resolve())
-    if same_source or _same_weights(teacher.model, student.model):
+    weightless = any(p.is_meta for p in teacher.model.parameters())  # a served teacher: its weights are elsewhere
+    if same_source or (not weightless and _same_weights(teacher.model, student.model)):
         raise RunError(f"teacher and student are the same model ({config.teacher}); the distillation loss would be "
                        "zero. Pass a different --student, or --allow-self-distill if this is intended")
 
