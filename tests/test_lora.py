@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -19,6 +25,7 @@ from taid_vlm.train.metrics import read_metrics
 from taid_vlm.train.objective import training_loss
 
 HEAD_TARGETS = "q_proj,v_proj,lm_head"
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def lora_student(targets: str = HEAD_TARGETS, dropout: float = 0.0, seed: int = 2, **settings):
@@ -157,3 +164,73 @@ def test_lora_run_trains_adapters_only_and_ships_a_merged_student_that_answers_l
         adapter = adapt(model.eval(), tokenizer)
         answers.append(adapter.generate(records, max_new_tokens=8))
     assert answers[0] == answers[1] and any(answers[0])
+
+
+# ---- resume after SIGKILL, and two processes ------------------------------------------------------
+
+RUN_FLAGS = ["--max-steps=8", "--save-every=2", "--keep-checkpoints=10", "--no-progress", "--log-every=1", "--seed=5",
+             "--loss=fkl", "lr=0.01", "lora_r=4", f"lora_target_modules={HEAD_TARGETS}", "lora_dropout=0"]
+
+
+def _cli_args(root: Path, out: str, batch_size: int) -> list[str]:
+    return ["distill", f"--teacher={root / 'teacher'}", f"--student={root / 'student'}",
+            f"--data={root / 'shapes' / 'train.jsonl'}", f"--output={root / out}", f"--batch-size={batch_size}", *RUN_FLAGS]
+
+
+def _env() -> dict[str, str]:
+    return dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+
+
+@pytest.fixture(scope="module")
+def whole_run(text_pair):
+    """The uninterrupted one-process LoRA run the others must end at."""
+    _in_process(_cli_args(text_pair, "whole", 4))
+    return text_pair / "whole"
+
+
+def _in_process(args: list[str]) -> None:
+    """``taid-vlm ARGS`` in this process, on one thread like the subprocesses (the same float sums)."""
+    from taid_vlm.cli import main
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert main(args) == 0
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_lora_run_killed_with_sigkill_resumes_to_the_same_student(text_pair, whole_run):
+    killed = text_pair / "killed"
+    victim = subprocess.Popen([sys.executable, "-m", "taid_vlm.cli", *_cli_args(text_pair, "killed", 4)], env=_env(),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    marker = killed / "checkpoints" / "step-0000002" / "trainer_state.json"
+    deadline = time.time() + 240
+    while not marker.exists() and time.time() < deadline and victim.poll() is None:
+        time.sleep(0.02)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    assert marker.exists(), "the run never reached its step-2 checkpoint"
+    assert not (killed / "student").exists()
+    _in_process(_cli_args(text_pair, "killed", 4) + ["--resume"])
+    a, b = load_file(str(whole_run / "student" / "model.safetensors")), load_file(str(killed / "student" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    steps = [r["step"] for r in read_metrics(killed / "metrics.jsonl")]
+    assert steps == sorted(set(steps)) and steps[-1] == 8
+
+
+def test_lora_student_sharded_over_two_processes_trains_as_one_process(text_pair, whole_run):
+    """distributed=fsdp over 2 gloo ranks (FSDP2 shards base and adapters alike; only the adapters
+    get gradients and AdamW state): the merged student and the losses of the one-process run."""
+    launched = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                               "-m", "taid_vlm.cli", *_cli_args(text_pair, "fsdp", 2), "--distributed=fsdp"],
+                              env=_env(), capture_output=True, text=True, timeout=300)
+    assert launched.returncode == 0, launched.stderr[-3000:]
+    a, b = load_file(str(whole_run / "student" / "model.safetensors")), load_file(str(text_pair / "fsdp" / "student" / "model.safetensors"))
+    start = load_file(str(text_pair / "student" / "model.safetensors"))
+    assert a.keys() == b.keys() == start.keys()
+    moved = max((a[k] - start[k]).abs().max().item() for k in a)
+    assert moved > 1e-3 and max((a[k] - b[k]).abs().max().item() for k in a) < 1e-4 * moved
+    losses = [[r["loss"] for r in read_metrics(run / "metrics.jsonl")] for run in (whole_run, text_pair / "fsdp")]
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5)
+    assert [r["sharded"] for r in json.loads((text_pair / "fsdp" / "ranks.json").read_text())] == [True, True]
