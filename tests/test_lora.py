@@ -159,11 +159,10 @@ def test_lora_run_trains_adapters_only_and_ships_a_merged_student_that_answers_l
 
     records = load_records(text_pair / "shapes" / "train.jsonl")[:4]
     tokenizer = load(merged_run.student_dir).tokenizer
-    answers = []
-    for model in (merged, with_adapter.base_model.model):
-        adapter = adapt(model.eval(), tokenizer)
-        answers.append(adapter.generate(records, max_new_tokens=8))
-    assert answers[0] == answers[1] and any(answers[0])
+    answers = [adapt(model.eval(), tokenizer).generate(records, max_new_tokens=8)
+               for model in (merged, with_adapter.base_model.model)]
+    answers.append(load(adapter_run.student_dir).generate(records, max_new_tokens=8))  # what taid-vlm eval loads
+    assert answers[0] == answers[1] == answers[2] and any(answers[0])
 
 
 # ---- resume after SIGKILL, and two processes ------------------------------------------------------

@@ -17,7 +17,8 @@ object) and freezes everything but the adapters. What the rest of the toolkit ne
 - the saved student is merged (``merged_state``: base names, ``W + scale * B @ A``), a plain
   ``save_pretrained`` folder that reloads in transformers without peft, or with
   ``save_adapter_only`` peft's own adapter folder (``save_adapter``), loadable with
-  ``peft.PeftModel.from_pretrained`` over the student it was trained from.
+  ``peft.PeftModel.from_pretrained`` over the student it was trained from, and by
+  ``models.load`` (so ``taid-vlm eval``), which merges it into the base it names.
 
 Only linear layers take adapters (``nn.Linear``; "all-linear" is peft's choice of every linear
 layer but the output head). The frozen base may be bf16 while the adapters stay fp32 (peft casts
@@ -26,6 +27,7 @@ them up): a QLoRA-style memory profile without 4-bit quantisation.
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -198,6 +200,29 @@ def effective_head(head: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor | 
         if name in head.lora_A:
             weight = weight + head.get_delta_weight(name).to(weight.dtype)  # the hidden states' dtype: one GEMM
     return weight, base.bias
+
+
+# ---- a saved adapter folder ----------------------------------------------------------------------
+
+
+def adapter_base(path: str | Path) -> str | None:
+    """The base a peft adapter folder applies to (its ``base_model_name_or_path``); None when
+    ``path`` is not an adapter folder (a plain checkpoint, a hub id)."""
+    folder = Path(path)
+    if not (folder / "adapter_config.json").is_file() or (folder / "config.json").is_file():
+        return None
+    base = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8")).get("base_model_name_or_path")
+    if not base:
+        raise LoraError(f"{folder}: a peft adapter folder that does not name its base model (base_model_name_or_path); "
+                        "load the base and apply the adapter with peft.PeftModel.from_pretrained")
+    return str(base)
+
+
+def merge_adapter_folder(model: torch.nn.Module, path: str | Path) -> torch.nn.Module:
+    """``model`` (the adapter's base) with the adapter folder at ``path`` merged in, as a plain model."""
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(model, str(path)).merge_and_unload()
 
 
 def _is_lora_layer(module: torch.nn.Module) -> bool:
