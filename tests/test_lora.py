@@ -115,6 +115,21 @@ def test_lora_settings_that_cannot_work_are_refused_by_name():
     assert load_config(None, base, ["lora_r=2", "lora_target_modules=q_proj,v_proj"]).lora_settings().targets == ["q_proj", "v_proj"]
 
 
+def test_a_lora_setting_the_student_cannot_take_is_one_cli_error_line_and_nothing_is_written(text_pair, capsys):
+    from taid_vlm.cli import main
+
+    out = text_pair / "refused"
+    args = ["distill", f"--teacher={text_pair / 'teacher'}", f"--student={text_pair / 'student'}",
+            f"--data={text_pair / 'shapes' / 'train.jsonl'}", f"--output={out}", "--no-progress", "lora_r=4",
+            "lora_target_modules=q_proj,embed_tokens"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if "error:" in line]  # (transformers' loading bars go to stderr too)
+    assert len(errors) == 1 and "Traceback" not in err
+    assert errors[0].startswith("taid-vlm distill: error: lora_target_modules=q_proj,embed_tokens: only linear")
+    assert not out.exists()
+
+
 def test_a_tied_head_dropout_on_the_head_and_non_linear_targets_are_refused():
     with pytest.raises(LoraError, match="lora_dropout=0.1 with lm_head.*chunked=false"):
         lora_student(dropout=0.1)

@@ -53,10 +53,6 @@ class LoraSettings:
     target_modules: str = "all-linear"  # "all-linear" or comma-separated module names (suffixes)
 
     @property
-    def scale(self) -> float:
-        return (self.alpha if self.alpha is not None else self.r) / self.r
-
-    @property
     def targets(self) -> str | list[str]:
         """What peft's ``target_modules`` takes: "all-linear" or a list of module-name suffixes."""
         if self.target_modules.strip() == "all-linear":
@@ -96,12 +92,6 @@ class LoraStudent:
         self.settings = settings
         self.base = base  # where the base weights come from (a folder or hub id); None: built in memory
         self.layers = {name: m for name, m in self.model.named_modules() if _is_lora_layer(m)}
-
-    def counts(self) -> dict[str, int]:
-        """Trainable (adapter) and frozen (base) parameter counts."""
-        trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
-        total = sum(p.numel() for p in self.model.parameters())
-        return {"trainable": trainable, "frozen": total - trainable}
 
     def adapter_names(self) -> list[str]:
         """The state-dict names of the adapter tensors (the model's own naming)."""

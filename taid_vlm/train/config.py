@@ -115,11 +115,15 @@ class DistillConfig:
     save_dtype: str | None = None  # dtype of the saved student (e.g. bfloat16); default: the training dtype
 
     # --- LoRA student (taid_vlm/models/lora.py, through peft): lora_r > 0 trains adapters only ---
-    lora_r: int = 0  # adapter rank; 0 = full fine-tuning
-    lora_alpha: float | None = None  # scale = lora_alpha / lora_r; default: lora_r (scale 1)
-    lora_dropout: float = 0.0  # on each adapted layer's input (refused on the LM head with the chunked loss)
-    lora_target_modules: str = "all-linear"  # or comma-separated module names, e.g. q_proj,k_proj,v_proj,o_proj,lm_head
-    save_adapter_only: bool = False  # student/ holds peft's adapter folder instead of the merged model
+    lora_r: int = field(default=0, metadata=flag(help="LoRA adapter rank; 0 (default) trains the whole student"))
+    lora_alpha: float | None = field(default=None, metadata=flag(
+        help="LoRA scale = lora_alpha / lora_r (default: lora_r, scale 1)"))
+    lora_dropout: float = field(default=0.0, metadata=flag(
+        help="dropout on each adapted layer's input (refused on the LM head with the chunked loss)"))
+    lora_target_modules: str = field(default="all-linear", metadata=flag(
+        help="all-linear (every linear layer but the head) or module names, e.g. q_proj,k_proj,v_proj,o_proj,lm_head"))
+    save_adapter_only: bool = field(default=False, metadata=flag(
+        help="student/ holds peft's adapter folder instead of the merged student"))
 
     # --- run --------------------------------------------------------------------------------
     output: str = ""
