@@ -182,7 +182,7 @@ def test_lora_run_trains_adapters_only_and_ships_a_merged_student_that_answers_l
 
 # ---- resume after SIGKILL, and two processes ------------------------------------------------------
 
-RUN_FLAGS = ["--max-steps=8", "--save-every=2", "--keep-checkpoints=10", "--no-progress", "--log-every=1", "--seed=5",
+RUN_FLAGS = ["--max-steps=16", "--save-every=2", "--keep-checkpoints=3", "--no-progress", "--log-every=1", "--seed=5",
              "--loss=fkl", "lr=0.01", "lora_r=4", f"lora_target_modules={HEAD_TARGETS}", "lora_dropout=0"]
 
 
@@ -230,7 +230,7 @@ def test_lora_run_killed_with_sigkill_resumes_to_the_same_student(text_pair, who
     a, b = load_file(str(whole_run / "student" / "model.safetensors")), load_file(str(killed / "student" / "model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     steps = [r["step"] for r in read_metrics(killed / "metrics.jsonl")]
-    assert steps == sorted(set(steps)) and steps[-1] == 8
+    assert steps == sorted(set(steps)) and steps[-1] == 16
 
 
 def test_lora_student_sharded_over_two_processes_trains_as_one_process(text_pair, whole_run):
