@@ -226,6 +226,10 @@ def test_lora_run_killed_with_sigkill_resumes_to_the_same_student(text_pair, who
     victim.wait()
     assert marker.exists(), "the run never reached its step-2 checkpoint"
     assert not (killed / "student").exists()
+    held = load_file(str(marker.parent / "model.safetensors"))  # the adapters alone, the base is the student's own
+    assert held and all(".lora_A." in k or ".lora_B." in k for k in held), sorted(held)
+    adam = torch.load(marker.parent / "optimizer.pt", weights_only=False)["state"]
+    assert sum(v["exp_avg"].numel() for v in adam.values()) == sum(t.numel() for t in held.values())
     _in_process(_cli_args(text_pair, "killed", 4) + ["--resume"])
     a, b = load_file(str(whole_run / "student" / "model.safetensors")), load_file(str(killed / "student" / "model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

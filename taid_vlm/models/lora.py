@@ -102,6 +102,15 @@ class LoraStudent:
         state = state if state is not None else self.model.state_dict()
         return {name: state[name] for name in self.adapter_names()}
 
+    def load_trainable(self, state: dict[str, torch.Tensor]) -> tuple[list[str], list[str]]:
+        """Load the adapter tensors of a checkpoint (``trainable_state``); (missing, unexpected) names,
+        nothing loaded unless both are empty."""
+        expected = set(self.adapter_names())
+        missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+        if not (missing or unexpected):
+            self.model.load_state_dict(state, strict=False)
+        return missing, unexpected
+
     def merged_state(self, state: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
         """``state`` (the adapted model's names; default its own) as the plain model's state dict:
         every adapted weight is ``W + scale * B @ A`` (summed in fp32, stored in W's dtype), the

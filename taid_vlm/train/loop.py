@@ -175,7 +175,7 @@ def setup(config: DistillConfig, env: Distributed | None = None, run_output: Run
 
     state = TrainerState()
     if run_output.resume_candidates:
-        load_state = (lambda m, o: load_full_state(sharded, optimizer, m, o)) if sharded is not None else None
+        load_state = _state_loader(sharded, optimizer, lora)
         _, state = load_newest_intact(run_output.resume_candidates, model=student.model, optimizer=optimizer,
                                       lr_scheduler=lr_scheduler, extra_modules=extra_modules, rank=env.rank,
                                       world_size=env.world_size, load_state=load_state)
@@ -212,6 +212,24 @@ def _load_models(config: DistillConfig, env: Distributed) -> tuple[ModelAdapter 
         check_vocab_compatible(teacher, student)
         check_pair(config, teacher, student)
     return teacher, student
+
+
+def _state_loader(sharded: HiddenStates | None, optimizer: torch.optim.Optimizer, lora: LoraStudent | None) -> Any:
+    """How a checkpoint's weights and optimizer state are read back: into the shards (fsdp), only
+    the adapters (LoRA: the base is the student's own, loaded again), both, or (None) plainly."""
+    only = lora.adapter_names() if lora is not None else None
+    if sharded is not None:
+        return lambda model_state, optimizer_state: load_full_state(sharded, optimizer, model_state, optimizer_state, only)
+    if lora is None:
+        return None
+
+    def load(model_state: dict[str, torch.Tensor], optimizer_state: dict[str, Any]) -> tuple[list[str], list[str]]:
+        missing, unexpected = lora.load_trainable(model_state)
+        if not (missing or unexpected):
+            optimizer.load_state_dict(optimizer_state)
+        return missing, unexpected
+
+    return load
 
 
 def _apply_lora(config: DistillConfig, student: ModelAdapter) -> LoraStudent | None:
@@ -418,6 +436,8 @@ def _save_checkpoint(run: Run) -> None:
     full: dict[str, Any] = {}
     if run.sharded is not None:  # collective: every rank takes part in the gather
         full = dict(model_state=full_model_state(run.sharded), optimizer_state=full_optimizer_state(run.sharded, run.optimizer))
+    if run.lora is not None and (run.sharded is None or run.env.is_main):  # the adapters alone (rank 0 writes)
+        full["model_state"] = run.lora.trainable_state(full.get("model_state"))
     save_checkpoint(run.out, model=run.student.model, optimizer=run.optimizer, lr_scheduler=run.lr_scheduler,
                     state=run.state, extra_modules=run.extra_modules, config_yaml=run.config_yaml, rank=run.env.rank,
                     world_size=run.env.world_size, barrier=run.env.barrier, keep=run.config.keep_checkpoints, **full)

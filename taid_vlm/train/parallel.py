@@ -175,19 +175,20 @@ def full_optimizer_state(root: HiddenStates, optimizer: torch.optim.Optimizer) -
 
 
 def load_full_state(root: HiddenStates, optimizer: torch.optim.Optimizer, model_state: dict[str, torch.Tensor],
-                    optimizer_state: dict[str, Any]) -> tuple[list[str], list[str]]:
-    """Scatter a full checkpoint into the shards (collective); returns (missing, unexpected) names."""
+                    optimizer_state: dict[str, Any], only: list[str] | None = None) -> tuple[list[str], list[str]]:
+    """Scatter a full checkpoint into the shards (collective); returns (missing, unexpected) names.
+    ``only``: the checkpoint holds just these weights (a LoRA student's adapters), the rest stay."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_optimizer_state_dict
 
     state = dict(model_state)
     for names in tied_groups(root.model):
         if names[0] in state:
             state.update({extra: state[names[0]] for extra in names[1:]})
-    expected = set(k.removeprefix("model.") for k in root.state_dict())
+    expected = set(only) if only is not None else set(k.removeprefix("model.") for k in root.state_dict())
     missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
     if missing or unexpected:
         return missing, unexpected
-    options = StateDictOptions(full_state_dict=True)
+    options = StateDictOptions(full_state_dict=True, strict=only is None)
     set_model_state_dict(root, {f"model.{k}": v for k, v in state.items()}, options=options)
     set_optimizer_state_dict(root, optimizer, optim_state_dict=optimizer_state, options=options)
     return [], []
