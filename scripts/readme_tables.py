@@ -1,16 +1,19 @@
-"""Regenerate the README's result tables from the committed JSON in docs/results/.
+"""Regenerate the generated result blocks of README.md and docs/results/README.md from the
+committed JSON in docs/results/.
 
-Every figure in the README's Results section sits between a pair of markers
+Every figure in those documents' results sits between a pair of markers
 
     <!-- generated: NAME (scripts/readme_tables.py) -->
     ...
     <!-- end generated: NAME -->
 
 and is rendered here from its JSON, so a table cannot drift from the result behind it:
-``python scripts/readme_tables.py`` rewrites the blocks, ``--check`` exits 1 when the README
-differs from what the JSON says (tests/test_readme_tables.py runs the check).
+``python scripts/readme_tables.py`` rewrites the blocks of both documents, ``--check`` exits 1
+when one differs from what the JSON says (tests/test_readme_tables.py runs the check). Links are
+written relative to the document that holds the block.
 
-Blocks: ``demo`` (``demo_default.json`` in docs/results/, a copy of a default demo run), ``loss`` (docs/results/bench_loss.json),
+Blocks: ``summary`` (README.md: a few lines over all the results below, with links), ``demo``
+(``demo_default.json`` in docs/results/, a copy of a default demo run), ``loss`` (docs/results/bench_loss.json),
 ``loss_ce`` (docs/results/bench_loss_ce.json),
 ``trl`` (docs/results/bench_vs_trl.json and docs/results/bench_vs_trl_v151936.json),
 ``zoo``, ``gap`` and ``taid`` (docs/results/quality/*.json, the same-data regime), ``transfer-zoo``,
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import statistics
 import sys
@@ -33,6 +37,7 @@ from taid_vlm.files import write_text_atomically
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "docs" / "results"
 SCRIPT = "scripts/readme_tables.py"
+DOCUMENTS = (ROOT / "README.md", RESULTS / "README.md")  # the README's summary; every table
 BLOCK = re.compile(
     r"(<!-- generated: (?P<name>[\w-]+) \(" + re.escape(SCRIPT) + r"\) -->\n)(?P<body>.*?)(<!-- end generated: (?P=name) -->)",
     re.S,
@@ -428,41 +433,108 @@ def transfer_sizing_block() -> str:
     return "\n".join(lines)
 
 
+# ---- the README's summary ---------------------------------------------------------------------
+
+FULL = "docs/results/README.md"
+
+
+def summary_block() -> str:
+    """A few lines over every result, each linking to its table and JSON (README.md)."""
+    demo = load("demo_default.json")
+    by_model = {r["model"]: r for r in demo["rows"]}
+    students = ", ".join(f"{name.split()[0]} {by_model[name]['vqa_accuracy']:.1f}" for name in by_model if name != "teacher")
+    loss = load("bench_loss.json")
+    s = loss["summary"]
+    plain = load(Path(s["naive_source"]).name)["naive"][s["naive_reference"]]
+    taid = next(r for r in loss["rows"] if r["loss"] == "taid")
+    trl = load("bench_vs_trl_v151936.json")
+    strongest = SIDE_NAMES.get(trl.get("strongest_trl_side", "trl_gkd_full_logits"), "TRL")
+    cache = load("cache_quality.json")
+    speed = load("bench_cache.json")
+    lines = [
+        f"- **Demo** (`taid-vlm demo`, seed 0, {demo['total_seconds'] / 60:.0f} min on {demo['machine']['cores']} cores): "
+        f"teacher {by_model['teacher']['vqa_accuracy']:.1f} VQA accuracy; {by_model['teacher']['params'] / by_model['taid student']['params']:.1f}x "
+        f"smaller students {students} ([table]({FULL}#the-demo), [demo_default.json](docs/results/demo_default.json)).",
+        f"- **Loss engine** ({s['tokens']:,} tokens x {s['vocab']:,} vocabulary, {s['device']}): peak {taid['peak_mb']:,.0f} MB "
+        f"against the plain path's {plain['peak_mb']:,.0f} MB, {taid['ratio']:.2f}x the time of the four GEMMs any fused "
+        f"loss computes ([table]({FULL}#speed-and-memory-of-the-loss), [bench_loss.json](docs/results/bench_loss.json)).",
+        f"- **Against TRL** (one forward-KL step, vocabulary {trl['vocab']:,}): {_speed(trl['trl_step_s'], trl['ours_step_s'])} "
+        f"{'as' if trl['ours_step_s'] <= trl['trl_step_s'] else 'than'} {strongest} with "
+        f"{_ratio(trl['trl_peak_mb'], trl['ours_peak_mb'])} less memory "
+        f"([table]({FULL}#side-by-side-with-trl), [bench_vs_trl_v151936.json](docs/results/bench_vs_trl_v151936.json)).",
+        f"- **Teacher cache** (top-{speed['top_k']}): {speed['step_speedup']:.2f}x less work per student step, "
+        f"{speed['bytes_per_token']:.0f} bytes per token; TAID students {cache['cached_minus_live_vqa']:+.2f} VQA points "
+        f"from the live teacher's, {'within' if cache['within_seed_spread'] else 'outside'} the seed spread "
+        f"([table]({FULL}#offline-teacher-cache), [bench_cache.json](docs/results/bench_cache.json)).",
+    ]
+    plateau, gap = _transfer("plateau"), _transfer("gap")
+    if plateau is not None:
+        vqa = {r["loss"]: r["vqa_mean"] for r in plateau["rows"]}
+        best = max((loss for loss in vqa if loss != "sft"), key=vqa.get)
+        vs_sft = next(p for p in plateau["paired"] if p["baseline"] == "sft")
+        lines.append(
+            f"- **Quality** on the synthetic transfer benchmark ({len(plateau['seeds'])} seeds, {plateau['student_steps']} student steps): "
+            f"teacher {plateau['teacher']['vqa_accuracy']:.1f}, sft {vqa['sft']:.1f}, taid {vqa['taid']:.1f} "
+            f"(taid {vs_sft['verdict']} sft, ahead on {vs_sft['wins']} of {vs_sft['n']} seeds), best {best} {vqa[best]:.1f} "
+            f"([tables]({FULL}#quality-on-the-synthetic-benchmark), {_link('plateau')}).")
+    if gap is not None:
+        verdict = gap["statements"][-1].rstrip(".")
+        lines.append(f"- **Capacity gap**: {verdict[0].lower() + verdict[1:]} ({_link('gap')}).")
+    return "\n".join(lines)
+
+
 RENDERERS: dict[str, Callable[[], str]] = {
-    "demo": demo_block, "loss": loss_block, "loss_ce": loss_ce_block, "cache": cache_block, "trl": trl_block,
+    "summary": summary_block, "demo": demo_block, "loss": loss_block, "loss_ce": loss_ce_block, "cache": cache_block, "trl": trl_block,
     "zoo": zoo_block, "gap": gap_block, "taid": taid_block,
     "transfer-zoo": transfer_zoo_block, "transfer-gap": transfer_gap_block, "transfer-noanswer": transfer_noanswer_block,
     "transfer-sizing": transfer_sizing_block, "transfer-plateau": transfer_plateau_block,
 }
 
 
-def render(readme: str) -> str:
-    """The README with every generated block rewritten from its JSON; unknown block names fail."""
+LINK = re.compile(r"(\]\()(?!https?://|#)([^)\s]+)(\))")
+
+
+def relink(text: str, document: Path) -> str:
+    """Markdown links written from the repository root, rewritten relative to ``document``'s folder."""
+    def rewrite(match: re.Match) -> str:
+        target = os.path.relpath(ROOT / match.group(2), document.parent)
+        return match.group(1) + Path(target).as_posix() + match.group(3)
+
+    return LINK.sub(rewrite, text)
+
+
+def render(text: str, document: Path = DOCUMENTS[0]) -> str:
+    """``text`` (the content of ``document``) with every generated block rewritten from its JSON;
+    unknown block names fail."""
     def replace(match: re.Match) -> str:
         name = match.group("name")
         if name not in RENDERERS:
-            raise KeyError(f"readme_tables: README has a block {name!r}; known blocks: {', '.join(RENDERERS)}")
-        return match.group(1) + RENDERERS[name]() + "\n" + match.group(4)
+            raise KeyError(f"readme_tables: {document.name} has a block {name!r}; known blocks: {', '.join(RENDERERS)}")
+        return match.group(1) + relink(RENDERERS[name](), document) + "\n" + match.group(4)
 
-    return BLOCK.sub(replace, readme)
+    return BLOCK.sub(replace, text)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--check", action="store_true", help="exit 1 if the README differs from the JSON, write nothing")
-    parser.add_argument("--readme", type=Path, default=ROOT / "README.md")
+    parser.add_argument("--check", action="store_true", help="exit 1 if a document differs from the JSON, write nothing")
+    parser.add_argument("documents", nargs="*", type=Path, default=list(DOCUMENTS),
+                        help="the Markdown files to render (default: README.md and docs/results/README.md)")
     args = parser.parse_args()
-    current = args.readme.read_text(encoding="utf-8")
-    fresh = render(current)
-    if args.check:
-        if fresh != current:
-            print(f"{args.readme}: generated tables are out of date; run python scripts/readme_tables.py", file=sys.stderr)
-            return 1
-        print(f"{args.readme}: generated tables match docs/results/")
-        return 0
-    write_text_atomically(args.readme, fresh)
-    print(f"rewrote {len(BLOCK.findall(fresh))} generated block(s) in {args.readme}")
-    return 0
+    stale = 0
+    for document in args.documents:
+        current = document.read_text(encoding="utf-8")
+        fresh = render(current, document.resolve())
+        if args.check:
+            if fresh != current:
+                print(f"{document}: generated tables are out of date; run python scripts/readme_tables.py", file=sys.stderr)
+                stale += 1
+            else:
+                print(f"{document}: generated tables match docs/results/")
+            continue
+        write_text_atomically(document, fresh)
+        print(f"rewrote {len(BLOCK.findall(fresh))} generated block(s) in {document}")
+    return 1 if stale else 0
 
 
 if __name__ == "__main__":
