@@ -6,7 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from taid_vlm.files import write_text_atomically
+from ..results import write_table
+from .stats import mean_std, plateau_statements
 
 
 def status_line(result: dict[str, Any]) -> str:
@@ -43,8 +44,6 @@ def gap_markdown(result: dict[str, Any], title: str) -> str:
              "| student loss | " + " | ".join(f"teacher {t['name']} ({t['params'] / 1e6:.2f} M, {t['steps']} steps, VQA {t['vqa']:.1f})"
                                              for t in teachers) + " |",
              "|---|" + "---:|" * len(teachers)]
-    from quality_stats import mean_std
-
     for loss in sorted({p["loss"] for p in result["rows"]}):
         cells = []
         for t in teachers:
@@ -61,8 +60,6 @@ def sizing_markdown(result: dict[str, Any], title: str) -> str:
              "| student steps | loss | VQA accuracy | CIDEr-D |", "|---:|---|---:|---:|"]
     for p in result["points"]:
         lines.append(f"| {p['steps']} | {p['loss']} | {p['vqa']:.2f} | {p['cider']:.2f} |")
-    from quality_stats import plateau_statements
-
     lines += ["", *[f"- {s}" for s in plateau_statements(result["points"])]]
     return "\n".join(lines) + "\n"
 
@@ -138,4 +135,4 @@ def render(part: str, result: dict[str, Any], out: Path) -> None:
     else:
         text = sizing_markdown(result, TITLES[part])
         plot_sizing(result, out / "sizing.png")
-    write_text_atomically(out / f"{part}.md", text)
+    write_table(out / f"{part}.md", text)
