@@ -64,7 +64,8 @@ def sizing_markdown(result: dict[str, Any], title: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _plt():
+def pyplot():
+    """matplotlib's pyplot on the file-only Agg backend."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -73,7 +74,8 @@ def _plt():
     return plt
 
 
-def _save(plt, fig, ax, path: Path) -> None:
+def save_figure(plt, fig, ax, path: Path) -> None:
+    """Legend, tight layout, a 120 dpi PNG at ``path``, figure closed."""
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -81,7 +83,7 @@ def _save(plt, fig, ax, path: Path) -> None:
 
 
 def plot_zoo(result: dict[str, Any], path: Path, title: str) -> None:
-    plt = _plt()
+    plt = pyplot()
     rows = sorted(result["rows"], key=lambda r: -r["vqa_mean"])
     fig, ax = plt.subplots(figsize=(8, 3.5))
     colors = ["#1f77b4" if r["loss"].startswith("taid") else "#9ecae1" for r in rows]
@@ -91,11 +93,11 @@ def plot_zoo(result: dict[str, Any], path: Path, title: str) -> None:
     ax.set_ylabel("VQA accuracy (x100)")
     ax.set_title(title + ("" if result.get("complete") else " (partial)"))
     ax.tick_params(axis="x", rotation=35)
-    _save(plt, fig, ax, path)
+    save_figure(plt, fig, ax, path)
 
 
 def plot_gap(result: dict[str, Any], path: Path) -> None:
-    plt = _plt()
+    plt = pyplot()
     teachers = sorted(result["teachers"], key=lambda t: t["params"])
     fig, ax = plt.subplots(figsize=(6, 3.5))
     for loss, curve in result["curves"].items():
@@ -104,11 +106,11 @@ def plot_gap(result: dict[str, Any], path: Path) -> None:
     ax.set_xlabel("teacher VQA accuracy (x100)")
     ax.set_ylabel("student VQA accuracy (x100)")
     ax.set_title("Capacity gap, transfer regime" + ("" if result.get("complete") else " (partial)"))
-    _save(plt, fig, ax, path)
+    save_figure(plt, fig, ax, path)
 
 
 def plot_sizing(result: dict[str, Any], path: Path) -> None:
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 3.2))
     for loss in sorted({p["loss"] for p in result["points"]}):
         pts = sorted((p["steps"], p["vqa"]) for p in result["points"] if p["loss"] == loss)
@@ -116,7 +118,7 @@ def plot_sizing(result: dict[str, Any], path: Path) -> None:
     ax.set_xlabel("student steps on the transfer set")
     ax.set_ylabel("VQA accuracy (x100)")
     ax.set_title("Sizing the student budget (seed 0)")
-    _save(plt, fig, ax, path)
+    save_figure(plt, fig, ax, path)
 
 
 TITLES = {"zoo": "Transfer regime: loss zoo", "plateau": "Transfer regime: loss zoo at the plateau budget",

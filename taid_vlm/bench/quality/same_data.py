@@ -14,13 +14,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import statistics
 import sys
 from pathlib import Path
 
 from ..results import write_result, write_table
 from ..runner import Run, print_json
 from ..runs import reused_or_distilled
+from .report import pyplot, save_figure
+from .stats import mean_std
 
 ZOO = ("sft", "fkl", "rkl", "tvd", "gjsd", "skew_fkl", "skew_rkl", "akl", "ctkd", "dkd", "taid", "taid_linear")
 GAP_LOSSES = ("taid", "fkl", "skew_fkl")
@@ -68,10 +69,6 @@ def teacher_ladder(preset) -> list[tuple[str, dict, object]]:
         budget = dataclasses.replace(preset.teacher_budget, steps=int(preset.teacher_budget.steps * steps_factor))
         ladder.append((name, spec, budget))
     return ladder
-
-
-def mean_std(values: list[float]) -> tuple[float, float]:
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
 def teacher_cache(work: Path, teacher_dir: Path, data_dir: Path, top_k: int) -> Path:
@@ -179,10 +176,7 @@ def gap_markdown(result: dict, header: str) -> str:
 
 
 def plot_zoo(result: dict, path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     rows = sorted(result["rows"], key=lambda r: -r["vqa_mean"])
     fig, ax = plt.subplots(figsize=(8, 3.5))
@@ -192,17 +186,11 @@ def plot_zoo(result: dict, path: Path, title: str) -> None:
     ax.set_ylabel("VQA accuracy (x100)")
     ax.set_title(f"{title}, {len(result['seeds'])} seed(s), mean +- std")
     ax.tick_params(axis="x", rotation=35)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(plt, fig, ax, path)
 
 
 def plot_gap(result: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     teachers = sorted({(r["teacher_params"], r["teacher"]) for r in result["rows"]})
     fig, ax = plt.subplots(figsize=(6, 3.5))
@@ -216,10 +204,7 @@ def plot_gap(result: dict, path: Path) -> None:
     ax.set_xlabel("teacher parameters (M)")
     ax.set_ylabel("student VQA accuracy (x100)")
     ax.set_title("Capacity gap: one student size, growing teachers")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(plt, fig, ax, path)
 
 
 def render_existing(out: Path, parts: list[str]) -> None:
