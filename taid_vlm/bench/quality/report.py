@@ -83,15 +83,17 @@ def save_figure(plt, fig, ax, path: Path) -> None:
 
 
 def plot_zoo(result: dict[str, Any], path: Path, title: str) -> None:
+    """VQA accuracy per loss, mean +- std over seeds, with the teacher (and the majority answer, when known)."""
     plt = pyplot()
     rows = sorted(result["rows"], key=lambda r: -r["vqa_mean"])
     fig, ax = plt.subplots(figsize=(8, 3.5))
     colors = ["#1f77b4" if r["loss"].startswith("taid") else "#9ecae1" for r in rows]
     ax.bar([r["loss"] for r in rows], [r["vqa_mean"] for r in rows], yerr=[r["vqa_std"] for r in rows], color=colors, capsize=3)
     ax.axhline(result["teacher"]["vqa_accuracy"], color="#555555", linestyle="--", label="teacher")
-    ax.axhline(result["majority"], color="#bbbbbb", linestyle=":", label="majority answer")
+    if result.get("majority") is not None:
+        ax.axhline(result["majority"], color="#bbbbbb", linestyle=":", label="majority answer")
     ax.set_ylabel("VQA accuracy (x100)")
-    ax.set_title(title + ("" if result.get("complete") else " (partial)"))
+    ax.set_title(title + ("" if result.get("complete", True) else " (partial)"))
     ax.tick_params(axis="x", rotation=35)
     save_figure(plt, fig, ax, path)
 

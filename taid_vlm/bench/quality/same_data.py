@@ -20,6 +20,7 @@ from pathlib import Path
 from ..results import write_result, write_table
 from ..runner import Run, print_json
 from ..runs import reused_or_distilled
+from . import report
 from .report import pyplot, save_figure
 from .stats import mean_std
 
@@ -176,17 +177,7 @@ def gap_markdown(result: dict, header: str) -> str:
 
 
 def plot_zoo(result: dict, path: Path, title: str) -> None:
-    plt = pyplot()
-
-    rows = sorted(result["rows"], key=lambda r: -r["vqa_mean"])
-    fig, ax = plt.subplots(figsize=(8, 3.5))
-    colors = ["#1f77b4" if r["loss"].startswith("taid") else "#9ecae1" for r in rows]
-    ax.bar([r["loss"] for r in rows], [r["vqa_mean"] for r in rows], yerr=[r["vqa_std"] for r in rows], color=colors, capsize=3)
-    ax.axhline(result["teacher"]["vqa_accuracy"], color="#555555", linestyle="--", label="teacher")
-    ax.set_ylabel("VQA accuracy (x100)")
-    ax.set_title(f"{title}, {len(result['seeds'])} seed(s), mean +- std")
-    ax.tick_params(axis="x", rotation=35)
-    save_figure(plt, fig, ax, path)
+    report.plot_zoo(result, path, f"{title}, {len(result['seeds'])} seed(s), mean +- std")
 
 
 def plot_gap(result: dict, path: Path) -> None:
