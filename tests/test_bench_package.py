@@ -24,7 +24,8 @@ SCRIPTS = sorted((ROOT / "scripts").glob("*.py"))
 
 def test_scripts_are_thin_entry_points_of_bench_modules():
     assert {p.stem for p in SCRIPTS} >= {"bench_loss", "bench_quality", "bench_cache", "bench_scale", "bench_step",
-                                         "bench_vs_trl", "readme_tables", "fuzz_cli", "demo_sizing"}
+                                         "bench_vs_trl", "bench_fused", "bench_generation", "gpu_check", "readme_tables",
+                                         "fuzz_cli", "demo_sizing"}
     for script in SCRIPTS:
         tree = ast.parse(script.read_text())
         imports = [n for n in tree.body if isinstance(n, ast.ImportFrom)]

@@ -98,18 +98,7 @@ def test_the_link_check_finds_a_missing_file_and_a_missing_heading(tmp_path):
     assert anchor("Speed and memory of the loss") == "speed-and-memory-of-the-loss"
 
 
-# Pages whose links are written from the repository root (they render broken on GitHub); each is
-# named with the reason it waits. Remove the entry when the page is fixed.
-LINKS_FROM_ROOT = {"docs/LOSS-ENGINE.md": "being rewritten on another branch (issue 24, items 1-2)"}
-
-
 @pytest.mark.parametrize("page", ["README.md", "data/README.md", *sorted(
-    str(p.relative_to(ROOT)) for p in (ROOT / "docs").rglob("*.md") if str(p.relative_to(ROOT)) not in LINKS_FROM_ROOT)])
+    str(p.relative_to(ROOT)) for p in (ROOT / "docs").rglob("*.md"))])
 def test_every_markdown_link_leads_somewhere(page):
     assert broken_links(ROOT / page) == []
-
-
-def test_pages_waiting_for_a_link_fix_still_need_it():
-    """An entry of LINKS_FROM_ROOT whose page has been fixed must go, so the page is checked again."""
-    for page in LINKS_FROM_ROOT:
-        assert broken_links(ROOT / page), f"{page} links fine now: drop it from LINKS_FROM_ROOT"

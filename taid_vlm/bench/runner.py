@@ -81,11 +81,12 @@ class Run:
 # ---- variants in processes of their own ---------------------------------------------------------
 
 
-def child_env(**extra: str) -> dict[str, str]:
-    """The environment of a child: offline, and importing the same taid_vlm as this process."""
-    path = os.environ.get("PYTHONPATH")
-    return {**os.environ, "PYTHONPATH": str(REPO) + (os.pathsep + path if path else ""), "HF_HUB_OFFLINE": "1",
-            "TOKENIZERS_PARALLELISM": "false", **extra}
+def child_env(*paths: str, **extra: str) -> dict[str, str]:
+    """The environment of a child: offline, and importing the same taid_vlm as this process (the
+    repo first, then ``paths``, then what the caller had on PYTHONPATH: a GPU machine's carried packages, say)."""
+    path = [str(REPO), *paths, *(p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p)]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(path), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+            **extra}
 
 
 def child_command(module: str, argv: list[str], launcher: list[str] | None = None) -> list[str]:
@@ -147,30 +148,54 @@ def peak_rss_mb() -> float:
 
 
 def sync(device: Any) -> None:
+    """Wait for a GPU's queued work (timings read the host clock); a no-op on CPU."""
     import torch
 
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize()
 
 
+def peak_baseline(device: Any) -> float:
+    """Start a peak-memory window: CUDA's allocator peak is reset; returns the MB held now
+    (allocated on CUDA, resident on CPU). ``peak_since`` closes it."""
+    import torch
+
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        return torch.cuda.memory_allocated() / 2**20
+    return current_rss_mb()
+
+
+def peak_since(device: Any, baseline_mb: float) -> float:
+    """Peak MB above ``baseline_mb`` since ``peak_baseline``: CUDA max_memory_allocated, else max RSS."""
+    import torch
+
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() / 2**20 - baseline_mb
+    return max_rss_mb() - baseline_mb
+
+
 def timed_peak(device: Any, work: Callable[[], Any]) -> tuple[float, float]:
     """Run ``work()`` once: (seconds, peak MB above what was held before): the CUDA allocator's
     peak, or the growth of the process's max RSS on CPU."""
-    import torch
-
-    cuda = torch.device(device).type == "cuda"
-    if cuda:
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-    else:
-        base = current_rss_mb()
+    base = peak_baseline(device)
     start = time.perf_counter()
     work()
     sync(device)
     seconds = time.perf_counter() - start
-    peak = (torch.cuda.max_memory_allocated() - base) / 2**20 if cuda else max_rss_mb() - base
-    return seconds, peak
+    return seconds, peak_since(device, base)
+
+
+def distribution_version(distribution: str) -> str | None:
+    """An installed distribution's version (``liger-kernel``), None where it is missing."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(distribution)
+    except PackageNotFoundError:
+        return None
 
 
 class PeakSampler:

@@ -204,6 +204,29 @@ def worker(args: argparse.Namespace) -> None:
 # ---- the driver -----------------------------------------------------------------------------------
 
 
+def ensure_pair(work: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """``build_pair`` into ``work``, or the pair an earlier call left there (same settings)."""
+    described = work / "pair.json"
+    if described.exists() and (work / "data.jsonl").exists():
+        model = json.loads(described.read_text())
+        if model.get("settings") == _pair_settings(args):
+            return model
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    model = dict(build_pair(work, args), settings=_pair_settings(args))
+    described.write_text(json.dumps(model))
+    return model
+
+
+def _pair_settings(args: argparse.Namespace) -> dict[str, Any]:
+    return {key: getattr(args, key) for key in DEFAULTS["cuda"]}
+
+
+def cuda_pair_args() -> argparse.Namespace:
+    """The settings of the GPU pair (DEFAULTS["cuda"]), for callers that build it without this CLI."""
+    return argparse.Namespace(**DEFAULTS["cuda"])
+
+
 def launch(args: argparse.Namespace, work: Path, mode: str) -> dict[str, Any]:
     env = child_env()
     common = ["--worker", mode, "--workdir", str(work), "--device", args.device,
@@ -245,6 +268,7 @@ def main() -> None:
     parser.add_argument("--image-size", type=int)
     parser.add_argument("--modes", default="fp32,bf16,bf16_ckpt,ddp,fsdp")
     parser.add_argument("--out", default=str(REPO / "docs" / "results" / "bench_scale.json"))
+    parser.add_argument("--pair-dir", help="build the pair here and keep it (reused when its settings match); default: a temporary folder")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--workdir", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -256,14 +280,15 @@ def main() -> None:
         return
 
     run = Run()
-    work = Path(tempfile.mkdtemp(prefix="bench_scale-"))
+    work = Path(args.pair_dir) if args.pair_dir else Path(tempfile.mkdtemp(prefix="bench_scale-"))
     try:
-        model = build_pair(work, args)
+        model = ensure_pair(work, args) if args.pair_dir else build_pair(work, args)
         results: dict[str, Any] = {}
         for mode in args.modes.split(","):
             results[mode] = launch(args, work, mode)
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        if not args.pair_dir:
+            shutil.rmtree(work, ignore_errors=True)
     line = {**{m: {k: v for k, v in r.items() if k in ("peak_mb", "transient_mb", "saved_activations_mb", "step_s", "param_optim_mb", "skipped")} for m, r in results.items()},
             "model": model, "device": args.device}
     payload = run.record({**line, "details": results, "steps": args.steps,

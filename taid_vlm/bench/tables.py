@@ -12,7 +12,8 @@ and is rendered here from its JSON, so a table cannot drift from the result behi
 when one differs from what the JSON says (tests/test_readme_tables.py runs the check). Links are
 written relative to the document that holds the block.
 
-Blocks: ``summary`` (README.md: a few lines over all the results below, with links), ``demo``
+Blocks: ``summary`` (README.md: a few lines over all the results below, with links), ``generation``
+(README.md: docs/results/bench_generation.json), ``demo``
 (``demo_default.json`` in docs/results/, a copy of a default demo run), ``loss`` (docs/results/bench_loss.json),
 ``loss_ce`` (docs/results/bench_loss_ce.json),
 ``trl`` (docs/results/bench_vs_trl.json and docs/results/bench_vs_trl_v151936.json),
@@ -432,6 +433,22 @@ def transfer_sizing_block() -> str:
     return "\n".join(lines)
 
 
+# ---- generation --------------------------------------------------------------------------------
+
+
+def generation_block() -> str:
+    """One line: tokens/s of the Hugging Face and vLLM backends on the same model and prompts."""
+    d = load("bench_generation.json")
+    hf, vl = d["sides"]["hf"]["tokens_per_s"], d["sides"]["vllm"]["tokens_per_s"]
+    m = d["model"]
+    return (f"Greedy generation, {d['prompts']} text VQA prompts, up to {d['max_new_tokens']} new tokens, batch "
+            f"{d['batch_size']}, a {m['parameters'] / 1e6:.1f}M-parameter Qwen2 ({m['dtype']}) on "
+            f"{d['machine']['cpu_count']} CPU cores ({_load_text(d['machine'])}): Hugging Face `generate` "
+            f"{hf:,.0f} tokens/s, vLLM {vl:,.0f} tokens/s ({_ratio(vl, hf)}; median of {d['repeats']}; "
+            f"{d['same_answers']}/{d['prompts']} answers identical). Command: `{d['command'].strip()}` "
+            "([bench_generation.json](docs/results/bench_generation.json)).")
+
+
 # ---- the README's summary ---------------------------------------------------------------------
 
 FULL = "docs/results/README.md"
@@ -483,7 +500,7 @@ def summary_block() -> str:
 
 
 RENDERERS: dict[str, Callable[[], str]] = {
-    "summary": summary_block, "demo": demo_block, "loss": loss_block, "loss_ce": loss_ce_block, "cache": cache_block, "trl": trl_block,
+    "summary": summary_block, "generation": generation_block, "demo": demo_block, "loss": loss_block, "loss_ce": loss_ce_block, "cache": cache_block, "trl": trl_block,
     "zoo": zoo_block, "gap": gap_block, "taid": taid_block,
     "transfer-zoo": transfer_zoo_block, "transfer-gap": transfer_gap_block, "transfer-noanswer": transfer_noanswer_block,
     "transfer-sizing": transfer_sizing_block, "transfer-plateau": transfer_plateau_block,

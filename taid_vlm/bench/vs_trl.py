@@ -101,7 +101,8 @@ import time
 from pathlib import Path
 
 from .results import write_result
-from .runner import Run, child_command, child_env, current_rss_mb, last_json_line, max_rss_mb, print_json, sync
+from .runner import (Run, child_command, child_env, distribution_version, last_json_line, peak_baseline, peak_since,
+                     print_json, sync)
 
 OURS = "ours_chunked_fkl"
 TRL_SIDES = ("trl_gkd_full_logits", "trl_distillation_chunked", "trl_gkd_liger")
@@ -311,12 +312,7 @@ def run_side(args: argparse.Namespace) -> dict:
     optimizer = torch.optim.AdamW(student.parameters(), lr=LEARNING_RATE)
     step = build_side(args, teacher, student, batch, optimizer)
 
-    sync(device)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-    else:
-        base = current_rss_mb()
+    base = peak_baseline(device)
     loss, first_grad_norm = step(measure=True)  # warm-up; the compared values
     sync(device)
     times = []
@@ -325,7 +321,7 @@ def run_side(args: argparse.Namespace) -> dict:
         step(measure=False)
         sync(device)
         times.append(time.perf_counter() - start)
-    peak = (torch.cuda.max_memory_allocated() - base) / 2**20 if device.type == "cuda" else max_rss_mb() - base
+    peak = peak_since(device, base)
     return {
         "step_s": round(min(times), 4), "all_step_s": [round(t, 4) for t in times], "peak_mb": round(peak, 1),
         "loss": loss, "grad_norm": first_grad_norm, "weights_fingerprint": weights,
@@ -376,15 +372,6 @@ def summarise(args: argparse.Namespace, results: dict) -> dict:
     }  # fmt: skip
 
 
-def _version(distribution: str) -> str | None:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(distribution)
-    except PackageNotFoundError:
-        return None
-
-
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--vocab", type=int, default=32768)
@@ -432,7 +419,7 @@ def main() -> None:
     summary = summarise(args, results)
     if args.out is not None:
         record = run.record({**summary, "sides": results})
-        record["machine"]["liger_kernel"] = _version("liger-kernel")
+        record["machine"]["liger_kernel"] = distribution_version("liger-kernel")
         write_result(args.out, record)
     print_json(summary)
 

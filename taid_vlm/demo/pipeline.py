@@ -30,7 +30,7 @@ from ..losses import loss_class
 from ..models.composed import build_composed_vlm
 from ..models.text_lm import build_text_lm
 from ..models.tokenizer import train_bpe_tokenizer
-from ..train import DistillConfig, distill
+from ..train import DistillConfig, distill, load_config
 from .presets import DemoPreset, TrainBudget
 from .shapes import generate_shapes
 
@@ -240,12 +240,13 @@ def train_teacher(directory: Path, init_dir: Path, data_dir: Path, budget: Train
 def distil_student(run_dir: Path, init_dir: Path, teacher_dir: Path | None, data_dir: Path, loss: str,
                    budget: TrainBudget, seed: int, t_start: float, progress: bool, **config: Any) -> Path:
     """One student run; every loss gets the same initial weights, data order and budget."""
-    distill(DistillConfig(
+    # load_config: ``config`` may name loss settings by their recipe keys (taid_adaptive, taid.alpha_per_run)
+    distill(load_config(None, dict(
         student=str(init_dir), teacher=str(teacher_dir) if loss_class(loss).needs_teacher else None, data=str(data_dir / "train.jsonl"),
         output=str(run_dir), loss=loss, max_steps=budget.steps, lr=budget.lr, batch_size=budget.batch_size,
         warmup_steps=budget.warmup_steps, t_start=t_start, save_every=budget.steps, log_every=5, seed=seed,
         progress=progress, overwrite=True, **config,
-    ).validate())  # fmt: skip
+    )))  # fmt: skip
     return run_dir
 
 
