@@ -25,6 +25,7 @@ from ..data.truncate import fit_prompt
 from ..models import ModelAdapter
 from ..models.adapter import RenderedBatch
 from .batches import BatchStream
+from .stopping import ignore_stop_signals
 
 
 @dataclass
@@ -115,7 +116,8 @@ class MicroBatches:
         self._num_records, self._global_batch = len(records), batch_size * world_size
         self.loader = DataLoader(RecordDataset(records), batch_sampler=sampler, collate_fn=collator,
                                  num_workers=num_workers, persistent_workers=num_workers > 0,
-                                 prefetch_factor=2 if num_workers > 0 else None)
+                                 prefetch_factor=2 if num_workers > 0 else None,
+                                 worker_init_fn=ignore_stop_signals if num_workers > 0 else None)
         self._iterator: Iterator[MicroBatch] | None = None
 
     @property
