@@ -367,8 +367,6 @@ def test_two_processes_each_answer_half_and_rank_0_writes_what_one_process_write
     assert _without_timings(two_results["models"]["student"]) == _without_timings(one["models"]["student"])
     assert (one["meta"]["processes"], one["meta"]["items_per_process"]) == (1, [61])
     assert two_results["meta"]["processes"] == 2 and two_results["meta"]["items_per_process"] == [32, 29]
-    assert (tmp_path / "two" / "results.md").read_text().split("\n", 1)[1] == \
-        (tmp_path / "one" / "results.md").read_text().split("\n", 1)[1]
 
 
 def _free_port() -> int:
