@@ -19,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from ..data.table import VALIDATE_IMAGES
 from ..errors import UserError
 from ..files import write_text_atomically
 from ..flags import flag
@@ -49,7 +50,11 @@ class DistillConfig:
     data_split: str = "train"  # for Hugging Face datasets (e.g. "train_sft" for UltraChat-200k)
     data_limit: int | None = None  # use only the first N records
     max_length: int | None = None  # tokens per rendered sequence; prompts are trimmed, never responses
-    skip_bad: bool = False
+    skip_bad: bool = False  # skip bad records (named in a warning) instead of stopping; also those met mid-run
+    # What is checked before training (taid_vlm/data/table.py): "sample" stats every image file and
+    # builds and decodes 256 records spread over the set (seconds on LLaVA-665k); "all" builds every
+    # record and decodes every image (minutes on large sets); "none" checks only the JSON.
+    validate_images: str = "sample"
     responses: str = "data"  # "data": the data set's responses; "teacher": generated once by the teacher
     on_policy: float = 0.0  # probability that a batch's responses are replaced by student samples (GKD)
     generation_max_new_tokens: int = 64
@@ -158,6 +163,8 @@ class DistillConfig:
                             f"(got {self.student_dtype}), or mixed_precision=no to train in {self.student_dtype} alone")
         if self.distributed not in DISTRIBUTED:
             problems.append(f"distributed must be one of {DISTRIBUTED}, got {self.distributed!r}")
+        if self.validate_images not in VALIDATE_IMAGES:
+            problems.append(f"validate_images must be one of {VALIDATE_IMAGES}, got {self.validate_images!r}")
         if self.distributed == "fsdp" and self.on_policy > 0:
             problems.append("on_policy sampling needs the whole student on every rank: use distributed=ddp")
         if self.distributed == "fsdp" and self.mixed_precision == "fp16":

@@ -14,13 +14,14 @@ prefetched, so a checkpoint's position never counts batches that were rendered b
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from ..data import Record
+from ..data import DataError, Record, SkippedRecordsWarning, load_image
 from ..data.truncate import fit_prompt
 from ..models import ModelAdapter
 from ..models.adapter import RenderedBatch
@@ -43,14 +44,51 @@ class MicroBatch:
 
 
 class RecordDataset(Dataset):
-    def __init__(self, records: Sequence[Record]):
-        self.records = records
+    """Record ``index`` with its images opened (decoded here, in the worker that renders it).
+
+    A record that cannot be built or whose image cannot be read (a table builds records only now,
+    data/table.py): with ``skip_bad`` a warning names it and the next good record of the set takes its
+    place (the same one on every run, so a resume stays exact); without, a ``BadRecord`` carries the
+    error to the loop, which stops with it.
+    """
+
+    def __init__(self, records: Sequence[Record], skip_bad: bool = False):
+        self.records, self.skip_bad = records, skip_bad
 
     def __len__(self) -> int:
         return len(self.records)
 
-    def __getitem__(self, index: int) -> Record:
-        return self.records[index]
+    def __getitem__(self, index: int) -> "Record | BadRecord":
+        for offset in range(len(self.records)):
+            try:
+                record = self.records[(index + offset) % len(self.records)]
+                images = [load_image(image) for image in record.images]
+            except DataError as e:
+                error = e
+            except OSError as e:  # load_image names the file
+                error = DataError(f"{record.meta.get('source', '<memory>')} (record {record.id!r})", str(e), BAD_IMAGE_FIX)
+            else:
+                return replace(record, images=images) if images else record
+            if not self.skip_bad:
+                return BadRecord(error.where, error.problem, error.fix)
+            warnings.warn(f"skipped a bad record: {error}; the next record takes its place", SkippedRecordsWarning,
+                          stacklevel=2)
+        return BadRecord(str(getattr(self.records, "path", "the data")), "every record is bad", "check the data")
+
+
+BAD_IMAGE_FIX = "replace the file, or pass --skip-bad to skip such records (the run continues with --resume)"
+
+
+@dataclass
+class BadRecord:
+    """A record that failed in a DataLoader worker, carried to the loop to be raised there."""
+
+    where: str
+    problem: str
+    fix: str
+
+    def error(self) -> DataError:
+        return DataError(self.where, self.problem, self.fix)
 
 
 @dataclass
@@ -91,7 +129,10 @@ class RenderCollator:
     def __init__(self, student: ModelAdapter, teacher: ModelAdapter | None, max_length: int | None = None):
         self.student, self.teacher, self.max_length = student, teacher, max_length
 
-    def __call__(self, records: list[Record]) -> MicroBatch:
+    def __call__(self, records: list[Record]) -> "MicroBatch | BadRecord":
+        bad = next((r for r in records if isinstance(r, BadRecord)), None)
+        if bad is not None:
+            return bad
         if self.max_length:
             records = [fit_prompt(r, self._longest, self.max_length) for r in records]
         student = self.student.render(records, max_length=self.max_length, on_device=False)
@@ -110,11 +151,12 @@ class MicroBatches:
     are those of the micro-batches taken so far (what a checkpoint stores)."""
 
     def __init__(self, records: Sequence[Record], collator: RenderCollator, batch_size: int, seed: int,
-                 rank: int = 0, world_size: int = 1, epoch: int = 0, position: int = 0, num_workers: int = 0):
+                 rank: int = 0, world_size: int = 1, epoch: int = 0, position: int = 0, num_workers: int = 0,
+                 skip_bad: bool = False):
         sampler = StepSampler(len(records), batch_size, seed, rank, world_size, epoch, position)
         self._taken = StreamPosition(epoch, position)
         self._num_records, self._global_batch = len(records), batch_size * world_size
-        self.loader = DataLoader(RecordDataset(records), batch_sampler=sampler, collate_fn=collator,
+        self.loader = DataLoader(RecordDataset(records, skip_bad), batch_sampler=sampler, collate_fn=collator,
                                  num_workers=num_workers, persistent_workers=num_workers > 0,
                                  prefetch_factor=2 if num_workers > 0 else None,
                                  worker_init_fn=ignore_stop_signals if num_workers > 0 else None)
@@ -132,6 +174,8 @@ class MicroBatches:
         if self._iterator is None:
             self._iterator = iter(self.loader)
         batch = next(self._iterator)
+        if isinstance(batch, BadRecord):
+            raise batch.error()
         self._taken.advance(self._num_records, self._global_batch)
         return batch
 

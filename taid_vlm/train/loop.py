@@ -30,6 +30,7 @@ import random
 import shutil
 import time
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,7 +40,8 @@ import torch
 import yaml
 from transformers import get_scheduler
 
-from ..data import detect_format, load_records
+from ..data import Record, detect_format, load_records, open_records
+from ..data.table import TABLE_FORMATS
 from ..errors import RunError, Stopped, is_disk_full
 from ..losses import Loss
 from ..models import ModelAdapter, check_alignment, check_vocab_compatible, is_composed_spec
@@ -196,7 +198,7 @@ def setup(config: DistillConfig, env: Distributed | None = None, run_output: Run
     renders_teacher = getattr(teacher_signal, "adapter", None)  # a live teacher: render its inputs in workers too
     collator = RenderCollator(student, renders_teacher, config.max_length)
     data = MicroBatches(records, collator, config.batch_size, config.seed, env.rank, env.world_size, state.epoch,
-                        state.position, num_workers=config.num_workers)
+                        state.position, num_workers=config.num_workers, skip_bad=config.skip_bad)
     log = MetricsLog(out / "metrics.jsonl", resume_step=state.step, enabled=env.is_main,
                      tensorboard_dir=out / "tensorboard" if config.tensorboard else None)
     progress = Progress(config.max_steps, state.step, enabled=config.progress and env.is_main)
@@ -396,12 +398,17 @@ def _on_policy_this_step(config: DistillConfig, step: int) -> bool:
     return random.Random(config.seed * 7_919 + step).random() < config.on_policy
 
 
-def _training_records(config: DistillConfig) -> list:
+def _training_records(config: DistillConfig) -> Sequence[Record]:
+    """The training set: a ``RecordTable`` (read on access, data/table.py) for LLaVA and chat files,
+    a list otherwise; checked per ``validate_images`` before the output is touched."""
     fmt = detect_format(config.data) if config.data_format == "auto" else config.data_format
+    if fmt in TABLE_FORMATS:
+        return open_records(config.data, fmt, skip_bad=config.skip_bad, validate_images=config.validate_images,
+                            limit=config.data_limit)
     hf_options = {"split": config.data_split} if fmt == "hf" else {}
-    # check_images="open": a corrupt image fails here, naming its record, before the output is touched
+    check = {"all": "open", "sample": "exists", "none": "none"}[config.validate_images]
     return load_records(config.data, format=fmt, skip_bad=config.skip_bad, limit=config.data_limit,
-                        check_images="open", **hf_options)
+                        check_images=check, **hf_options)
 
 
 def _optimizer(model: torch.nn.Module, config: DistillConfig, loss_parameters: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
