@@ -9,12 +9,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from composed_pair import save_composed_pair
 from taid_vlm.data import DataError, SkippedRecordsWarning, load_records, open_records
 from taid_vlm.data import table as table_module
-from taid_vlm.train import distill, load_config
+from taid_vlm.train import ConfigError, distill, load_config
 
 
 def _llava_rows(folder: Path, n: int) -> list[dict]:
@@ -91,3 +92,48 @@ def test_a_bad_image_met_in_training_is_skipped_naming_its_file_or_stops_the_run
     messages = [str(w.message) for w in seen if issubclass(w.category, SkippedRecordsWarning)]
     assert messages and all("broken.png" in m and "the next record takes its place" in m for m in messages)
     assert (tmp_path / "skipping" / "student").is_dir()
+
+
+def test_a_streamed_hf_set_trains_across_epochs_and_resumes_exactly(pair, tmp_path, monkeypatch):
+    """--streaming over a parquet file written by ``datasets`` (10 records, 2 global batches an epoch,
+    so 5 steps cross two epoch ends): stopped after step 3 and resumed, the run ends with the student of
+    the run that never stopped."""
+    import os
+    import signal
+
+    import datasets
+
+    from taid_vlm.errors import Stopped
+    from taid_vlm.train import loop
+    from safetensors.torch import load_file
+
+    rows = [json.loads(line) for line in (pair / "shapes" / "train.jsonl").read_text().splitlines()][:10]
+    table = [{"id": r["id"], "conversations": r["conversations"], "image": str(pair / "shapes" / r["image"])} for r in rows]
+    datasets.Dataset.from_list(table).to_parquet(str(tmp_path / "train.parquet"))
+
+    def config(out: str, steps: int, **extra):
+        return load_config(None, dict(teacher=str(pair / "teacher"), student=str(pair / "student"),
+                                      data=f"hf:{tmp_path / 'train.parquet'}", streaming=True, output=str(tmp_path / out),
+                                      max_steps=steps, batch_size=4, save_every=100, log_every=1, progress=False, seed=3,
+                                      **extra))
+
+    distill(config("whole", 5))
+    real_step = loop.step
+
+    def step_then_sigterm(run):  # a preemption notice arrives during step 3
+        real_step(run)
+        if run.state.step == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(loop, "step", step_then_sigterm)
+    with pytest.raises(Stopped, match="stopped by SIGTERM after step 3"):
+        distill(config("stopped", 5))
+    monkeypatch.setattr(loop, "step", real_step)
+    distill(config("stopped", 5, resume="auto"))
+    epochs = [json.loads(line)["epoch"] for line in (tmp_path / "whole" / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == [0, 0, 0, 1, 1]  # the epoch a step starts in (step 3 takes the first batch of epoch 1)
+    a = load_file(str(tmp_path / "whole" / "student" / "model.safetensors"))
+    b = load_file(str(tmp_path / "stopped" / "student" / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(ConfigError, match="streaming=true needs num_workers=0"):
+        config("bad", 1, num_workers=1)

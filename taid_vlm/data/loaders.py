@@ -116,7 +116,9 @@ def detect_format(source: str | Path) -> str:
 
 
 def _is_hf_source(source: str | Path) -> bool:
-    """A folder, a parquet/arrow/csv file, or a name that is no local path (a hub dataset)."""
+    """``hf:NAME``, a folder, a parquet/arrow/csv file, or a name that is no local path (a hub dataset)."""
+    if str(source).startswith("hf:"):
+        return True
     path = Path(source)
     if path.is_dir() or path.suffix in _HF_SUFFIXES:
         return True

@@ -14,8 +14,9 @@ prefetched, so a checkpoint's position never counts batches that were rendered b
 
 from __future__ import annotations
 
+import itertools
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 
 import torch
@@ -184,3 +185,45 @@ class MicroBatches:
         iterator, self._iterator = self._iterator, None
         if iterator is not None and hasattr(iterator, "_shutdown_workers"):
             iterator._shutdown_workers()
+
+
+class StreamBatches:
+    """The loop's view of a streamed set (no length, no random access), with ``MicroBatches``' interface.
+
+    ``open_stream(epoch, position)`` gives the records of an epoch's order (a seeded shuffle buffer,
+    ``seed + epoch``) from ``position`` on. A global batch is the next ``batch_size * world_size``
+    records of that order and rank r renders its slice; an incomplete tail starts the next epoch, as
+    for a map-style set, and ``epoch``/``position`` are what a checkpoint stores. Rendering runs in
+    this process (a stream has no index a DataLoader worker could be given).
+    """
+
+    def __init__(self, open_stream: Callable[[int, int], Iterator[Record]], collator: RenderCollator,
+                 batch_size: int, rank: int = 0, world_size: int = 1, epoch: int = 0, position: int = 0,
+                 skip_bad: bool = False):
+        self._open, self.collator, self.skip_bad = open_stream, collator, skip_bad
+        self.batch_size, self.rank, self.global_batch = batch_size, rank, batch_size * world_size
+        self.epoch, self.position = epoch, position
+        self._rows: Iterator[Record] | None = None
+
+    def next(self) -> MicroBatch:
+        if self._rows is None:
+            self._rows = self._open(self.epoch, self.position)
+        chunk = list(itertools.islice(self._rows, self.global_batch))
+        if len(chunk) < self.global_batch:  # the epoch's end
+            if self.position == 0:
+                raise DataError("the stream", f"{len(chunk)} records cannot fill one global batch of "
+                                f"{self.global_batch}", "lower batch_size or add data")
+            self.close()
+            self.epoch, self.position = self.epoch + 1, 0
+            return self.next()
+        self.position += self.global_batch
+        mine = RecordDataset(chunk[self.rank * self.batch_size : (self.rank + 1) * self.batch_size], self.skip_bad)
+        batch = self.collator([mine[i] for i in range(len(mine))])
+        if isinstance(batch, BadRecord):
+            raise batch.error()
+        return batch
+
+    def close(self) -> None:
+        rows, self._rows = self._rows, None
+        if rows is not None and hasattr(rows, "close"):
+            rows.close()

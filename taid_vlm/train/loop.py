@@ -30,7 +30,8 @@ import random
 import shutil
 import time
 import warnings
-from collections.abc import Sequence
+import itertools
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,8 +41,8 @@ import torch
 import yaml
 from transformers import get_scheduler
 
-from ..data import Record, detect_format, load_records, open_records
-from ..data.table import TABLE_FORMATS
+from ..data import Record, detect_format, iter_hf_records, load_records, open_records
+from ..data.table import SAMPLE_ROWS, TABLE_FORMATS
 from ..errors import RunError, Stopped, is_disk_full
 from ..losses import Loss
 from ..models import ModelAdapter, check_alignment, check_vocab_compatible, is_composed_spec
@@ -49,7 +50,7 @@ from ..models.checkpointing import enable_gradient_checkpointing
 from ..models.loading import resolve_dtype
 from .checkpoint import CHECKPOINT_DIR, TrainerState, load_newest_intact, save_checkpoint
 from .config import ConfigError, DistillConfig
-from .data import MicroBatch, MicroBatches, RenderCollator
+from .data import MicroBatch, MicroBatches, RenderCollator, StreamBatches
 from .diagnose import likely_cause, nothing_applied, too_many_bad_steps
 from .metrics import MetricsLog, Progress
 from .objective import LossParts, training_loss
@@ -96,7 +97,7 @@ class Run:
     loss: Loss  # the loss object: per-chunk math, per-step hook, its own state and modules
     extra_modules: dict[str, Any]
     state: TrainerState
-    data: MicroBatches
+    data: Any  # MicroBatches, or StreamBatches for a streamed set (train/data.py)
     collator: RenderCollator
     log: MetricsLog
     progress: Progress
@@ -155,7 +156,8 @@ def setup(config: DistillConfig, env: Distributed | None = None, run_output: Run
     run_output = run_output or RunOutput(config, is_main=env.is_main, barrier=env.barrier)
     out = Path(config.output)
     check_devices(config, env.device)
-    records = _training_records(config)  # before the models: a broken data file fails in seconds
+    # before the models: a broken data file fails in seconds (a stream: its first records are checked)
+    records, stream = _training_stream(config) if config.streaming else (_training_records(config), None)
     _seed_everything(config.seed)
 
     teacher, student = _load_models(config, env)
@@ -197,8 +199,12 @@ def setup(config: DistillConfig, env: Distributed | None = None, run_output: Run
     config_yaml = yaml.safe_dump(config.to_dict(), sort_keys=False)  # written once the first step is applied
     renders_teacher = getattr(teacher_signal, "adapter", None)  # a live teacher: render its inputs in workers too
     collator = RenderCollator(student, renders_teacher, config.max_length)
-    data = MicroBatches(records, collator, config.batch_size, config.seed, env.rank, env.world_size, state.epoch,
-                        state.position, num_workers=config.num_workers, skip_bad=config.skip_bad)
+    if stream is not None:
+        data: MicroBatches | StreamBatches = StreamBatches(stream, collator, config.batch_size, env.rank, env.world_size,
+                                                           state.epoch, state.position, config.skip_bad)
+    else:
+        data = MicroBatches(records, collator, config.batch_size, config.seed, env.rank, env.world_size, state.epoch,
+                            state.position, num_workers=config.num_workers, skip_bad=config.skip_bad)
     log = MetricsLog(out / "metrics.jsonl", resume_step=state.step, enabled=env.is_main,
                      tensorboard_dir=out / "tensorboard" if config.tensorboard else None)
     progress = Progress(config.max_steps, state.step, enabled=config.progress and env.is_main)
@@ -409,6 +415,25 @@ def _training_records(config: DistillConfig) -> Sequence[Record]:
     check = {"all": "open", "sample": "exists", "none": "none"}[config.validate_images]
     return load_records(config.data, format=fmt, skip_bad=config.skip_bad, limit=config.data_limit,
                         check_images=check, **hf_options)
+
+
+def _training_stream(config: DistillConfig) -> tuple[list[Record], Callable[[int, int], Iterator[Record]]]:
+    """A streamed Hugging Face set: its first records (checked like a table's sample) and how to open an
+    epoch from a position. Epoch e is the set through a shuffle buffer seeded by (seed, e); resuming skips
+    the rows already taken before decoding any (with skip_bad, rows that were dropped count too, so the
+    records taken are counted from the epoch's start instead)."""
+    options: dict[str, Any] = dict(split=config.data_split, streaming=True, skip_bad=config.skip_bad)
+    check = "none" if config.validate_images == "none" else "open"
+    sample = list(itertools.islice(iter_hf_records(config.data, check_images=check, **options), SAMPLE_ROWS))
+
+    def open_stream(epoch: int, position: int) -> Iterator[Record]:
+        seed = config.seed * 1_000_003 + epoch
+        if config.skip_bad:
+            rows = iter_hf_records(config.data, check_images="none", shuffle_seed=seed, **options)
+            return itertools.islice(rows, position, None)
+        return iter_hf_records(config.data, check_images="none", shuffle_seed=seed, skip=position, **options)
+
+    return sample, open_stream
 
 
 def _optimizer(model: torch.nn.Module, config: DistillConfig, loss_parameters: list[torch.nn.Parameter]) -> torch.optim.Optimizer:

@@ -41,7 +41,8 @@ ASIDE_PREFIX = ".replaced-"
 # What a resumed run must share with the run that wrote the checkpoint, or the result is neither
 # (plus the settings the loss class declares: TAID's schedule, CTKD's ramp).
 RESUME_KEYS = ("teacher", "student", "data", "data_format", "data_split", "data_limit", "max_length", "responses",
-               "loss", "loss_params", "distil_ratio", "temperature", "batch_size", "grad_accum", "seed", "on_policy")
+               "loss", "loss_params", "distil_ratio", "temperature", "batch_size", "grad_accum", "seed", "on_policy",
+               "streaming")
 
 
 class OutputInUse(RunError, FileExistsError):
