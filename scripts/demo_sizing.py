@@ -36,7 +36,6 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
-from safetensors.torch import load_model  # noqa: E402
 
 from taid_vlm.data import (  # noqa: E402
     CAPTION_PROMPT,
@@ -52,6 +51,7 @@ from taid_vlm.models import load  # noqa: E402
 from taid_vlm.models.composed import build_composed_vlm  # noqa: E402
 from taid_vlm.models.composed.factory import parse_spec  # noqa: E402
 from taid_vlm.train import distill, load_config  # noqa: E402
+from taid_vlm.train.checkpoint import checkpoint_weights  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
 
 hf_logging.disable_progress_bar()
@@ -210,7 +210,7 @@ def learning_curve(init_dir: Path, run_dir: Path, vqa, args: argparse.Namespace)
     adapter = load(str(init_dir), role="student", dtype="float32")
     curve = {}
     for checkpoint in sorted((run_dir / "checkpoints").glob("step-*")):
-        load_model(adapter.model, str(checkpoint / "model.safetensors"))
+        adapter.model.load_state_dict(checkpoint_weights(checkpoint), strict=False)
         curve[int(checkpoint.name.split("-")[1])] = evaluate(adapter, vqa, [], args)["vqa"]
     return curve
 
