@@ -269,6 +269,32 @@ def test_corrupt_latest_checkpoint_falls_back_and_says_so(pair, finished, tmp_pa
     assert steps == [1, 2, 3]
 
 
+def test_a_checkpoint_from_before_dcp_still_resumes_exactly(pair, finished, tmp_path):
+    """The former layout (model.safetensors + optimizer.pt, written by rank 0): the same continuation
+    as the DCP checkpoint it was made from."""
+    import torch
+    from safetensors.torch import load_file, save_model
+
+    from taid_vlm.models import load
+    from taid_vlm.train.checkpoint import load_sharded
+    from taid_vlm.train.config import load_config
+    from taid_vlm.train.loop import _optimizer
+    from taid_vlm.train.parallel import Trainable
+
+    dcp_run, legacy_run = copy_run(finished, tmp_path / "dcp"), copy_run(finished, tmp_path / "legacy")
+    step2 = legacy_run / "checkpoints" / "step-0000002"
+    student = load(pair / "student").model
+    optimizer = _optimizer(student, load_config(None, {"student": "s", "teacher": "t", "data": "d", "output": "o"}), [])
+    assert load_sharded(step2 / "state", Trainable(student, {}), optimizer) == ([], [])
+    save_model(student, str(step2 / "model.safetensors"))  # what the former checkpoints held
+    torch.save(optimizer.state_dict(), step2 / "optimizer.pt")
+    shutil.rmtree(step2 / "state")
+    for run in (dcp_run, legacy_run):
+        assert main(common(pair, run, "--resume", "--max-steps=3")) == 0
+    a, b = (load_file(str(run / "student" / "model.safetensors")) for run in (dcp_run, legacy_run))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 # ---- disk full ---------------------------------------------------------------------------------------------
 
 

@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from .errors import BadRecordCounter, DataError
-from .jsonl import NOT_UTF8_FIX
+from .jsonl import NOT_UTF8_FIX, _starts_with_array
 from .parse import RowContext, chat_record, llava_record
 from .records import Record
 
@@ -233,14 +233,6 @@ def _image_values(row: Any, fmt: str) -> list[Any]:
 
 
 # ---- where rows start ---------------------------------------------------------------------------------
-
-
-def _starts_with_array(path: Path) -> bool:
-    with open(path, "rb") as f:
-        while True:
-            ch = f.read(1)
-            if not ch or not ch.isspace():
-                return ch == b"["
 
 
 def _line_rows(path: Path) -> Iterator[tuple[int, int, int, Any]]:

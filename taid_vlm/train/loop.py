@@ -24,13 +24,13 @@ to fix:
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import random
 import shutil
 import time
 import warnings
-import itertools
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path

@@ -220,6 +220,7 @@ class FSDP(Strategy):
 
     def place(self, student: ModelAdapter, teacher: ModelAdapter | None) -> None:
         super().place(student, teacher)
+        self.env.broadcast_parameters(student.model)  # rank 0's weights everywhere (DDP does this itself)
         shard(student, self.env)
         if self.shard_teacher and teacher is not None:
             shard(teacher, self.env)
