@@ -289,12 +289,14 @@ class _ArrayReader:
         self.utf8 = codecs.getincrementaldecoder("utf-8")()
         self.decoder = json.JSONDecoder()
         self.text, self.pos, self.byte, self.eof = "", 0, 0, False
+        self.block = min(1 << 16, _BLOCK)  # small first (a format sniff reads one element), then up to _BLOCK
 
     def __del__(self) -> None:
         self.file.close()
 
     def fill(self) -> None:
-        block = self.file.read(_BLOCK)
+        block = self.file.read(self.block)
+        self.block = min(2 * self.block, _BLOCK)
         self.eof = not block
         try:
             decoded = self.utf8.decode(block, final=self.eof)
