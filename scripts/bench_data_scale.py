@@ -136,7 +136,7 @@ def main() -> None:
     load_at_start = os.getloadavg()
     sizes = [int(s) for s in args.sizes.split(",")]
     modes = args.modes.split(",")
-    with tempfile.TemporaryDirectory(prefix="bench_data_scale-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="bench_data_scale-") as tmp:  # written before the images go
         work = Path(tmp)
         build(work, sizes)
         runs: dict[str, dict[int, list[dict[str, Any]]]] = {m: {s: [] for s in sizes} for m in modes}
@@ -144,22 +144,23 @@ def main() -> None:
             for mode in modes:
                 for size in sizes:
                     runs[mode][size].append(measure(args, work, mode, size))
-    line: dict[str, Any] = {}
-    for mode in modes:
-        summary: dict[str, Any] = {}
-        for size in sizes:
-            summary[str(size)] = {key: statistics.median(r[key] for r in runs[mode][size])
-                                  for key in ("first_step_s", "setup_s", "step_s", "peak_mb")}
-        small, large = summary[str(sizes[0])], summary[str(sizes[-1])]
-        summary["time_ratio"] = round(large["first_step_s"] / small["first_step_s"], 2)
-        summary["memory_ratio"] = round(large["peak_mb"] / small["peak_mb"], 2)
-        line[mode] = summary
-    payload = {**line, "runs": runs, "repeats": args.repeats,
-               "setting": "tiny composed pair, batch 4, LLaVA JSON array, one 32x32 PNG per record; medians of the repeats",
-               "command": " ".join(["python", "scripts/bench_data_scale.py", *sys.argv[1:]]),
-               "machine": machine(load_at_start)}
-    write_json(args.out, payload)
-    print(json.dumps(line))
+        line: dict[str, Any] = {}
+        for mode in modes:
+            summary: dict[str, Any] = {}
+            for size in sizes:
+                summary[str(size)] = {key: round(statistics.median(r[key] for r in runs[mode][size]), 2)
+                                      for key in ("first_step_s", "setup_s", "step_s", "peak_mb")}
+            small, large = summary[str(sizes[0])], summary[str(sizes[-1])]
+            summary["time_ratio"] = round(large["first_step_s"] / small["first_step_s"], 2)
+            summary["memory_ratio"] = round(large["peak_mb"] / small["peak_mb"], 2)
+            line[mode] = summary
+        payload = {**line, "runs": runs, "repeats": args.repeats,
+                   "setting": "tiny composed pair, batch 4, LLaVA JSON array, one 32x32 PNG per record; medians of the "
+                              "repeats",
+                   "command": " ".join(["python", "scripts/bench_data_scale.py", *sys.argv[1:]]),
+                   "machine": machine(load_at_start)}
+        write_json(args.out, payload)
+        print(json.dumps(line), flush=True)
 
 
 if __name__ == "__main__":
