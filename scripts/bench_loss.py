@@ -13,6 +13,7 @@ it, and ``ratio = chunked_s / floor_s`` compares medians: on a shared machine on
 ratios mean anything. Each chunked row also times its parts (where the time goes):
 ``gemm_at_chunk_s`` (the four GEMMs at the chunk's shape), ``kernel_s`` (the loss + gradient
 kernel alone, over all chunks) and ``one_chunk_profile_s`` (each step of one chunk, timed alone).
+``--chunk-kernels torch triton`` measures a row per taid/fkl chunk kernel (triton: CUDA only).
 
 ``--ce-weight W`` measures the objective of ``distil_ratio = 1 - W`` instead: KD + cross entropy
 in ONE pass of the engine (``ce_weight=W``) against the two separate passes mixed (what the
@@ -25,7 +26,7 @@ machine (its load average included).
 
 Usage: python scripts/bench_loss.py [--tokens 2048] [--hidden 1024] [--vocab 151936]
          [--losses taid fkl] [--dtypes float32 bfloat16] [--chunk-sizes auto 128 256]
-         [--compile] [--skip-naive | --naive-from FILE] [--out FILE]
+         [--compile] [--chunk-kernels torch triton] [--skip-naive | --naive-from FILE] [--out FILE]
        python scripts/bench_loss.py --naive-only --out NAIVE.json      (the plain path alone, ~17 GB)
        python scripts/bench_loss.py --combine RUN.json --naive-from NAIVE.json --out FILE
        python scripts/bench_loss.py --ce-weight 0.5 [--tokens 1024] --out docs/results/bench_loss_ce.json
@@ -52,10 +53,12 @@ def make_inputs(args: argparse.Namespace, tokens: int):
     import torch
 
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
-    g = torch.Generator(device="cpu").manual_seed(0)
+    # Drawn where they are used: a GPU draws a [128k, 4k] head in milliseconds, a CPU in seconds
+    # (on CPU the same numbers as a CPU generator always gave).
+    g = torch.Generator(device=device).manual_seed(0)
 
     def randn(*shape, scale=1.0):
-        return (torch.randn(*shape, generator=g) * scale).to(device=device, dtype=dtype)
+        return (torch.randn(*shape, generator=g, device=device) * scale).to(dtype)
 
     hidden = randn(tokens, args.hidden).requires_grad_()
     weight = randn(args.vocab, args.hidden, scale=args.hidden**-0.5).requires_grad_()
@@ -157,7 +160,8 @@ def one_step(args: argparse.Namespace, inputs, variant: str) -> None:
             teacher_logits = teacher_hidden @ teacher_weight.t()
         loss = divergence(args.loss, hidden @ weight.t(), teacher_logits, **loss_params(args.loss))
     else:
-        options = EngineOptions(chunk_size=args.chunk_size, chunk_memory_mb=args.chunk_memory_mb, compile=args.compile)
+        options = EngineOptions(chunk_size=args.chunk_size, chunk_memory_mb=args.chunk_memory_mb, compile=args.compile,
+                                chunk_kernel=args.chunk_kernel)
         loss = divergence(args.loss, Head(hidden, weight), Head(teacher_hidden, teacher_weight), options=options,
                           **loss_params(args.loss))
     loss.backward()
@@ -186,13 +190,19 @@ def gemm_floor(inputs, chunk: int | None = None) -> float:
     return time.perf_counter() - start
 
 
+def chunk_kernel(args: argparse.Namespace, device):
+    """The engine's taid/fkl per-chunk kernel for --chunk-kernel (and --compile) on ``device``."""
+    from taid_vlm.losses import EngineOptions
+    from taid_vlm.losses.chunked import kl_kernel
+
+    return kl_kernel(EngineOptions(compile=args.compile, chunk_kernel=args.chunk_kernel), device)
+
+
 def kernel_only(args: argparse.Namespace, inputs, chunk: int) -> float:
     """Seconds for the loss + gradient kernel alone over all chunks (fresh logits each chunk)."""
     import torch
 
-    from taid_vlm.losses.fused_kl import compiled_interpolated_kl_, interpolated_kl_
-
-    kernel = compiled_interpolated_kl_ if args.compile else interpolated_kl_
+    kernel = chunk_kernel(args, inputs[0].device)
     t = loss_params(args.loss).get("t", 1.0)
     hidden, weight = inputs[0].detach(), inputs[1].detach()
     source = (hidden[:chunk] @ weight.t()).float()
@@ -215,9 +225,7 @@ def chunk_profile(args: argparse.Namespace, inputs, chunk: int, chunks: int = 3)
     import torch
 
     from taid_vlm.losses.signals import Scratch, linear_into
-    from taid_vlm.losses.fused_kl import compiled_interpolated_kl_, interpolated_kl_
-
-    kernel = compiled_interpolated_kl_ if args.compile else interpolated_kl_
+    kernel = chunk_kernel(args, inputs[0].device)
     t = loss_params(args.loss).get("t", 1.0)
     hidden, weight, teacher_hidden, teacher_weight = (x.detach() for x in inputs)
     chunk = min(chunk, hidden.shape[0])
@@ -275,7 +283,9 @@ def timed_peak(device, work) -> tuple[float, float]:
 def run_variant(args: argparse.Namespace) -> dict:
     import torch
 
-    from taid_vlm.losses.chunked import DEFAULT_CHUNK_MEMORY_MB, ROWS_CLOSED_FORM, auto_chunk_size, rows_per_token
+    from taid_vlm.losses.chunked import (DEFAULT_CHUNK_MEMORY_MB, ROWS_CLOSED_FORM, ROWS_CLOSED_FORM_TRITON,
+                                         auto_chunk_size, rows_per_token)
+    from taid_vlm.losses.triton_chunk import interpolated_kl_triton_
 
     device = torch.device(args.device)
     if args.variant == "chunked":
@@ -292,7 +302,9 @@ def run_variant(args: argparse.Namespace) -> dict:
             times.append(time.perf_counter() - start)
         result.update(seconds=round(statistics.median(times), 4), all_seconds=[round(t, 4) for t in times])
         return result
-    rows = rows_per_token(ROWS_CLOSED_FORM, in_place=True, ce=False, low_precision=inputs[1].dtype.itemsize < 4, softcap=False)
+    triton = chunk_kernel(args, device) is interpolated_kl_triton_
+    rows = rows_per_token(ROWS_CLOSED_FORM_TRITON if triton else ROWS_CLOSED_FORM, in_place=True, ce=False,
+                          low_precision=inputs[1].dtype.itemsize < 4, softcap=False)
     chunk = min(args.tokens, args.chunk_size or auto_chunk_size(args.vocab, args.chunk_memory_mb, device=device, rows_per_token=rows))
     floors = []
     for _ in range(args.repeats):  # alternate, so that both see the same load
@@ -303,7 +315,7 @@ def run_variant(args: argparse.Namespace) -> dict:
         times.append(time.perf_counter() - start)
     chunked_s, floor_s = statistics.median(times[1:]), statistics.median(floors)
     result.update(
-        chunk_size=chunk, chunk_memory_mb=args.chunk_memory_mb or DEFAULT_CHUNK_MEMORY_MB.get(device.type),
+        chunk_size=chunk, chunk_kernel="triton" if triton else "torch", chunk_memory_mb=args.chunk_memory_mb or DEFAULT_CHUNK_MEMORY_MB.get(device.type),
         seconds=round(chunked_s, 6), floor_s=round(floor_s, 6), ratio=round(chunked_s / floor_s, 3),
         gemm_at_chunk_s=round(gemm_floor(inputs, chunk), 4), kernel_s=round(kernel_only(args, inputs, chunk), 4),
         one_chunk_profile_s=chunk_profile(args, inputs, chunk),
@@ -391,6 +403,8 @@ def main() -> None:
                         help="tokens per chunk to measure; 'auto' = the engine's default (from chunk_memory_mb)")
     parser.add_argument("--chunk-memory-mb", type=float, default=None, help="budget behind 'auto' (default: the engine's)")
     parser.add_argument("--compile", action="store_true", help="run the loss kernel through torch.compile")
+    parser.add_argument("--chunk-kernels", nargs="+", default=["auto"], choices=["torch", "triton", "auto"],
+                        help="the engine's taid/fkl chunk kernels to measure, a row each (auto: triton on CUDA, else torch)")
     parser.add_argument("--repeats", type=int, default=3, help="timed passes per configuration (median; the chunked pass that measured the peak is not among them)")
     parser.add_argument("--skip-naive", action="store_true", help="do not run the plain full-logits path (it peaks at ~17 GB at the default shape)")
     parser.add_argument("--naive-from", help="take the plain path's measurements from this earlier --out JSON instead of running them")
@@ -404,6 +418,7 @@ def main() -> None:
     parser.add_argument("--loss", default="taid", help=argparse.SUPPRESS)
     parser.add_argument("--dtype", default="float32", help=argparse.SUPPRESS)
     parser.add_argument("--chunk-size", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--chunk-kernel", default="auto", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args.ce_variant:
@@ -434,15 +449,15 @@ def main() -> None:
                 print(f"{key:16s} naive      peak {naive[key]['peak_mb']:9.1f} MB  time {naive[key]['seconds']:8.3f} s", flush=True)
             if args.naive_only:
                 continue
-            for chunk in args.chunk_sizes:
+            for chunk, kernel in [(c, k) for c in args.chunk_sizes for k in args.chunk_kernels]:
                 extra = [] if chunk == "auto" else ["--chunk-size", chunk]
                 extra += ["--chunk-memory-mb", str(args.chunk_memory_mb)] if args.chunk_memory_mb else []
                 extra += ["--compile"] if args.compile else []
-                row = subprocess_run(shape + ["--variant", "chunked", "--loss", loss, "--dtype", dtype] + extra)
+                row = subprocess_run(shape + ["--variant", "chunked", "--loss", loss, "--dtype", dtype, "--chunk-kernel", kernel] + extra)
                 row.update(loss=loss, dtype=dtype, requested_chunk=chunk, compile=args.compile)
                 attach_naive([row], naive)
                 rows.append(row)
-                print(f"{key:16s} chunk {row['chunk_size']:5d} peak {row['peak_mb']:9.1f} MB  time {row['seconds']:8.3f} s  "
+                print(f"{key:16s} {row['chunk_kernel']:6s} chunk {row['chunk_size']:5d} peak {row['peak_mb']:9.1f} MB  time {row['seconds']:8.3f} s  "
                       f"floor {row['floor_s']:8.3f} s  ratio {row['ratio']:.3f}  (GEMMs at chunk {row['gemm_at_chunk_s']:.3f} s, "
                       f"kernel {row['kernel_s']:.3f} s)", flush=True)
     if args.naive_only:

@@ -329,8 +329,33 @@ def worker(args: argparse.Namespace) -> None:
 # ---- the driver -----------------------------------------------------------------------------------
 
 
+def ensure_pair(work: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """``build_pair`` into ``work``, or the pair an earlier call left there (same settings)."""
+    described = work / "pair.json"
+    if described.exists() and (work / "data.jsonl").exists():
+        model = json.loads(described.read_text())
+        if model.get("settings") == _pair_settings(args):
+            return model
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    model = dict(build_pair(work, args), settings=_pair_settings(args))
+    described.write_text(json.dumps(model))
+    return model
+
+
+def _pair_settings(args: argparse.Namespace) -> dict[str, Any]:
+    return {key: getattr(args, key) for key in DEFAULTS["cuda"]}
+
+
+def cuda_pair_args() -> argparse.Namespace:
+    """The settings of the GPU pair (DEFAULTS["cuda"]), for callers that build it without this CLI."""
+    return argparse.Namespace(**DEFAULTS["cuda"])
+
+
 def launch(args: argparse.Namespace, work: Path, mode: str) -> dict[str, Any]:
-    env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    # The repo first, then what the caller had (a GPU machine's carried packages, say).
+    paths = [str(ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(paths), HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     common = [str(Path(__file__).resolve()), "--worker", mode, "--workdir", str(work), "--device", args.device,
               "--steps", str(args.steps), "--batch-size", str(args.batch_size)]
     if mode in PARALLEL:
@@ -371,6 +396,7 @@ def main() -> None:
     parser.add_argument("--image-size", type=int)
     parser.add_argument("--modes", default="fp32,bf16,bf16_ckpt,ddp,ddp_summed,fsdp")
     parser.add_argument("--out", default=str(ROOT / "docs" / "results" / "bench_scale.json"))
+    parser.add_argument("--pair-dir", help="build the pair here and keep it (reused when its settings match); default: a temporary folder")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--workdir", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -382,14 +408,15 @@ def main() -> None:
         return
 
     load_at_start = os.getloadavg()
-    work = Path(tempfile.mkdtemp(prefix="bench_scale-"))
+    work = Path(args.pair_dir) if args.pair_dir else Path(tempfile.mkdtemp(prefix="bench_scale-"))
     try:
-        model = build_pair(work, args)
+        model = ensure_pair(work, args) if args.pair_dir else build_pair(work, args)
         results: dict[str, Any] = {}
         for mode in args.modes.split(","):
             results[mode] = launch(args, work, mode)
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        if not args.pair_dir:
+            shutil.rmtree(work, ignore_errors=True)
     shown = ("peak_mb", "transient_mb", "saved_activations_mb", "step_s", "param_optim_mb", "dcp_save_s", "rank0_save_s",
              "skipped")
     line = {**{m: {k: v for k, v in r.items() if k in shown} for m, r in results.items()},

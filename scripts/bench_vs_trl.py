@@ -102,7 +102,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchlib import current_rss_mb, machine, max_rss_mb, write_json  # noqa: E402
+from benchlib import distribution_version, machine, peak_baseline, peak_since, sync, write_json  # noqa: E402
 
 OURS = "ours_chunked_fkl"
 TRL_SIDES = ("trl_gkd_full_logits", "trl_distillation_chunked", "trl_gkd_liger")
@@ -312,25 +312,16 @@ def run_side(args: argparse.Namespace) -> dict:
     optimizer = torch.optim.AdamW(student.parameters(), lr=LEARNING_RATE)
     step = build_side(args, teacher, student, batch, optimizer)
 
-    def sync() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-
-    sync()
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-    else:
-        base = current_rss_mb()
+    base = peak_baseline(device)
     loss, first_grad_norm = step(measure=True)  # warm-up; the compared values
-    sync()
+    sync(device)
     times = []
     for _ in range(args.repeats):
         start = time.perf_counter()
         step(measure=False)
-        sync()
+        sync(device)
         times.append(time.perf_counter() - start)
-    peak = (torch.cuda.max_memory_allocated() - base) / 2**20 if device.type == "cuda" else max_rss_mb() - base
+    peak = peak_since(device, base)
     return {
         "step_s": round(min(times), 4), "all_step_s": [round(t, 4) for t in times], "peak_mb": round(peak, 1),
         "loss": loss, "grad_norm": first_grad_norm, "weights_fingerprint": weights,
@@ -378,15 +369,6 @@ def summarise(args: argparse.Namespace, results: dict) -> dict:
         "device": args.device, "dtype": args.dtype, "vocab": args.vocab, "batch_size": args.batch_size,
         "seq_len": args.seq_len, "prompt_len": args.prompt_len, "response_tokens": ours["response_tokens"],
     }  # fmt: skip
-
-
-def _version(distribution: str) -> str | None:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(distribution)
-    except PackageNotFoundError:
-        return None
 
 
 def parse_args() -> argparse.Namespace:
@@ -437,7 +419,7 @@ def main() -> None:
     if args.out is not None:
         record = {**summary, "sides": results, "command": " ".join(["python", *sys.argv]),
                   "machine": machine(load_at_start, packages=("torch", "transformers", "trl"))}
-        record["machine"]["liger_kernel"] = _version("liger-kernel")
+        record["machine"]["liger_kernel"] = distribution_version("liger-kernel")
         write_json(args.out, record)
     print(json.dumps(summary))
 

@@ -47,6 +47,46 @@ def machine(load_at_start: tuple[float, ...] | None = None, packages: tuple[str,
     return info
 
 
+def sync(device) -> None:
+    """Wait for a GPU's queued work (timings read the host clock); a no-op on CPU."""
+    import torch
+
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def peak_baseline(device) -> float:
+    """Start a peak-memory window: CUDA's allocator peak is reset; returns the MB held now
+    (allocated on CUDA, resident on CPU). ``peak_since`` closes it."""
+    import torch
+
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        return torch.cuda.memory_allocated() / 2**20
+    return current_rss_mb()
+
+
+def peak_since(device, baseline_mb: float) -> float:
+    """Peak MB above ``baseline_mb`` since ``peak_baseline``: CUDA max_memory_allocated, else max RSS."""
+    import torch
+
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() / 2**20 - baseline_mb
+    return max_rss_mb() - baseline_mb
+
+
+def distribution_version(distribution: str) -> str | None:
+    """An installed distribution's version (``liger-kernel``), None where it is missing."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(distribution)
+    except PackageNotFoundError:
+        return None
+
+
 def write_json(path: str | Path, payload: dict[str, Any]) -> None:
     from taid_vlm.files import write_text_atomically
 

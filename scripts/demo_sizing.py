@@ -155,7 +155,7 @@ def train(student: str, output: Path, loss: str, steps: int, batch: int, lr: flo
         "s_per_step": round(step_seconds[len(step_seconds) // 2], 4),
         "s_per_step_p10": round(step_seconds[len(step_seconds) // 10], 4),
         "final_loss": round(result.final_loss, 4) if result.final_loss is not None else None,
-        "final_t": result.final_t,
+        "final_t": result.final_metrics.get("t"),
     }
 
 

@@ -10,7 +10,7 @@ and is rendered here from its JSON, so a table cannot drift from the result behi
 ``python scripts/readme_tables.py`` rewrites the blocks, ``--check`` exits 1 when the README
 differs from what the JSON says (tests/test_readme_tables.py runs the check).
 
-Blocks: ``demo`` (``demo_default.json`` in docs/results/, a copy of a default demo run), ``loss`` (docs/results/bench_loss.json),
+Blocks: ``generation`` (docs/results/bench_generation.json), ``demo`` (``demo_default.json`` in docs/results/, a copy of a default demo run), ``loss`` (docs/results/bench_loss.json),
 ``loss_ce`` (docs/results/bench_loss_ce.json),
 ``trl`` (docs/results/bench_vs_trl.json and docs/results/bench_vs_trl_v151936.json),
 ``zoo``, ``gap`` and ``taid`` (docs/results/quality/*.json, the same-data regime), ``transfer-zoo``,
@@ -428,7 +428,21 @@ def transfer_sizing_block() -> str:
     return "\n".join(lines)
 
 
+def generation_block() -> str:
+    """One line: tokens/s of the Hugging Face and vLLM backends on the same model and prompts."""
+    d = load("bench_generation.json")
+    hf, vl = d["sides"]["hf"]["tokens_per_s"], d["sides"]["vllm"]["tokens_per_s"]
+    m = d["model"]
+    return (f"Greedy generation, {d['prompts']} text VQA prompts, up to {d['max_new_tokens']} new tokens, batch "
+            f"{d['batch_size']}, a {m['parameters'] / 1e6:.1f}M-parameter Qwen2 ({m['dtype']}) on "
+            f"{d['machine']['cpu_count']} CPU cores ({_load_text(d['machine'])}): Hugging Face `generate` "
+            f"{hf:,.0f} tokens/s, vLLM {vl:,.0f} tokens/s ({_ratio(vl, hf)}; median of {d['repeats']}; "
+            f"{d['same_answers']}/{d['prompts']} answers identical). Command: `{d['command'].strip()}` "
+            "([bench_generation.json](docs/results/bench_generation.json)).")
+
+
 RENDERERS: dict[str, Callable[[], str]] = {
+    "generation": generation_block,
     "demo": demo_block, "loss": loss_block, "loss_ce": loss_ce_block, "cache": cache_block, "trl": trl_block,
     "zoo": zoo_block, "gap": gap_block, "taid": taid_block,
     "transfer-zoo": transfer_zoo_block, "transfer-gap": transfer_gap_block, "transfer-noanswer": transfer_noanswer_block,

@@ -21,6 +21,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("__init__", "errors", "files", "flags"),
     ("losses", "data"),
     ("models",),
+    ("teacher_server",),
     ("teacher_cache", "testing"),
     ("train",),
     ("eval",),

@@ -30,7 +30,7 @@ from ..losses import loss_class
 from ..models.composed import build_composed_vlm
 from ..models.text_lm import build_text_lm
 from ..models.tokenizer import train_bpe_tokenizer
-from ..train import DistillConfig, distill
+from ..train import DistillConfig, distill, load_config
 from .presets import DemoPreset, TrainBudget
 from .shapes import generate_shapes
 
@@ -253,12 +253,13 @@ def distil_student(run_dir: Path, init_dir: Path, teacher_dir: Path | None, data
     key = student_run_key(init_dir, teacher_dir, data_dir, loss, budget, seed, t_start, **config)
     if reuse and _cached(run_dir, key) and (run_dir / "student").is_dir():
         return run_dir
-    distill(DistillConfig(
+    # load_config: ``config`` may name loss settings by their recipe keys (taid_adaptive, taid.alpha_per_run)
+    distill(load_config(None, dict(
         student=str(init_dir), teacher=str(teacher_dir) if loss_class(loss).needs_teacher else None, data=str(data_dir / "train.jsonl"),
         output=str(run_dir), loss=loss, max_steps=budget.steps, lr=budget.lr, batch_size=budget.batch_size,
         warmup_steps=budget.warmup_steps, t_start=t_start, save_every=budget.steps, log_every=5, seed=seed,
         progress=progress, overwrite=True, **config,
-    ).validate())  # fmt: skip
+    )))  # fmt: skip
     _mark(run_dir, key)
     return run_dir
 

@@ -24,6 +24,8 @@ import json
 import os
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -63,6 +65,9 @@ def run_evaluation(config: EvalConfig) -> dict[str, Any]:
     names = model_names(config.models, config.labels)
     _preflight(config.models, names)
     group = Processes.from_environment()
+    if group.world_size > 1 and config.backend == "vllm":
+        raise EvalError("--backend vllm runs in one process (the server batches the items itself); start it "
+                        "without torchrun / accelerate launch")
     if group.world_size > 1 and config.device is None:
         config.device = str(group.env.device)  # each process its own device
     if config.benchmark is not None:
@@ -156,25 +161,41 @@ def _evaluate_one(model: ModelLike, name: str, eval_set: EvalSet, config: EvalCo
                   group: Processes | None = None) -> tuple[ModelResult | None, list]:
     """Load, answer this process's share, gather; the main process scores (others get (None, []))."""
     group = group or Processes()
+    if config.backend == "vllm":
+        with served_model(model, name, config) as served:
+            return _scored(served, model, name, eval_set, config, [_answer(served, name, eval_set, config, group,
+                                                                           served.load_s)])
+    adapter = None
     try:
         start = time.perf_counter()
         adapter = model if isinstance(model, ModelAdapter) else _load(model, name, config)
-        load_s = time.perf_counter() - start
-        _check_can_answer(adapter, name, eval_set)
-        items = group.mine(eval_set.items, config.batch_size)
-        mine = generate_answers(adapter, [i.prompt for i in items], name, config.batch_size, config.new_tokens,
-                                _progress(config, name) if group.is_main else None)
-        nll, nll_s = None, 0.0
-        if eval_set.task == "text":
-            start = time.perf_counter()
-            nll = reference_nll(adapter, [i.target for i in items], name, config.batch_size)
-            nll_s = time.perf_counter() - start
-        shared: Any = (mine, nll, nll_s, load_s)
+        shared: Any = _answer(adapter, name, eval_set, config, group, time.perf_counter() - start)
     except Exception as e:  # noqa: BLE001 - raised on every process by gather, so none waits for the others
         shared = e
     everyone = group.gather(shared)
     if not group.is_main:
         return None, []
+    return _scored(adapter, model, name, eval_set, config, everyone)
+
+
+def _answer(adapter: ModelAdapter, name: str, eval_set: EvalSet, config: EvalConfig, group: Processes,
+            load_s: float) -> tuple[GenerationRun, list | None, float, float]:
+    """This process's share: (answers, reference NLLs for the text task, their seconds, load seconds)."""
+    _check_can_answer(adapter, name, eval_set)
+    items = group.mine(eval_set.items, config.batch_size)
+    run = generate_answers(adapter, [i.prompt for i in items], name, config.batch_size, config.new_tokens,
+                           _progress(config, name) if group.is_main else None)
+    nll, nll_s = None, 0.0
+    if eval_set.task == "text":
+        start = time.perf_counter()
+        nll = reference_nll(adapter, [i.target for i in items], name, config.batch_size)
+        nll_s = time.perf_counter() - start
+    return run, nll, nll_s, load_s
+
+
+def _scored(adapter: Any, model: ModelLike, name: str, eval_set: EvalSet, config: EvalConfig,
+            everyone: list[tuple[GenerationRun, list | None, float, float]]) -> tuple[ModelResult, list]:
+    """Every process's answers joined in item order, scored once."""
     run = _joined([r for r, *_ in everyone])
     nll = [x for _, part, *_ in everyone for x in part] if eval_set.task == "text" else None
     timings = {"load_s": max(t for *_, t in everyone), "generate_s": run.seconds, "items_per_s": run.items_per_s,
@@ -207,6 +228,31 @@ def _preflight(models: Sequence[ModelLike], names: Sequence[str]) -> None:
         looks_local = isinstance(model, Path) or text.startswith(("/", ".", "~"))
         if not isinstance(model, (dict, ModelAdapter)) and looks_local and not Path(text).expanduser().exists():
             raise EvalError(f"cannot load model {name!r}: no such checkpoint directory {text}")
+
+
+@contextmanager
+def served_model(model: ModelLike, name: str, config: EvalConfig) -> Iterator[Any]:
+    """The model answered by a vLLM server: ``--server``'s, or one started for it here (stopped after)."""
+    from ..teacher_server import ServerConfig, open_served, start_server
+    from ..teacher_server.launcher import free_port, has_gpu
+
+    if isinstance(model, (dict, ModelAdapter)) or not Path(str(model)).is_dir():
+        raise EvalError(f"--backend vllm serves checkpoint folders; model {name!r} ({model}) is not one")
+    start = time.perf_counter()
+    process = None
+    url = config.server
+    if url is None:
+        _log(config, f"{name}: starting a vLLM server (scripts/setup_vllm.sh's environment)")
+        process = start_server(ServerConfig(teacher=str(model), port=free_port(), top_k=1, dtype=config.dtype or "auto",
+                                              eager=not has_gpu()))  # no graph compilation on a CPU
+        url = process.url
+    try:
+        served = open_served(str(model), url, top_k=1, timeout=60.0, role="student")
+        served.load_s = time.perf_counter() - start
+        yield served
+    finally:
+        if process is not None:
+            process.stop()
 
 
 def _load(model: ModelLike, name: str, config: EvalConfig) -> ModelAdapter:
@@ -248,11 +294,13 @@ def _model_result(
     metrics = dict(scores.metrics)
     metrics["items_per_s"] = round(run.items_per_s, 2)
     metrics["tokens_per_s"] = None if run.tokens_per_s is None else round(run.tokens_per_s, 2)
+    served = getattr(adapter, "url", None)  # a teacher_server.ServedModel: the model runs in that server
     extra = {
         "task": eval_set.task,
         "source": "<in-memory ModelAdapter>" if isinstance(source, ModelAdapter) else str(source),
-        "family": adapter.family, "model_type": adapter.model_type,
-        "dtype": str(adapter.dtype).removeprefix("torch."), "device": str(adapter.device),
+        "family": adapter.family, "model_type": adapter.model_type, "backend": config.backend,
+        "dtype": str(adapter.dtype).removeprefix("torch.") if served is None else config.dtype or "auto",
+        "device": str(adapter.device) if served is None else f"vllm server {served}",
         "generated_tokens": run.generated_tokens, "n_hit_max_new_tokens": run.n_hit_limit,
         "example_prompt": adapter.render([eval_set.items[0].prompt], add_generation_prompt=True).texts[0],
         **scores.extra,

@@ -6,8 +6,9 @@ to fix:
 - the loss is normalised by the response tokens of the whole optimizer step (every
   micro-batch, every rank), not per micro-batch;
 - the loss is an object (taid_vlm/losses/base.py) that says what it needs and owns its state:
-  the loop asks it, never its name. TAID's t moves once per applied optimizer step, from the
-  all-reduced training loss, so every rank holds the same t; both t and t_linear are logged;
+  the loop asks it, never its name, and reports whatever its ``metrics()`` say (TAID: t and
+  t_linear, which move once per applied optimizer step from the all-reduced training loss, so
+  every rank holds the same values) in the progress bar and metrics.jsonl;
 - the teacher runs in eval mode without gradients, in its own dtype/device, and its outputs are
   dropped right after each micro-batch's loss;
 - records are rendered for student and teacher in DataLoader workers (``num_workers``), off
@@ -60,7 +61,8 @@ from .precision import Precision
 from .preflight import check_data, check_devices, check_pair, load_model
 from .responses import on_policy_batch, teacher_responses
 from .stopping import StopRequests
-from .teacher import CachedTeacher, LiveTeacher, open_teacher_cache
+from .teacher import CachedTeacher, LiveTeacher, ServedTeacher, open_teacher_cache, routes, select_records
+from .generator import Generator, open_generator, open_served_teacher
 
 VISION_MODULE_NAMES = ("vision_tower", "vision_model", "visual", "vision_encoder", "vision")
 
@@ -73,7 +75,7 @@ class DistillResult:
     student_dir: Path
     steps: int
     final_loss: float | None
-    final_t: float | None
+    final_metrics: dict[str, float]  # the loss's metrics() at the end (TAID: t, t_linear)
     seconds: float
     is_main: bool = True
 
@@ -108,6 +110,9 @@ class Run:
     last_ce: float = float("nan")
     steps_this_run: int = 0
     saved_step: int = -1  # the step of the newest checkpoint this run wrote
+    routed: dict[str, Any] | None = None  # tag -> teacher signal, with ``teachers`` (train/teacher.py routes)
+    teacher_stats: dict[str, list[float]] | None = None  # tag -> [kd sum, tokens] of the current step
+    generator: Generator | None = None  # on-policy samples from a vLLM server (generation_backend=vllm)
 
 
 def distill(config: DistillConfig) -> DistillResult:
@@ -161,19 +166,25 @@ def setup(config: DistillConfig, env: Distributed | None = None, run_output: Run
     _seed_everything(config.seed)
 
     teacher, student = _load_models(config, env)
-    check_data(config, records, env.world_size, student, teacher)
+    served = open_served_teacher(config, student)  # teacher_server: checked now (name, vocabulary), before any write
+    routed = _routed_teachers(config, student, records, env)
+    generator = open_generator(config, student, env)
+    check_data(config, records, env.world_size, student, teacher or served)
     cached = None
     if config.teacher_cache:  # the teacher's signal comes from disk; records are checked against it (read-only)
         cache, loaded = open_teacher_cache(config.teacher_cache, config.teacher, config.max_length, config.responses, records)
         cached, records = CachedTeacher(cache, records, env.device), loaded
     run_output.claim()  # the first write: everything above only read
     if config.responses == "teacher" and cached is None:
-        cache = out / "teacher_responses.jsonl"
+        cache, answering = out / "teacher_responses.jsonl", teacher or served
         if env.is_main:
-            teacher_responses(teacher, records, cache, config.batch_size, config.generation_max_new_tokens, config.progress)
+            teacher_responses(answering, records, cache, config.batch_size, config.generation_max_new_tokens, config.progress)
         env.barrier()
-        records = teacher_responses(teacher, records, cache, config.batch_size, config.generation_max_new_tokens, False)
-    teacher_signal = (cached or LiveTeacher(teacher, env.device, return_hidden=config.chunked)) if config.needs_teacher else None
+        records = teacher_responses(answering, records, cache, config.batch_size, config.generation_max_new_tokens, False)
+    teacher_signal = None
+    if config.needs_teacher and routed is None:
+        teacher_signal = cached or (ServedTeacher(served, env.device) if served is not None else None) or \
+            LiveTeacher(teacher, env.device, return_hidden=config.chunked)
     strategy = strategy or strategy_for(config, env)
     _place(config, strategy, student, teacher)
 
@@ -209,12 +220,14 @@ def setup(config: DistillConfig, env: Distributed | None = None, run_output: Run
                      tensorboard_dir=out / "tensorboard" if config.tensorboard else None)
     progress = Progress(config.max_steps, state.step, enabled=config.progress and env.is_main)
     return Run(config, env, out, started, student, teacher, teacher_signal, strategy, precision, params, optimizer,
-               lr_scheduler, loss, extra_modules, state, data, collator, log, progress, config_yaml, run_output)
+               lr_scheduler, loss, extra_modules, state, data, collator, log, progress, config_yaml, run_output,
+               routed=routed, generator=generator)
 
 
 def _load_models(config: DistillConfig, env: Distributed) -> tuple[ModelAdapter | None, ModelAdapter]:
     teacher = None
-    if not config.teacher_cache and (config.needs_teacher or config.responses == "teacher"):
+    served = config.teacher_cache or config.teacher_server or config.teachers
+    if not served and (config.needs_teacher or config.responses == "teacher"):
         teacher = load_model("teacher", config.teacher, dtype=None if config.teacher_dtype == "auto" else config.teacher_dtype,
                              device=config.teacher_device or env.device, chat_template=config.teacher_chat_template)
     # A student built from parts shares the teacher's tokenizer (the vocabularies must match).
@@ -225,6 +238,29 @@ def _load_models(config: DistillConfig, env: Distributed) -> tuple[ModelAdapter 
         check_vocab_compatible(teacher, student)
         check_pair(config, teacher, student)
     return teacher, student
+
+
+def _routed_teachers(config: DistillConfig, student: ModelAdapter, records: list, env: Distributed) -> dict[str, Any] | None:
+    """``teachers``: tag -> its signal (a folder loads locally, a URL is a server); every record's tag
+    checked now."""
+    if not config.teachers:
+        return None
+    from ..teacher_server import is_url, open_served
+
+    tags = list(config.teachers)
+    routes(records, tags)  # every record carries a known tag, or one error naming it
+    signals: dict[str, Any] = {}
+    for tag, source in config.teachers.items():
+        if is_url(source):
+            served = open_served(None, source, top_k=config.teacher_top_k, timeout=config.teacher_server_timeout)
+            check_vocab_compatible(served.adapter, student)
+            signals[tag] = ServedTeacher(served, env.device)
+        else:
+            adapter = load_model("teacher", source, dtype=None if config.teacher_dtype == "auto" else config.teacher_dtype,
+                                 device=config.teacher_device or env.device, chat_template=config.teacher_chat_template)
+            check_vocab_compatible(adapter, student)
+            signals[tag] = LiveTeacher(adapter, env.device, return_hidden=config.chunked)
+    return signals
 
 
 def _place(config: DistillConfig, strategy: Strategy, student: ModelAdapter, teacher: ModelAdapter | None) -> None:
@@ -245,9 +281,10 @@ def step(run: Run) -> None:
     """One optimizer step: take micro-batches, forward/backward each, reduce, update, record."""
     config, env, state = run.config, run.env, run.state
     step_started = time.perf_counter()
-    before = run.loss.snapshot()  # e.g. TAID's t and t_linear at the start of the step
+    before = run.loss.metrics()  # the loss's values at the start of the step (TAID: t, t_linear)
 
     micro_batches = _take_micro_batches(run)
+    run.teacher_stats = {tag: [0.0, 0.0] for tag in run.routed} if run.routed else None
     global_tokens = int(env.sum(torch.tensor(float(sum(mb.student.num_response_tokens for mb in micro_batches)),
                                              device=env.device)).item())
     temperature = run.loss.temperature(state.step, config.max_steps)
@@ -281,9 +318,10 @@ def step(run: Run) -> None:
                lr=run.lr_scheduler.get_last_lr()[0], grad_norm=grad_norm, tokens=global_tokens, tokens_per_s=tokens_per_s,
                seconds=elapsed)
     row.update(loss.step_metrics(before))
+    row.update(_teacher_metrics(run, global_tokens))
     if state.step % config.log_every == 0 or state.step == config.max_steps or state.step == 1:
         run.log.log(row)
-    run.progress.update(total, before.get("t"), tokens_per_s)
+    run.progress.update(total, before, tokens_per_s)
     if state.step % config.save_every == 0 or state.step == config.max_steps:
         _save_checkpoint(run)
 
@@ -293,8 +331,11 @@ def _take_micro_batches(run: Run) -> list[MicroBatch]:
     config, student, teacher = run.config, run.student, run.teacher
     micro_batches = [run.data.next() for _ in range(config.grad_accum)]
     if config.on_policy > 0 and _on_policy_this_step(config, run.state.step):
-        micro_batches = [run.collator(on_policy_batch(student, mb.records, config.generation_max_new_tokens,
-                                                      config.generation_temperature)) for mb in micro_batches]
+        sampler, seed = student, {}
+        if run.generator is not None:  # vLLM: the server holds the weights of the last sync (train/generator.py)
+            sampler, seed = run.generator.sampler(run.student, run.state.step), {"seed": config.seed * 7_919 + run.state.step}
+        micro_batches = [run.collator(on_policy_batch(sampler, mb.records, config.generation_max_new_tokens,
+                                                      config.generation_temperature, **seed)) for mb in micro_batches]
     teacher_device = teacher.device if teacher is not None else None
     teacher_dtype = teacher.dtype if teacher is not None else None
     return [mb.to(student.device, teacher_device, student.dtype, teacher_dtype) for mb in micro_batches]
@@ -303,6 +344,8 @@ def _take_micro_batches(run: Run) -> list[MicroBatch]:
 def _micro_batch_loss(run: Run, mb: MicroBatch, global_tokens: int, temperature: Any) -> LossParts:
     """Student and teacher forward under autocast, then the loss (normalised by the step's global tokens)."""
     config = run.config
+    if run.routed is not None:
+        return _routed_loss(run, mb, global_tokens, temperature)
     with run.precision.autocast():
         student_out = run.student.response_outputs(mb.student, return_hidden=config.chunked)
         teacher_out = None
@@ -312,6 +355,43 @@ def _micro_batch_loss(run: Run, mb: MicroBatch, global_tokens: int, temperature:
             teacher_out = check_alignment(teacher_out, student_out, mb.records, tokenizer=run.student.tokenizer)
         return training_loss(run.loss, student_out, teacher_out, num_tokens=max(global_tokens, 1),
                              distil_ratio=config.distil_ratio, options=config.engine_options(), temperature=temperature)
+
+
+def _routed_loss(run: Run, mb: MicroBatch, global_tokens: int, temperature: Any) -> LossParts:
+    """Several teachers: the student runs once over the micro-batch, then each teacher's records
+    are compared with that teacher's signal; the terms add up (each normalised by the step's
+    tokens, so the sum is the loss of the whole micro-batch)."""
+    config, total, kd, ce = run.config, 0, None, None
+    with run.precision.autocast():
+        student_out = run.student.response_outputs(mb.student, return_hidden=config.chunked)
+        for tag, positions in routes(mb.records, list(run.routed)).items():
+            records = [mb.records[i] for i in positions]
+            student_part = select_records(student_out, positions)
+            teacher_out = check_alignment(run.routed[tag].outputs(records), student_part, records,
+                                          tokenizer=run.student.tokenizer)
+            parts = training_loss(run.loss, student_part, teacher_out, num_tokens=max(global_tokens, 1),
+                                  distil_ratio=config.distil_ratio, options=config.engine_options(), temperature=temperature)
+            total = total + parts.total
+            kd = parts.kd if kd is None else (kd + parts.kd if parts.kd is not None else kd)
+            ce = parts.ce if ce is None else (ce + parts.ce if parts.ce is not None else ce)
+            stats = run.teacher_stats[tag]
+            stats[0] += float(_value(parts.kd if parts.kd is not None else parts.total))
+            stats[1] += student_part.num_tokens
+    return LossParts(total=total, kd=kd, ce=ce)
+
+
+def _teacher_metrics(run: Run, global_tokens: int) -> dict[str, float]:
+    """``loss/TAG`` (the distillation loss per token of that teacher's records) and ``tokens/TAG``,
+    summed over micro-batches and ranks."""
+    if not run.teacher_stats:
+        return {}
+    tags = list(run.teacher_stats)
+    sums = run.env.sum(torch.tensor([run.teacher_stats[t] for t in tags], dtype=torch.float64, device=run.env.device))
+    row = {}
+    for tag, (kd_sum, tokens) in zip(tags, sums.tolist()):
+        row[f"loss/{tag}"] = kd_sum * max(global_tokens, 1) / tokens if tokens else None
+        row[f"tokens/{tag}"] = int(tokens)
+    return row
 
 
 def _apply_update(run: Run, kd: float) -> float:
@@ -360,16 +440,18 @@ def finish(run: Run) -> DistillResult:
     """Close logs, check that ranks agree, save the student atomically."""
     run.progress.close()
     run.log.close()
+    if run.generator is not None:
+        run.generator.close()
     if run.steps_this_run and not run.run_output.committed:
         raise nothing_applied(run.config, run.steps_this_run, likely_cause(run.config, run.last_kd, run.last_ce, run.params, 0))
     env = run.env
     full_state = run.strategy.full_state()  # collective: a sharded student is gathered on rank 0
-    _check_ranks_agree(env, run.strategy.weights_digest(full_state), run.loss, run.out)
+    _check_ranks_agree(env, run.strategy, run.strategy.weights_digest(full_state), run.loss, run.out)
     student_dir = run.out / "student"
     if env.is_main:
         _save_student_atomically(run.student, student_dir, _state_to_save(run, full_state))
     env.barrier()
-    return DistillResult(run.out, student_dir, run.state.step, run.last_loss, run.loss.snapshot().get("t"),
+    return DistillResult(run.out, student_dir, run.state.step, run.last_loss, run.loss.metrics(),
                          time.perf_counter() - run.started, env.is_main)
 
 
@@ -463,15 +545,16 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _check_ranks_agree(env: Distributed, digest: str | None, loss: Loss, out: Path) -> None:
-    """Every rank must end with the same weights and the same t; ``ranks.json`` records it.
+def _check_ranks_agree(env: Distributed, strategy: Strategy, digest: str | None, loss: Loss, out: Path) -> None:
+    """Every rank must end with the same weights and the same loss values; ``ranks.json`` records it.
 
     Drifting ranks are the silent failure of data-parallel distillation (the TAID reference
     kept t per GPU); a run that drifted stops here with an error instead of saving a student.
     A sharded (fsdp) student exists once, gathered on rank 0: its digest is rank 0's alone, and
-    the ranks must agree on the loss's values (TAID's t).
+    the ranks must agree on the loss's ``metrics()`` (TAID's t).
     """
-    everyone = env.gather_objects({"rank": env.rank, "weights_sha256": digest, **loss.snapshot()})
+    mine = {"rank": env.rank, "sharded": strategy.sharded, "weights_sha256": digest, **loss.metrics()}
+    everyone = env.gather_objects(mine)
     if env.is_main:
         (out / "ranks.json").write_text(json.dumps(everyone, indent=1))
     loss_values = [{k: v for k, v in r.items() if k not in ("rank", "weights_sha256")} for r in everyone]

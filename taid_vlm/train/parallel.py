@@ -64,7 +64,12 @@ class Distributed:
 
     @property
     def active(self) -> bool:
-        return self.world_size > 1 and dist.is_available() and dist.is_initialized()
+        return self.world_size > 1 and self.launched
+
+    @property
+    def launched(self) -> bool:
+        """Started by a launcher (torchrun, accelerate launch): a process group exists, maybe of one rank."""
+        return dist.is_available() and dist.is_initialized()
 
     def sum(self, value: torch.Tensor) -> torch.Tensor:
         if self.active:
@@ -134,6 +139,7 @@ class Strategy:
     """One process: the model as it is. The base of the others (see the module docstring)."""
 
     name = "single"
+    sharded = False  # whether the student's parameters are split over the ranks
 
     def __init__(self, env: Distributed):
         self.env = env
@@ -213,6 +219,7 @@ class FSDP(Strategy):
     """FSDP2: parameters, gradients and optimizer state sharded; the student gathered only to save it."""
 
     name = "fsdp"
+    sharded = True
 
     def __init__(self, env: Distributed, shard_teacher: bool = False):
         super().__init__(env)
@@ -238,11 +245,12 @@ STRATEGIES = {"ddp": DDP, "fsdp": FSDP}
 
 
 def strategy_for(config: Any, env: Distributed) -> Strategy:
-    """``config.distributed`` with several processes; ``single`` on one."""
+    """``config.distributed`` with several processes; ``single`` on one, except that fsdp shards over a
+    mesh of one when a launcher started the process (a single GPU runs the sharded code path)."""
+    if config.distributed == "fsdp" and env.launched:
+        return FSDP(env, shard_teacher=config.teacher_shard)
     if not env.active:
         return Strategy(env)
-    if config.distributed == "fsdp":
-        return FSDP(env, shard_teacher=config.teacher_shard)
     return STRATEGIES[config.distributed](env)
 
 
