@@ -5,7 +5,7 @@
 # a 151,936-row head); one real `taid-vlm distill` run under torchrun with bf16, checkpointing and
 # distributed: fsdp on one rank; bench_vs_trl. JSON under docs/results/gpu/, gpu_check.json naming
 # the GPU and each part's status. Each part has its own time limit; one that fails or times out is
-# recorded and the next one runs. The parts and their limits: scripts/gpu_check.py (--dry-run).
+# recorded and the next one runs. The parts and their limits: taid_vlm/bench/gpu_check.py (--dry-run).
 #
 # Idempotent. Without CUDA it checks its arguments, says so in one line and exits 0, writing nothing.
 #
@@ -27,4 +27,6 @@ PY=${PYTHON:-}
 if [ -z "$PY" ]; then
   if [ -x .venv/bin/python ]; then PY=.venv/bin/python; else PY=python3; fi
 fi
+# The checkout first on the path: scripts/gpu_check.py is the entry point of taid_vlm/bench/gpu_check.py.
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 exec "$PY" scripts/gpu_check.py "$@"

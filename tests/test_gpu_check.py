@@ -1,7 +1,6 @@
-"""scripts/gpu_check.sh: one line and exit 0 without CUDA, nothing written; on a GPU each part runs
+"""scripts/gpu_check.sh (taid_vlm/bench/gpu_check.py): one line and exit 0 without CUDA, nothing written; on a GPU each part runs
 under its own time limit and a failing or hanging one is recorded while the rest go on."""
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -14,12 +13,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def gpu_check():
-    spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "scripts" / "gpu_check.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["gpu_check"] = module  # its dataclass looks itself up there
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop("gpu_check", None)
+    from taid_vlm.bench import gpu_check
+
+    return gpu_check
 
 
 def run_sh(*args, tmp_path):

@@ -27,6 +27,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("eval",),
     ("demo",),
     ("cli",),
+    ("bench",),  # the benchmarks: they drive the CLI (fuzz_cli) and build on the demo; nothing imports them
     ("__main__",),  # python -m taid_vlm
 ]
 RANK = {part: rank for rank, parts in enumerate(LAYERS) for part in parts}

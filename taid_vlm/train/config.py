@@ -60,7 +60,7 @@ class DistillConfig:
     teacher_chat_template: str | None = None
     teacher_cache: str | None = None  # a `taid-vlm teacher-cache` directory: no live teacher is loaded
 
-    # --- teachers and the sampler on vLLM servers (taid_vlm/teacher_server/, README "Teacher on a vLLM server") --
+    # --- teachers and the sampler on vLLM servers (taid_vlm/teacher_server/, docs/TEACHER_SERVER.md) --
     teacher_server: str | None = None  # URL of `taid-vlm teacher-server --teacher TEACHER`: its top-k prompt log-probs
     teacher_server_timeout: float = 600.0  # seconds an unreachable server is waited for, then one error (resumable)
     teacher_top_k: int = 20  # log-probs per response token asked of a teacher server (<= its --top-k)
