@@ -474,3 +474,17 @@ def test_a_run_set_aside_by_a_killed_overwrite_is_pointed_out(tmp_path):
     (out / ".replaced-20260101-1" / "student").mkdir(parents=True)
     with pytest.warns(UserWarning, match="killed before its first step"):
         RunOutput(run_config(out))
+
+
+def test_a_ctrl_c_during_a_checkpoint_waits_until_the_checkpoint_is_written():
+    """torch.distributed.checkpoint wraps what is raised inside it: an interrupt there would end as an
+    internal error with a half-written folder, so the save holds it and raises it afterwards."""
+    from taid_vlm.train.stopping import interrupts_deferred
+
+    finished = []
+    with pytest.raises(KeyboardInterrupt):
+        with interrupts_deferred():
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)
+            finished.append(True)  # reached: the interrupt did not cut the block short
+    assert finished == [True] and signal.getsignal(signal.SIGINT) is signal.default_int_handler

@@ -60,7 +60,7 @@ from .output import RunOutput
 from .precision import Precision
 from .preflight import check_data, check_devices, check_pair, load_model
 from .responses import on_policy_batch, teacher_responses
-from .stopping import StopRequests
+from .stopping import StopRequests, interrupts_deferred
 from .teacher import CachedTeacher, LiveTeacher, ServedTeacher, open_teacher_cache, routes, select_records
 from .generator import Generator, open_generator, open_served_teacher
 
@@ -425,12 +425,13 @@ def _skip_step(run: Run, total: float, micro_batches: list[MicroBatch], row: dic
 
 
 def _save_checkpoint(run: Run) -> None:
-    """Collective: every rank writes its part of the weights and optimizer state."""
-    save_checkpoint(run.out, module=run.strategy.state_module(run.loss.modules()), optimizer=run.optimizer,
-                    lr_scheduler=run.lr_scheduler, state=run.state, extra_modules=run.extra_modules,
-                    config_yaml=run.config_yaml, rank=run.env.rank, world_size=run.env.world_size,
-                    barrier=run.env.barrier, keep=run.config.keep_checkpoints)
-    run.saved_step = run.state.step
+    """Collective: every rank writes its part of the weights and optimizer state; a Ctrl-C waits for it."""
+    with interrupts_deferred():
+        save_checkpoint(run.out, module=run.strategy.state_module(run.loss.modules()), optimizer=run.optimizer,
+                        lr_scheduler=run.lr_scheduler, state=run.state, extra_modules=run.extra_modules,
+                        config_yaml=run.config_yaml, rank=run.env.rank, world_size=run.env.world_size,
+                        barrier=run.env.barrier, keep=run.config.keep_checkpoints)
+        run.saved_step = run.state.step
 
 
 # ---- finish ---------------------------------------------------------------------------------------

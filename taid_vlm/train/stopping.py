@@ -3,13 +3,18 @@
 The handler only notes the signal. The loop asks ``requested`` after every optimizer step; on
 several processes the ranks agree on it with one small all-reduce (a signal may reach one rank
 first), so every rank stops after the same step, writes the same checkpoint and exits 143.
-SIGINT keeps Python's behaviour (KeyboardInterrupt: the run stops where it is, exit 130).
+SIGINT keeps Python's behaviour (KeyboardInterrupt: the run stops where it is, exit 130), except
+while a checkpoint is being written: ``interrupts_deferred`` holds a Ctrl-C until the checkpoint
+is complete (torch.distributed.checkpoint wraps an exception raised inside it, so an interrupt
+there would end as an internal error with a half-written folder), then raises it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import threading
+from collections.abc import Iterator
 from types import FrameType
 from typing import Any
 
@@ -44,6 +49,22 @@ class StopRequests:
     @property
     def name(self) -> str:
         return signal.Signals(self.received).name if self.received is not None else "a signal on another rank"
+
+
+@contextlib.contextmanager
+def interrupts_deferred() -> Iterator[None]:
+    """Inside, SIGINT is noted instead of raised; on leaving, a noted one raises KeyboardInterrupt."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if received:
+        raise KeyboardInterrupt
 
 
 def ignore_stop_signals(*_: Any) -> None:
