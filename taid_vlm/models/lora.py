@@ -12,7 +12,7 @@ object) and freezes everything but the adapters. What the rest of the toolkit ne
   weight is tied to another (a tied head and input embedding: merging ``W + scale * B @ A`` into
   the shared matrix would change the embedding too, so the merged student would not be the one
   that was trained);
-- checkpoints hold the adapters only (``trainable_state``); the base weights are read again from
+- checkpoints hold the adapters only (DCP without the frozen parameters); the base weights are read again from
   the student checkpoint when a run resumes;
 - the saved student is merged (``merged_state``: base names, ``W + scale * B @ A``), a plain
   ``save_pretrained`` folder that reloads in transformers without peft, or with
@@ -101,15 +101,6 @@ class LoraStudent:
         """The adapter tensors of ``state`` (default: the model's own state dict)."""
         state = state if state is not None else self.model.state_dict()
         return {name: state[name] for name in self.adapter_names()}
-
-    def load_trainable(self, state: dict[str, torch.Tensor]) -> tuple[list[str], list[str]]:
-        """Load the adapter tensors of a checkpoint (``trainable_state``); (missing, unexpected) names,
-        nothing loaded unless both are empty."""
-        expected = set(self.adapter_names())
-        missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
-        if not (missing or unexpected):
-            self.model.load_state_dict(state, strict=False)
-        return missing, unexpected
 
     def merged_state(self, state: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
         """``state`` (the adapted model's names; default its own) as the plain model's state dict:

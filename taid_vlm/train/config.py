@@ -33,6 +33,7 @@ from typing import Any
 
 import yaml
 
+from ..data.table import VALIDATE_IMAGES
 from ..errors import UserError
 from ..files import write_text_atomically
 from ..flags import add_typed_argument, flag
@@ -76,7 +77,14 @@ class DistillConfig:
     data_split: str = "train"  # for Hugging Face datasets (e.g. "train_sft" for UltraChat-200k)
     data_limit: int | None = None  # use only the first N records
     max_length: int | None = None  # tokens per rendered sequence; prompts are trimmed, never responses
-    skip_bad: bool = False
+    skip_bad: bool = False  # skip bad records (named in a warning) instead of stopping; also those met mid-run
+    # What is checked before training (taid_vlm/data/table.py): "sample" stats every image file and
+    # builds and decodes 256 records spread over the set (seconds on LLaVA-665k); "all" builds every
+    # record and decodes every image (minutes on large sets); "none" checks only the JSON.
+    validate_images: str = "sample"
+    # Hugging Face datasets read as a stream (hub name, hf:NAME, parquet/arrow files, a saved folder):
+    # nothing downloaded or decoded ahead; each epoch in a seeded shuffle-buffer order (train/data.py)
+    streaming: bool = False
     responses: str = "data"  # "data": the data set's responses; "teacher": generated once by the teacher
     on_policy: float = 0.0  # probability that a batch's responses are replaced by student samples (GKD)
     generation_max_new_tokens: int = 64
@@ -215,6 +223,13 @@ class DistillConfig:
                             f"(got {self.student_dtype}), or mixed_precision=no to train in {self.student_dtype} alone")
         if self.distributed not in DISTRIBUTED:
             problems.append(f"distributed must be one of {DISTRIBUTED}, got {self.distributed!r}")
+        if self.validate_images not in VALIDATE_IMAGES:
+            problems.append(f"validate_images must be one of {VALIDATE_IMAGES}, got {self.validate_images!r}")
+        if self.streaming:
+            unsupported = [(self.num_workers > 0, "num_workers=0 (a stream is rendered in the main process)"),
+                           (self.responses == "teacher", "responses=data"), (bool(self.teacher_cache), "no teacher_cache"),
+                           (self.data_limit is not None, "no data_limit")]
+            problems += [f"streaming=true needs {need}" for bad, need in unsupported if bad]
         if self.distributed == "fsdp" and self.on_policy > 0:
             problems.append("on_policy sampling needs the whole student on every rank: use distributed=ddp")
         if self.distributed == "fsdp" and self.mixed_precision == "fp16":
