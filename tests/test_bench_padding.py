@@ -7,12 +7,13 @@ import argparse
 import json
 
 import pytest
-from script_loader import load_script
 
 
 @pytest.fixture(scope="module")
 def bench():
-    return load_script("bench_padding")
+    from taid_vlm.bench import padding
+
+    return padding
 
 
 def test_the_committed_histogram_is_the_documented_model(bench):

@@ -6,12 +6,13 @@ from __future__ import annotations
 import argparse
 
 import pytest
-from script_loader import load_script
 
 
 @pytest.fixture(scope="module")
 def bench():
-    return load_script("bench_vs_trl")
+    from taid_vlm.bench import vs_trl
+
+    return vs_trl
 
 
 def _side(step, peak, loss, fingerprint=(1.0, 2.0)):

@@ -7,6 +7,8 @@ canonical order; the loss and every student gradient must then be those of the p
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -18,8 +20,9 @@ from taid_vlm.testing.tiny import TINY_FAMILIES, build_tiny, tiny_records
 from taid_vlm.train.objective import training_loss
 
 
-def ragged_records(with_images: bool) -> list[Record]:
-    """tiny_records' three plus one long and three short records, interleaved, so rows hold several."""
+def ragged_records(with_images: bool, every_record: bool = False) -> list[Record]:
+    """tiny_records' three plus one long and three short records, interleaved, so rows hold several;
+    ``every_record``: only those with an image (PaliGemma takes no batch mixing both)."""
     base = tiny_records(with_images=with_images)
     ph = "<image>" if with_images else ""
     long = Record("long", [{"role": "user", "content": ph + "Describe the image. " * 12},
@@ -27,7 +30,13 @@ def ragged_records(with_images: bool) -> list[Record]:
                   images=base[0].images[:1] if with_images else [])
     short = [Record(f"short-{i}", [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "OK" * (i + 1)}])
              for i in range(3)]
-    return [base[0], long, short[0], base[1], short[1], base[2], short[2]]
+    records = [base[0], long, short[0], base[1], short[1], base[2], short[2]]
+    return [r for r in records if r.images] if every_record and with_images else records
+
+
+def _records_for(adapter) -> list[Record]:
+    info = adapter.family_info
+    return ragged_records(with_images=not info.text_only, every_record=info.prompt_format == "prefix_suffix")
 
 
 def _adapter(family: str, role: str = "student", seed: int = 0, **options):
@@ -51,9 +60,16 @@ def test_first_fit_decreasing_fills_rows_up_to_the_capacity():
 
 
 @pytest.mark.parametrize("family", [*TINY_FAMILIES, "composed"])
-def test_packed_rows_give_the_padded_outputs(family):
+def test_packed_rows_give_the_padded_outputs_or_the_family_is_refused_by_name(family):
     adapter = _adapter(family)
-    records = ragged_records(with_images=family not in ("llama", "qwen2"))
+    records = _records_for(adapter)
+    refused = adapter.family_info.packing_refused
+    if refused:  # Qwen3.5's linear attention, Gemma 3's sliding image mask, Mllama's cross-attention
+        expected = f"packing: the student's family {adapter.family} cannot pack records: {refused}; set packing: false"
+        assert adapter.packing_problem() == expected
+        with pytest.raises(ValueError, match=re.escape(expected)):
+            adapter.render(records, pack=True)
+        return
     padded, packed = adapter.render(records), adapter.render(records, pack=True)
     assert packed.packed and packed.input_ids.shape[0] < padded.input_ids.shape[0]  # rows hold several records
     assert "attention_mask" not in packed.inputs
@@ -66,11 +82,15 @@ def test_packed_rows_give_the_padded_outputs(family):
                                    rtol=1e-5, atol=1e-5)
 
 
-PAIRS = [  # (teacher family, options), (student family, options): one text pair, four VLM student families
+PAIRS = [  # (teacher family, options), (student family, options): two text pairs, seven VLM student families
     (("qwen2", {"hidden_size": 32}), ("qwen2", {})),
+    (("gemma3_text", {"hidden_size": 64}), ("gemma3_text", {"final_logit_softcapping": 30.0})),  # sliding windows, a softcap
     (("llava", {"image_size": 224, "template": "llava_chatml"}), ("qwen2_vl", {"image_size": 112})),  # 196 vs 16 image tokens
     (("qwen2_vl", {}), ("internvl", {})),
     (("smolvlm", {}), ("idefics3", {})),
+    (("qwen2_vl", {}), ("qwen3_vl", {})),  # Qwen3-VL's own 3-D positions
+    (("llava_next", {"hidden_size": 64}), ("llava_next", {})),  # image tiles padded per batch by the processor
+    (("paligemma", {"hidden_size": 64}), ("paligemma", {})),  # a bidirectional prefix
     (("composed", {}), ("composed", {"num_image_tokens": 4})),
 ]
 
@@ -91,7 +111,7 @@ def test_a_packed_step_gives_the_padded_loss_and_gradients(pair):
     (t_family, t_options), (s_family, s_options) = pair
     teacher = _adapter(t_family, "teacher", seed=1, **t_options)
     student = _adapter(s_family, "student", seed=2, **s_options)
-    records = ragged_records(with_images=s_family not in ("llama", "qwen2"))
+    records = _records_for(student)
     loss, grads, *_ = _step(teacher, student, records, pack=False)
     packed_loss, packed_grads, s_batch, t_batch = _step(teacher, student, records, pack=True)
     assert packed_loss == pytest.approx(loss, rel=1e-5)

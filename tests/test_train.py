@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 
 from composed_pair import save_composed_pair
 from taid_vlm.train import ConfigError, DistillConfig, distill, load_config
+from taid_vlm.train.checkpoint import checkpoint_weights
 from taid_vlm.train.metrics import read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,6 +36,9 @@ def config_for(root: Path, out: str, **overrides) -> DistillConfig:
 
 
 def weights(path: Path) -> dict[str, torch.Tensor]:
+    """A saved student's weights, or a checkpoint's (DCP)."""
+    if (path / "trainer_state.json").is_file():
+        return checkpoint_weights(path)
     return load_file(str(path / "model.safetensors"))
 
 
@@ -46,9 +50,10 @@ def test_scientific_notation_without_a_dot_is_a_number_everywhere(tmp_path):
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text("student: s\nteacher: t\ndata: d\noutput: o\nlr: 2e-5\ntaid_alpha: 5e-4\nloss: gjsd\n")
     config = load_config(recipe, {}, [])
-    assert (config.lr, config.taid_alpha) == (2e-5, 5e-4)
+    assert (config.lr, config.settings_of("taid")["alpha"]) == (2e-5, 5e-4)
     config = load_config(recipe, {"lr": "3e-4"}, ["loss_params.beta=5e-1", "warmup_steps=10"])
-    assert config.lr == 3e-4 and config.loss_params == {"beta": 0.5} and config.warmup_steps == 10
+    assert config.lr == 3e-4 and config.loss_settings == {"gjsd": {"beta": 0.5}, "taid": {"alpha": 5e-4}}
+    assert config.warmup_steps == 10
     with pytest.raises(ConfigError, match="lr expects float"):
         load_config(recipe, {"lr": "fast"}, [])
 
@@ -58,8 +63,9 @@ def test_config_precedence_yaml_then_flags_then_overrides(tmp_path):
     recipe.write_text("student: s\nteacher: t\ndata: d\noutput: o\nlr: 0.5\nmax_steps: 7\nloss: gjsd\n")
     config = load_config(recipe, {"lr": "0.25", "loss": None}, ["lr=0.125", "loss_params.beta=0.3", "chunked=false"])
     assert config.lr == 0.125 and config.max_steps == 7 and config.loss == "gjsd"
-    assert config.loss_params == {"beta": 0.3} and config.chunked is False
-    assert config.weight_decay == 0.01 and config.t_start == 0.4 and config.taid_alpha == 5e-4  # paper defaults
+    assert config.settings_of() == {"beta": 0.3} and config.chunked is False
+    taid = config.settings_of("taid")
+    assert config.weight_decay == 0.01 and taid["t_start"] == 0.4 and taid["alpha"] == 5e-4  # paper defaults
 
 
 def test_config_errors_name_the_key(tmp_path):
@@ -92,7 +98,7 @@ def test_vlm_distill_end_to_end(vlm_pair):
     ts = [r["t"] for r in rows]
     assert ts[0] == pytest.approx(0.4) and all(b >= a for a, b in zip(ts, ts[1:]))
     assert all(r["t"] >= r["t_linear"] - 1e-12 for r in rows)
-    assert result.final_t == pytest.approx(1.0)
+    assert result.final_metrics["t"] == pytest.approx(1.0) and set(result.final_metrics) == {"t", "t_linear"}
     resolved = (vlm_pair / "run" / "config.yaml").read_text()
     assert "loss: taid" in resolved and "max_steps: 5" in resolved
     # the student loads in plain transformers (the composed model registers on import)
@@ -232,9 +238,9 @@ def test_student_built_from_parts_takes_the_teachers_tokenizer(vlm_pair):
 
 
 def test_rank_digest_covers_zero_dim_buffers():
-    from taid_vlm.train.loop import _weights_digest
+    from taid_vlm.train.parallel import state_digest
 
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))  # num_batches_tracked: 0-dim int64
-    before = _weights_digest(model)
+    before = state_digest(model.state_dict())
     model[1].num_batches_tracked += 1
-    assert _weights_digest(model) != before
+    assert state_digest(model.state_dict()) != before

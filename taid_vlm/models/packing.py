@@ -19,7 +19,9 @@ images) and lays the records end to end into a few rows:
   one row, each filled first fit, longest record first;
 - the images of a row are concatenated in the order their records appear (a model scatters
   image features into image tokens in reading order), a family's per-record image batches
-  (Idefics3's ``[records, images, ...]``) flattened to one image per entry;
+  (Idefics3's ``[records, images, ...]``) flattened to one image per entry, and what a processor
+  pads per batch (LLaVA-NeXT's tiles, Pixtral's image sizes) zero-padded across the records, as
+  the processor pads it (the model crops by ``image_sizes``);
 - which position predicts which response token is decided per record (the state at p-1
   predicts p, never across a record boundary), and the adapter puts response tokens back into
   the canonical (record, turn, token) order, so teacher and student, which pack differently,
@@ -150,12 +152,23 @@ def pack(pieces: Sequence[Piece], pad_token_id: int, per_image_inputs: Sequence[
                 if k not in sequence_keys and k != "attention_mask":
                     images.setdefault(k, []).append(v.reshape(-1, 1, *v.shape[2:]) if k in per_image_inputs else v)
     inputs = {k: torch.stack(v) for k, v in sequences.items()}
-    inputs.update({k: torch.cat(v) for k, v in images.items()})
+    inputs.update({k: _cat_padded(v) for k, v in images.items()})
     if n_dims == 1:
         inputs["position_ids"] = torch.stack(text_positions)
     else:  # multimodal rotary positions: text positions first (the mask reads them), then the model's
         inputs["position_ids"] = torch.cat([torch.stack(text_positions).unsqueeze(0), torch.stack(positions, dim=1)])
     return Packed(inputs, torch.stack(response), torch.stack(predict), torch.stack(owner), rows)
+
+
+def _cat_padded(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """Image inputs of several records, one after another; where a processor pads them per batch
+    (LLaVA-NeXT's tiles per image, Pixtral's image sizes), zeros up to the largest, as it does."""
+    shape = [max(sizes) for sizes in zip(*(t.shape[1:] for t in tensors))]
+    padded = []
+    for t in tensors:
+        pad = [p for d in range(t.ndim - 1, 0, -1) for p in (0, shape[d - 1] - t.shape[d])]
+        padded.append(torch.nn.functional.pad(t, pad) if any(pad) else t)
+    return torch.cat(padded)
 
 
 def _is_sequence(value: torch.Tensor, length: int) -> bool:

@@ -190,8 +190,12 @@ def _teacher_answers(teacher: ModelAdapter, batch: list[Record], max_new_tokens:
 
 
 def _topk(out: ResponseOutputs, k: int):
-    """Top-k over the teacher's logits, TOPK_ROWS tokens at a time (never [N, V] at once)."""
+    """Top-k over the teacher's logits, TOPK_ROWS tokens at a time (never [N, V] at once); a served
+    teacher's outputs already are its top-k + tail."""
     from ..losses import Head, TopK
+
+    if out.topk is not None:
+        return out.topk
 
     parts = []
     for start in range(0, out.num_tokens, TOPK_ROWS):

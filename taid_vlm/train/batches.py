@@ -41,9 +41,10 @@ class BatchStream:
     def global_batch(self) -> int:
         return self.batch_size * self.world_size
 
-    def _permutation(self, epoch: int) -> list[int]:
+    def _permutation(self, epoch: int) -> torch.Tensor:
+        """The epoch's order, as a tensor (8 bytes a record; a list would take 36)."""
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-        return torch.randperm(len(self.records), generator=g).tolist()
+        return torch.randperm(len(self.records), generator=g)
 
     def next_batch(self) -> list[Record]:
         """This rank's records of the next global batch (an incomplete tail starts a new epoch)."""
@@ -59,10 +60,11 @@ class BatchStream:
     def _global_batch(self, start: int) -> list[int]:
         """Record indices of the global batch at ``start`` of this epoch's order."""
         if self.grouping is None:
-            return self._order[start : start + self.global_batch]
+            return self._order[start : start + self.global_batch].tolist()
         size = self.grouping.size
         first = start // size * size
         if self._window is None or self._window[0] != (self.epoch, first):
-            arranged = self.grouping.arrange(self._order[first : first + size], self.seed, self.epoch, first // size)
+            window = self._order[first : first + size].tolist()
+            arranged = self.grouping.arrange(window, self.seed, self.epoch, first // size)
             self._window = ((self.epoch, first), arranged)
         return self._window[1][start - first : start - first + self.global_batch]

@@ -54,13 +54,18 @@ class LengthGrouping:
         return self._lengths[idx]
 
     def arrange(self, window: Sequence[int], seed: int, epoch: int, number: int) -> list[int]:
-        """Window ``number`` of the epoch's permutation, grouped: sorted by length, cut into steps,
-        the steps shuffled."""
+        """Window ``number`` of the epoch's permutation, grouped."""
         full = len(window) // self.unit * self.unit
-        head, tail = list(window[:full]), list(window[full:])
-        if not head:
-            return tail
-        by_length = np.argsort(self.lengths(head), kind="stable")
-        steps = [[head[i] for i in by_length[s : s + self.unit]] for s in range(0, full, self.unit)]
-        g = torch.Generator().manual_seed(((seed * 1_000_003 + epoch) * 1_000_033 + number) % 2**63)
-        return [i for s in torch.randperm(len(steps), generator=g).tolist() for i in steps[s]] + tail
+        return [window[i] for i in arrange_window(self.lengths(window[:full]), len(window), self.unit, seed, epoch, number)]
+
+
+def arrange_window(lengths: Sequence[int], size: int, unit: int, seed: int, epoch: int, number: int) -> list[int]:
+    """The order of a window's ``size`` positions: the first ``len(lengths)`` (whole steps of
+    ``unit``) sorted by length, cut into steps and the steps shuffled; the rest left in place."""
+    full = len(lengths)
+    if not full:
+        return list(range(size))
+    by_length = np.argsort(np.asarray(lengths), kind="stable").tolist()
+    steps = [by_length[s : s + unit] for s in range(0, full, unit)]
+    g = torch.Generator().manual_seed(((seed * 1_000_003 + epoch) * 1_000_033 + number) % 2**63)
+    return [i for s in torch.randperm(len(steps), generator=g).tolist() for i in steps[s]] + list(range(full, size))

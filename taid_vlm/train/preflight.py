@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
+import numpy as np
 import torch
 
 from ..data import DataError, Record
 from ..data.records import IMAGE_PLACEHOLDER
 from ..errors import RunError
+from ..losses.triton_chunk import resolve_chunk_kernel
 from ..models import ModelAdapter, load_model  # noqa: F401 - load_model: the loop loads through preflight
 from .config import ConfigError, DistillConfig
 
@@ -38,6 +40,10 @@ def check_devices(config: DistillConfig, default_device: torch.device) -> None:
             raise ConfigError(f"{name}={value} but only {torch.cuda.device_count()} CUDA device(s) are visible")
         if kind == "mps" and not torch.backends.mps.is_available():
             raise ConfigError(f"{name}={value} but MPS is not available here; use cpu")
+    try:  # an explicit chunk_kernel=triton where it cannot run fails now, not at the first loss
+        resolve_chunk_kernel(config.chunk_kernel, default_device)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def check_pair(config: DistillConfig, teacher: ModelAdapter, student: ModelAdapter) -> None:
@@ -46,7 +52,8 @@ def check_pair(config: DistillConfig, teacher: ModelAdapter, student: ModelAdapt
         return
     same_source = str(config.teacher) == str(config.student) or (
         Path(str(config.teacher)).exists() and Path(str(config.teacher)).resolve() == Path(str(config.student)).resolve())
-    if same_source or _same_weights(teacher.model, student.model):
+    weightless = any(p.is_meta for p in teacher.model.parameters())  # a served teacher: its weights are elsewhere
+    if same_source or (not weightless and _same_weights(teacher.model, student.model)):
         raise RunError(f"teacher and student are the same model ({config.teacher}); the distillation loss would be "
                        "zero. Pass a different --student, or --allow-self-distill if this is intended")
 
@@ -105,10 +112,7 @@ def check_data(config: DistillConfig, records: Sequence[Record], world_size: int
     if limit >= 10**9:
         return
     per_image = _tokens_per_image(records, student)
-    for record in records:
-        estimate = _utf8_bytes(record) + per_image * len(record.images) + _TEMPLATE_SLACK
-        if estimate <= limit:
-            continue  # a byte-level token is at least one byte: this record surely fits
+    for record in _may_not_fit(records, per_image, limit):
         for model in models:
             length = model.render([record]).input_ids.shape[1]
             if length > limit:
@@ -128,15 +132,43 @@ def max_positions(model: ModelAdapter) -> int | None:
     return None
 
 
+def _may_not_fit(records: Sequence[Record], per_image: int, limit: int) -> Iterator[Record]:
+    """The records whose size estimate exceeds ``limit`` (a byte-level token is at least one byte, so the
+    others surely fit). A table (data/table.py) is estimated from its index without building a record."""
+    estimates = getattr(records, "size_estimates", None)
+    if estimates is not None:
+        row_bytes, images = estimates()
+        for index in np.nonzero(row_bytes + per_image * images + _TEMPLATE_SLACK > limit)[0].tolist():
+            yield records[index]
+        return
+    for record in records:
+        if _utf8_bytes(record) + per_image * len(record.images) + _TEMPLATE_SLACK > limit:
+            yield record
+
+
+def _with_images(records: Sequence[Record], n: int) -> list[Record]:
+    estimates = getattr(records, "size_estimates", None)
+    if estimates is not None:
+        return [records[i] for i in np.nonzero(estimates()[1])[0][:n].tolist()]
+    return [r for r in records if r.images][:n]
+
+
 def _utf8_bytes(record: Record) -> int:
     return sum(len(m["content"].encode("utf-8")) for m in record.messages)
 
 
 def _tokens_per_image(records: Sequence[Record], student: ModelAdapter) -> int:
-    """Tokens one image takes, measured on a few records (twice the largest seen, to be safe)."""
-    seen = 0
-    for record in [r for r in records if r.images][:4]:
+    """Tokens one image takes, measured on a few records (twice the largest seen, to be safe); a record
+    whose image cannot be read is passed over here (the run meets it later, per skip_bad)."""
+    seen, measured = 0, 0
+    sample = _with_images(records, 16)
+    for record in sample:
         bare = Record(record.id, [{**m, "content": m["content"].replace(IMAGE_PLACEHOLDER, "")} for m in record.messages])
-        extra = student.render([record]).input_ids.shape[1] - student.render([bare]).input_ids.shape[1]
-        seen = max(seen, extra // len(record.images))
-    return 2 * seen + 64 if any(r.images for r in records) else 0
+        try:
+            extra = student.render([record]).input_ids.shape[1] - student.render([bare]).input_ids.shape[1]
+        except OSError:
+            continue
+        seen, measured = max(seen, extra // len(record.images)), measured + 1
+        if measured == 4:
+            break
+    return 2 * seen + 64 if sample else 0
