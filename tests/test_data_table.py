@@ -97,7 +97,7 @@ def test_a_bad_image_met_in_training_is_skipped_naming_its_file_or_stops_the_run
 def test_a_streamed_hf_set_trains_across_epochs_and_resumes_exactly(pair, tmp_path, monkeypatch):
     """--streaming over a parquet file written by ``datasets`` (10 records, 2 global batches an epoch,
     so 5 steps cross two epoch ends): stopped after step 3 and resumed, the run ends with the student of
-    the run that never stopped."""
+    the run that never stopped. Length-grouped in windows of 2 steps (the resume starts inside one), packed."""
     import os
     import signal
 
@@ -115,7 +115,7 @@ def test_a_streamed_hf_set_trains_across_epochs_and_resumes_exactly(pair, tmp_pa
         return load_config(None, dict(teacher=str(pair / "teacher"), student=str(pair / "student"),
                                       data=f"hf:{tmp_path / 'train.parquet'}", streaming=True, output=str(tmp_path / out),
                                       max_steps=steps, batch_size=4, save_every=100, log_every=1, progress=False, seed=3,
-                                      **extra))
+                                      group_window=2, packing=True, **extra))
 
     distill(config("whole", 5))
     real_step = loop.step

@@ -1,5 +1,6 @@
 """Length grouping: the same records per window and epoch, steps of similar lengths, the same
-order on every rank and after a resume, lengths measured lazily, one epoch's loss unchanged."""
+order on every rank and after a resume, lengths measured lazily, one epoch's loss unchanged;
+a streamed set grouped a window at a time the same way."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from taid_vlm.data.records import Record
 from taid_vlm.models import adapt
 from taid_vlm.testing.tiny import build_tiny
 from taid_vlm.train.batches import BatchStream
-from taid_vlm.train.data import MicroBatches, RenderCollator
+from taid_vlm.train.data import MicroBatches, RenderCollator, StreamBatches
 from taid_vlm.train.grouping import LengthGrouping
 from taid_vlm.train.objective import training_loss
 
@@ -75,6 +76,53 @@ def test_a_resumed_stream_continues_exactly_and_lengths_are_measured_a_window_at
     assert len(measured) == N  # every record measured once, across epochs
     with pytest.raises(ValueError, match="not a multiple"):
         BatchStream(range(N), 3, seed=0, grouping=LengthGrouping(N, 2, 4, lambda ids: [1] * len(ids)))
+
+
+class _LengthsOnly:
+    """What StreamBatches asks of a RenderCollator: lengths, and a batch (here the records' numbers)."""
+
+    def __init__(self):
+        self.measured: list[int] = []
+
+    def lengths(self, records):
+        self.measured += [int(r.id) for r in records]
+        return [LENGTHS[int(r.id)] for r in records]
+
+    def __call__(self, records):
+        return [int(r.id) for r in records]
+
+
+def _open_stream(epoch: int, position: int):
+    """A streamed set: each epoch's order (a seeded shuffle), read from ``position`` on."""
+    order = torch.randperm(N, generator=torch.Generator().manual_seed(100 + epoch)).tolist()
+    return iter([Record(str(i), [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]) for i in order[position:]])
+
+
+def _streamed(group_window, epoch=0, position=0, batch_size=2, world_size=1, rank=0, collator=None):
+    return StreamBatches(_open_stream, collator or _LengthsOnly(), batch_size, rank, world_size, epoch, position,
+                         group_window=group_window, grad_accum=2, seed=11)
+
+
+def test_a_streamed_set_is_grouped_a_window_at_a_time_and_resumes_mid_window_exactly():
+    steps = N // 4  # one epoch: 4 records a step (2 micro-batches of 2); one record is the dropped tail
+    unsorted = _streamed(None)
+    plain = [unsorted.next() for _ in range(2 * steps)]
+    collator = _LengthsOnly()
+    stream = _streamed(3, collator=collator)
+    grouped = [stream.next() for _ in range(2 * steps)]
+    for w in range(steps // 3):  # each window of 3 steps holds the stream's next 12 records
+        assert sorted(sum(plain[6 * w : 6 * w + 6], [])) == sorted(sum(grouped[6 * w : 6 * w + 6], []))
+    assert sorted(sum(plain, [])) == sorted(sum(grouped, []))
+    for s in range(steps):  # a step's micro-batches: consecutive slices of its records sorted by length
+        lengths = [LENGTHS[i] for i in grouped[2 * s] + grouped[2 * s + 1]]
+        assert lengths == sorted(lengths)
+    assert grouped != plain and sorted(collator.measured) == sorted(sum(grouped, []))  # each once, a window at a time
+    resumed = _streamed(3, epoch=0, position=4 * 4)  # after step 4: inside the second window
+    assert [resumed.next() for _ in range(2 * steps - 8)] == grouped[8:]
+    assert stream.next() == _streamed(3, epoch=1).next() and stream.epoch == 1  # the tail dropped, epoch 1's first window
+    ranks = [_streamed(3, batch_size=1, world_size=2, rank=r) for r in range(2)]
+    first = [[ranks[r].next() for _ in range(2)] for r in range(2)]  # one step on each rank
+    assert sorted(sum(first[0] + first[1], [])) == sorted(grouped[0] + grouped[1])
 
 
 def _records() -> list[Record]:

@@ -122,6 +122,27 @@ def test_a_packed_step_gives_the_padded_loss_and_gradients(pair):
         assert t_batch.token_records.tolist() != s_batch.token_records.tolist()
 
 
+def test_a_lora_student_packs_as_it_pads():
+    """Adapters on the attention and the head (the chunked engine reads W + scale * B @ A): the
+    packed step's loss and adapter gradients are the padded step's."""
+    from taid_vlm.models.lora import LoraSettings, apply_lora
+
+    teacher = _adapter("qwen2", "teacher", seed=1, hidden_size=32)
+    student = _adapter("qwen2", "student", seed=2)
+    lora = apply_lora(student, LoraSettings(4, 8.0, 0.0, "q_proj,v_proj,lm_head"))
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        for layer in lora.layers.values():  # B = 0 at init: make the adapters matter
+            torch.nn.init.normal_(layer.lora_B["default"].weight, std=0.2)
+    records = _records_for(student)
+    loss, grads, *_ = _step(teacher, student, records, pack=False)
+    packed_loss, packed_grads, s_batch, _ = _step(teacher, student, records, pack=True)
+    assert s_batch.packed and packed_loss == pytest.approx(loss, rel=1e-5)
+    assert grads.keys() == packed_grads.keys() and all("lora_" in name for name in grads) and len(grads) > 4
+    for name, grad in grads.items():
+        torch.testing.assert_close(packed_grads[name], grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
 def test_one_flattened_row_is_exact_too():
     """What varlen (flash) attention gets: every record in one row; exact under sdpa as well."""
     adapter = _adapter("qwen2_vl")
