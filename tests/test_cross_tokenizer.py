@@ -1,0 +1,191 @@
+"""Cross-tokenizer pieces on their own: response-token keys and the alignment they give, the
+vocabulary map, a teacher top-k mapped onto the student's vocabulary, and ULD's rank buckets.
+
+The pairs are tiny models on two genuinely different BPEs (testing/tiny.py ``vocabulary="other"``:
+fewer merges over the same texts, other ids) with different chat templates (ChatML vs Llama 3).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from taid_vlm.errors import UserError
+from taid_vlm.losses.topk import TopK, topk_of_logits
+from taid_vlm.losses.uld import rank_ids, uld_per_token
+from taid_vlm.models import adapt
+from taid_vlm.models.cross_tokenizer import END, TextSide, VocabularyMap, align, map_topk, vocabulary_keys
+from taid_vlm.testing.tiny import build_tiny, tiny_records
+
+
+@pytest.fixture(scope="module")
+def pair():
+    """A Qwen2 teacher (shared vocabulary, ChatML) and a Llama student (other vocabulary, Llama 3 tags)."""
+    teacher = adapt(*build_tiny("qwen2", seed=1), role="teacher")
+    student = adapt(*build_tiny("llama", seed=2, vocabulary="other"), role="student")
+    return teacher, student, TextSide.of(teacher, "teacher=qwen2"), TextSide.of(student, "student=llama")
+
+
+def _outputs(adapter, records):
+    return adapter.response_outputs(records)
+
+
+def test_keys_follow_the_adapters_response_tokens_and_pair_the_end_of_turn_markers(pair):
+    teacher, student, t_side, s_side = pair
+    records = tiny_records(with_images=False)
+    for adapter, side in ((teacher, t_side), (student, s_side)):
+        out = _outputs(adapter, records)
+        for r, record in enumerate(records):
+            ids, keys = side.response_tokens(record)
+            assert ids == out.token_ids[out.record_index == r].tolist()
+            turns = sum(m["role"] == "assistant" for m in record.messages)
+            assert [k for k in keys if k is not None and k[1] == END] == [(t, END) for t in range(turns)]
+    assert t_side.end_of_turn == "<|im_end|>" and s_side.end_of_turn == "<|eot_id|>"
+
+
+def test_alignment_pairs_tokens_that_start_at_the_same_character(pair):
+    teacher, student, t_side, s_side = pair
+    records = tiny_records(with_images=False)
+    t_out, s_out = _outputs(teacher, records), _outputs(student, records)
+    alignment = align(s_side, t_side, records, s_out.token_ids, s_out.record_index, t_out.token_ids, t_out.record_index)
+    assert 0.5 < alignment.num_aligned / alignment.num_student < 1.0  # the student splits some words finer
+    assert alignment.num_student == s_out.num_tokens
+    s_tok, t_tok = student.tokenizer, teacher.tokenizer
+    for s_row, t_row in zip(alignment.student_rows.tolist(), alignment.teacher_rows.tolist()):
+        assert s_out.record_index[s_row] == t_out.record_index[t_row]
+        s_text = s_tok.decode(s_out.token_ids[s_row : s_row + 1])
+        t_text = t_tok.decode(t_out.token_ids[t_row : t_row + 1])
+        if s_text == "<|eot_id|>":
+            assert t_text == "<|im_end|>"
+        else:  # they start at the same character
+            assert s_text[:1] == t_text[:1], (s_text, t_text)
+    # "blue": teacher "Ġblue", student "Ġblu" + "e": the first tokens pair, the student's "e" does not
+    record = records[1]
+    s_ids, s_keys = s_side.response_tokens(record)
+    pieces = s_tok.convert_ids_to_tokens(s_ids)
+    assert "Ġblu" in pieces and pieces[pieces.index("Ġblu") + 1] == "e"
+    _, t_keys = t_side.response_tokens(record)
+    assert s_keys[pieces.index("Ġblu")] in t_keys and s_keys[pieces.index("Ġblu") + 1] not in t_keys
+
+
+def test_identical_tokenizers_align_every_token_to_itself():
+    a = adapt(*build_tiny("qwen2", seed=1), role="teacher")
+    b = adapt(*build_tiny("qwen2", seed=2), role="student")
+    records = tiny_records(with_images=False)
+    a_out, b_out = _outputs(a, records), _outputs(b, records)
+    alignment = align(TextSide.of(b, "student"), TextSide.of(a, "teacher"), records, b_out.token_ids, b_out.record_index,
+                      a_out.token_ids, a_out.record_index)
+    assert torch.equal(alignment.student_rows, torch.arange(b_out.num_tokens))
+    assert torch.equal(alignment.teacher_rows, torch.arange(a_out.num_tokens))
+    table = VocabularyMap.build(TextSide.of(a, "teacher"), TextSide.of(b, "student")).table
+    assert torch.equal(table, torch.arange(len(a.tokenizer)))
+
+
+def test_vocabulary_map_pairs_entries_by_bytes_and_the_markers_by_role(pair):
+    teacher, student, t_side, s_side = pair
+    vocab = VocabularyMap.build(t_side, s_side, teacher_rows=teacher.lm_head().weight.shape[0] + 4)
+    t_tok, s_tok = teacher.tokenizer, student.tokenizer
+    assert vocab.table.shape[0] == teacher.lm_head().weight.shape[0] + 4 and (vocab.table[-4:] == -1).all()
+    assert vocab.table[t_tok.convert_tokens_to_ids("Ġred")] == s_tok.convert_tokens_to_ids("Ġred")
+    assert vocab.table[t_tok.convert_tokens_to_ids("Ġblue")] == -1  # the student writes it as "Ġblu" + "e"
+    assert vocab.table[t_tok.convert_tokens_to_ids("<|im_end|>")] == s_tok.convert_tokens_to_ids("<|eot_id|>")
+    assert vocab.table[t_tok.convert_tokens_to_ids("<image>")] == s_tok.convert_tokens_to_ids("<image>")
+    assert 300 < vocab.shared <= len(s_tok) and "of the teacher's 596" in vocab.describe()
+
+
+def test_sentencepiece_and_byte_level_entries_meet_as_bytes():
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    pieces = ["<pad>", *(f"<0x{b:02X}>" for b in range(256)), "\u2581", "r", "e", "d", "\u2581r", "\u2581re", "\u2581red"]
+    merges = [("\u2581", "r"), ("\u2581r", "e"), ("\u2581re", "d")]
+    core = Tokenizer(models.BPE(vocab={p: i for i, p in enumerate(pieces)}, merges=merges, byte_fallback=True))
+    core.pre_tokenizer = pre_tokenizers.Metaspace()
+    core.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse()])
+    piece = PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>")
+    assert piece.convert_ids_to_tokens(piece("red é", add_special_tokens=False)["input_ids"])[:2] == ["\u2581red", "\u2581"]
+    keys = vocabulary_keys(piece)
+    assert keys[pieces.index("\u2581red")] == ("bytes", b" red") and keys[1 + 0xE2] == ("bytes", b"\xe2")
+    byte_level = build_tiny("qwen2")[1]
+    assert ("bytes", b" red") in set(vocabulary_keys(byte_level))  # "Ġred"
+
+
+def test_mapping_sums_duplicates_sends_missing_entries_to_the_tail_and_keeps_the_mass():
+    logits = torch.randn(5, 12)
+    topk = topk_of_logits(logits, 6)
+    table = torch.tensor([3, 3, -1, 0, 1, -1, 2, 4, -1, 5, 6, 7])  # 0 and 1 both become 3; 2, 5, 8 are missing
+    mapped, mass = map_topk(topk, table)
+    probs = logits.softmax(-1)
+    for row in range(5):
+        expected: dict[int, float] = {}
+        for teacher_id in topk.ids[row].tolist():
+            if table[teacher_id] >= 0:
+                expected[int(table[teacher_id])] = expected.get(int(table[teacher_id]), 0.0) + float(probs[row, teacher_id])
+        got = {int(i): float(p) for i, p in zip(mapped.ids[row], mapped.logprobs[row].exp()) if i >= 0}
+        assert got.keys() == expected.keys()
+        for key in got:
+            assert got[key] == pytest.approx(expected[key], rel=1e-5)
+        assert float(mass[row]) == pytest.approx(sum(expected.values()), rel=1e-5)
+        total = torch.logaddexp(mapped.logprobs[row].logsumexp(-1), mapped.tail[row]).exp()
+        assert float(total) == pytest.approx(1.0, abs=1e-5)
+        assert (mapped.logprobs[row][mapped.ids[row] < 0] == -torch.inf).all()
+        ranked = mapped.logprobs[row][mapped.ids[row] >= 0]
+        assert torch.equal(ranked, ranked.sort(descending=True).values)
+
+
+def _uld_reference(student_logits, teacher_logits):
+    """The paper's form: sorted probability vectors, the shorter padded with zeros, L1 per token."""
+    q = student_logits.softmax(-1).sort(-1, descending=True).values
+    p = teacher_logits.softmax(-1).sort(-1, descending=True).values
+    width = max(q.shape[-1], p.shape[-1])
+    q, p = (torch.nn.functional.pad(x, (0, width - x.shape[-1])) for x in (q, p))
+    return (q - p).abs().sum(-1)
+
+
+def _rank_buckets(student_logits, ids):
+    """Student logits gathered at its own ranked ids (-1 empty), the rest folded into one bucket."""
+    safe = torch.where(ids >= 0, ids, ids[:, :1].clamp_min(0))  # an empty slot repeats the row's first id
+    gathered = student_logits.gather(-1, safe).masked_fill(ids < 0, -torch.inf)
+    excluded = torch.zeros_like(student_logits, dtype=torch.bool).scatter(-1, safe, True)
+    rest = student_logits.masked_fill(excluded, -torch.inf).logsumexp(-1, keepdim=True)
+    return torch.cat([gathered, rest], dim=-1)
+
+
+def test_uld_on_rank_buckets_is_the_papers_sorted_l1_when_k_covers_both_vocabularies():
+    torch.manual_seed(0)
+    student_logits = torch.randn(4, 9, dtype=torch.float64, requires_grad=True)
+    teacher_logits = torch.randn(4, 13, dtype=torch.float64)
+    teacher = topk_of_logits(teacher_logits, 13)
+    ids = rank_ids(student_logits.detach(), teacher.ids)
+    assert (ids[:, 9:] == -1).all()  # the student has 9 entries: its ranks 10-13 are empty (zeros in the paper)
+    buckets = _rank_buckets(student_logits, ids)
+    teacher_buckets = torch.cat([teacher.logprobs, teacher.tail.unsqueeze(-1)], dim=-1)
+    ours = uld_per_token(buckets, teacher_buckets)
+    reference = _uld_reference(student_logits, teacher_logits)
+    torch.testing.assert_close(ours, reference)
+    g_ours, = torch.autograd.grad(ours.sum(), student_logits)
+    g_ref, = torch.autograd.grad(_uld_reference(student_logits, teacher_logits).sum(), student_logits)
+    torch.testing.assert_close(g_ours, g_ref)
+
+
+def test_uld_with_a_short_top_k_is_a_lower_bound_and_an_empty_teacher_row_costs_nothing():
+    torch.manual_seed(1)
+    student_logits, teacher_logits = torch.randn(6, 40), torch.randn(6, 50)
+    teacher = topk_of_logits(teacher_logits, 8)
+    ids = rank_ids(student_logits, teacher.ids)
+    teacher_buckets = torch.cat([teacher.logprobs, teacher.tail.unsqueeze(-1)], dim=-1)
+    short = uld_per_token(_rank_buckets(student_logits, ids), teacher_buckets)
+    assert (short <= _uld_reference(student_logits, teacher_logits) + 1e-6).all() and (short > 0).all()
+    empty_ids = torch.full_like(teacher.ids, -1)
+    empty_teacher = torch.cat([torch.full_like(teacher.logprobs, -torch.inf), torch.zeros(6, 1)], dim=-1)
+    nothing = uld_per_token(_rank_buckets(student_logits, rank_ids(student_logits, empty_ids)), empty_teacher)
+    assert torch.equal(nothing, torch.zeros(6))
+
+
+def test_a_tokenizer_without_offsets_is_refused_naming_the_model(pair):
+    from transformers import ByT5Tokenizer
+
+    teacher = pair[0]
+    with pytest.raises(UserError, match=r"student=byt5-student: its tokenizer \(ByT5Tokenizer\) reports no character "
+                                        r"offsets.*fast tokenizer"):
+        TextSide("student=byt5-student", ByT5Tokenizer(), teacher.chat_template, teacher.family_info, frozenset(), "")
