@@ -26,11 +26,12 @@ from ..data.records import Record
 from ..data.truncate import fit_prompt
 from ..losses.topk import topk_of_logits
 from ..models import ModelAdapter
+from ..models.cross_tokenizer import TextSide
 from ..models.outputs import ResponseOutputs
 from .fingerprint import record_hash, teacher_fingerprint
 from .store import (
-    LOGIT_DTYPES, META_FILE, RESPONSE_SOURCES, CacheError, CacheSettings, RecordRows, read_meta, shard_path, shard_records,
-    write_json_atomically, write_shard,
+    LOGIT_DTYPES, META_FILE, RESPONSE_SOURCES, TEACHER_TEXT_DIR, CacheError, CacheSettings, RecordRows, read_meta, shard_path,
+    shard_records, write_json_atomically, write_shard,
 )  # fmt: skip
 
 # Rows of [rows, V] fp32 logits formed at once when taking the top-k (32 MiB at V = 128k).
@@ -82,6 +83,7 @@ def build_cache(
                              record_ids_sha256=_ids_digest(records))
     if state.is_main_process:
         _start_or_resume(root, settings)
+        TextSide.of(teacher, f"teacher={teacher_name}").save(root / TEACHER_TEXT_DIR)  # for cross-tokenizer students
     state.wait_for_everyone()
 
     mine = [s for s in range(settings.num_shards) if s % world == rank]
