@@ -72,18 +72,18 @@ def make_labels(args: argparse.Namespace, tokens: int):
 
 def kd_ce_step(args: argparse.Namespace, inputs, labels, variant: str) -> None:
     """One forward + backward of (1 - W) * KD + W * CE: one fused pass, or two passes mixed."""
-    from taid_vlm.losses import chunked_divergence
+    from taid_vlm.losses import EngineOptions, Head, divergence
 
     hidden, weight, teacher_hidden, teacher_weight = inputs
     hidden.grad = weight.grad = None
-    common = dict(labels=labels, chunk_size=args.chunk_size, chunk_memory_mb=args.chunk_memory_mb)
-    teacher = dict(teacher_hidden=teacher_hidden, teacher_weight=teacher_weight)
+    options = EngineOptions(chunk_size=args.chunk_size, chunk_memory_mb=args.chunk_memory_mb)
+    student, teacher = Head(hidden, weight), Head(teacher_hidden, teacher_weight)
     if variant == "fused":
-        loss = chunked_divergence(args.loss, hidden, weight, ce_weight=args.ce_weight, **teacher, **common,
-                                  **loss_params(args.loss))
+        fused = EngineOptions(chunk_size=args.chunk_size, chunk_memory_mb=args.chunk_memory_mb, ce_weight=args.ce_weight)
+        loss = divergence(args.loss, student, teacher, labels=labels, options=fused, **loss_params(args.loss))
     else:
-        kd = chunked_divergence(args.loss, hidden, weight, **teacher, **common, **loss_params(args.loss))
-        ce = chunked_divergence("sft", hidden, weight, **common)
+        kd = divergence(args.loss, student, teacher, labels=labels, options=options, **loss_params(args.loss))
+        ce = divergence("sft", student, None, labels=labels, options=options)
         loss = (1 - args.ce_weight) * kd + args.ce_weight * ce
     loss.backward()
 
@@ -148,7 +148,7 @@ def loss_params(loss: str) -> dict:
 def one_step(args: argparse.Namespace, inputs, variant: str) -> None:
     import torch
 
-    from taid_vlm.losses import chunked_divergence, divergence
+    from taid_vlm.losses import EngineOptions, Head, divergence
 
     hidden, weight, teacher_hidden, teacher_weight = inputs
     hidden.grad = weight.grad = None
@@ -157,11 +157,9 @@ def one_step(args: argparse.Namespace, inputs, variant: str) -> None:
             teacher_logits = teacher_hidden @ teacher_weight.t()
         loss = divergence(args.loss, hidden @ weight.t(), teacher_logits, **loss_params(args.loss))
     else:
-        loss = chunked_divergence(
-            args.loss, hidden, weight, teacher_hidden=teacher_hidden, teacher_weight=teacher_weight,
-            chunk_size=args.chunk_size, chunk_memory_mb=args.chunk_memory_mb, compile=args.compile,
-            **loss_params(args.loss),
-        )
+        options = EngineOptions(chunk_size=args.chunk_size, chunk_memory_mb=args.chunk_memory_mb, compile=args.compile)
+        loss = divergence(args.loss, Head(hidden, weight), Head(teacher_hidden, teacher_weight), options=options,
+                          **loss_params(args.loss))
     loss.backward()
 
 
@@ -216,7 +214,7 @@ def chunk_profile(args: argparse.Namespace, inputs, chunk: int, chunks: int = 3)
     """Seconds per step of one chunk through the engine's own steps (median over a few chunks)."""
     import torch
 
-    from taid_vlm.losses.chunked import _linear_into, _Scratch
+    from taid_vlm.losses.signals import Scratch, linear_into
     from taid_vlm.losses.fused_kl import compiled_interpolated_kl_, interpolated_kl_
 
     kernel = compiled_interpolated_kl_ if args.compile else interpolated_kl_
@@ -226,12 +224,12 @@ def chunk_profile(args: argparse.Namespace, inputs, chunk: int, chunks: int = 3)
     math = torch.promote_types(weight.dtype, torch.float32)
     student = torch.empty(chunk, weight.shape[0], dtype=math, device=hidden.device)
     teacher = torch.empty_like(student)
-    scratch = _Scratch(chunk, weight.shape[0], hidden.device)
+    scratch = Scratch(chunk, weight.shape[0], hidden.device)
     grad_h = torch.empty(chunk, hidden.shape[1], dtype=hidden.dtype, device=hidden.device)
     grad_w = torch.zeros(weight.shape, dtype=math, device=hidden.device)
     steps = {
-        "student_logits": lambda h, th: _linear_into(student, h, weight, None, scratch),
-        "teacher_logits": lambda h, th: _linear_into(teacher, th, teacher_weight, None, scratch),
+        "student_logits": lambda h, th: linear_into(student, h, weight, None, scratch),
+        "teacher_logits": lambda h, th: linear_into(teacher, th, teacher_weight, None, scratch),
         "loss_and_grad_kernel": lambda h, th: kernel(student, teacher, t, 1.0),
         "cast_grad_to_head_dtype": (lambda h, th: scratch.get(h.dtype, chunk).copy_(student)) if weight.dtype != math else None,
         "grad_hidden_gemm": lambda h, th: torch.mm(student.to(h.dtype), weight, out=grad_h),
@@ -277,7 +275,7 @@ def timed_peak(device, work) -> tuple[float, float]:
 def run_variant(args: argparse.Namespace) -> dict:
     import torch
 
-    from taid_vlm.losses.chunked import DEFAULT_CHUNK_MEMORY_MB, _ROWS_CLOSED_FORM, _ROWS_LOW_PRECISION_EXTRA, auto_chunk_size
+    from taid_vlm.losses.chunked import DEFAULT_CHUNK_MEMORY_MB, ROWS_CLOSED_FORM, auto_chunk_size, rows_per_token
 
     device = torch.device(args.device)
     if args.variant == "chunked":
@@ -294,7 +292,7 @@ def run_variant(args: argparse.Namespace) -> dict:
             times.append(time.perf_counter() - start)
         result.update(seconds=round(statistics.median(times), 4), all_seconds=[round(t, 4) for t in times])
         return result
-    rows = _ROWS_CLOSED_FORM + (_ROWS_LOW_PRECISION_EXTRA if inputs[1].dtype.itemsize < 4 else 0)
+    rows = rows_per_token(ROWS_CLOSED_FORM, in_place=True, ce=False, low_precision=inputs[1].dtype.itemsize < 4, softcap=False)
     chunk = min(args.tokens, args.chunk_size or auto_chunk_size(args.vocab, args.chunk_memory_mb, device=device, rows_per_token=rows))
     floors = []
     for _ in range(args.repeats):  # alternate, so that both see the same load

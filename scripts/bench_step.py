@@ -34,6 +34,7 @@ def run_variant(args: argparse.Namespace) -> dict:
     from taid_vlm.demo.shapes import generate_shapes
     from taid_vlm.models import adapt, check_alignment
     from taid_vlm.models.composed import build_composed_vlm
+    from taid_vlm.losses import EngineOptions
     from taid_vlm.train.objective import training_loss
 
     device = torch.device(args.device)
@@ -55,7 +56,7 @@ def run_variant(args: argparse.Namespace) -> dict:
         student_out = student.response_outputs(batch, return_hidden=chunked)
         teacher_out = check_alignment(teacher.response_outputs(records, return_hidden=chunked), student_out, records)
         loss = training_loss("taid", student_out, teacher_out, num_tokens=batch.num_response_tokens,
-                             chunked=chunked, params={"t": 0.5}).total
+                             options=EngineOptions(chunked=chunked), params={"t": 0.5}).total
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

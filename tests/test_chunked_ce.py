@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from taid_vlm.losses import LOSSES, CTKDTemperature, chunked_divergence, divergence
+from taid_vlm.losses import LOSSES, CTKDTemperature, EngineOptions, Head, divergence, topk_of_logits
 
 PARAMS = {"taid": {"t": 0.6}, "gjsd": {"beta": 0.3}, "akl": {"mu": 0.4}, "dkd": {"alpha": 1.0, "beta": 4.0}}
 DISTILLATION = [name for name, cls in LOSSES.items() if cls.needs_teacher]
@@ -28,10 +28,13 @@ def assert_close_rel(a, b, rel):
     assert (a - b).abs().max().item() <= rel * scale, (a - b).abs().max().item() / scale
 
 
+CHUNK4 = EngineOptions(chunk_size=4)
+
+
 def two_calls(name, ce_weight, h, w, b, teacher, labels, mask, **kw):
-    common = dict(student_bias=b, mask=mask, labels=labels, num_tokens=50, chunk_size=4)
-    kd = chunked_divergence(name, h, w, **teacher, **common, **kw, **PARAMS.get(name, {}))
-    ce = chunked_divergence("sft", h, w, **common)
+    common = dict(labels=labels, num_tokens=50, options=CHUNK4)
+    kd = divergence(name, Head(h, w, b), teacher, mask, **common, **kw, **PARAMS.get(name, {}))
+    ce = divergence("sft", Head(h, w, b), None, mask, **common)
     return (1 - ce_weight) * kd + ce_weight * ce, kd, ce
 
 
@@ -39,11 +42,11 @@ def two_calls(name, ce_weight, h, w, b, teacher, labels, mask, **kw):
 @pytest.mark.parametrize("teacher_as", ["hidden", "logits"])
 def test_one_pass_equals_two_calls_values_and_gradients(name, teacher_as):
     h, w, b, th, tw, labels, mask = make(dtype=torch.float32)
-    teacher = dict(teacher_hidden=th, teacher_weight=tw) if teacher_as == "hidden" else dict(teacher_logits=th @ tw.t())
+    teacher = Head(th, tw) if teacher_as == "hidden" else th @ tw.t()
     ref, ref_kd, ref_ce = two_calls(name, 0.3, h, w, b, teacher, labels, mask)
     ref_grads = torch.autograd.grad(ref, (h, w, b))
-    got, kd, ce = chunked_divergence(name, h, w, student_bias=b, mask=mask, labels=labels, num_tokens=50, chunk_size=4,
-                                     ce_weight=0.3, return_terms=True, **teacher, **PARAMS.get(name, {}))
+    got, kd, ce = divergence(name, Head(h, w, b), teacher, mask, labels=labels, num_tokens=50, return_terms=True,
+                             options=EngineOptions(chunk_size=4, ce_weight=0.3), **PARAMS.get(name, {}))
     assert got.item() == pytest.approx(ref.item(), rel=1e-5)
     assert kd.item() == pytest.approx(ref_kd.item(), rel=1e-5) and ce.item() == pytest.approx(ref_ce.item(), rel=1e-5)
     for a, r in zip(torch.autograd.grad(got, (h, w, b)), ref_grads):
@@ -55,11 +58,12 @@ def test_one_pass_equals_two_calls_values_and_gradients(name, teacher_as):
 @pytest.mark.parametrize("ce_weight", [0.0, 0.5, 1.0])
 def test_closed_form_and_autograd_paths_in_float64(name, closed_form, ce_weight):
     h, w, b, th, tw, labels, mask = make(seed=2)
-    teacher = dict(teacher_hidden=th, teacher_weight=tw)
+    teacher = Head(th, tw)
     ref, _, _ = two_calls(name, ce_weight, h, w, b, teacher, labels, mask, temperature=1.7)
     ref_grads = torch.autograd.grad(ref, (h, w, b))
-    got = chunked_divergence(name, h, w, student_bias=b, mask=mask, labels=labels, num_tokens=50, chunk_size=4,
-                             temperature=1.7, ce_weight=ce_weight, use_closed_form=closed_form, **teacher, **PARAMS.get(name, {}))
+    options = EngineOptions(chunk_size=4, ce_weight=ce_weight, closed_form=closed_form)
+    got = divergence(name, Head(h, w, b), teacher, mask, labels=labels, num_tokens=50, temperature=1.7, options=options,
+                     **PARAMS.get(name, {}))
     assert got.item() == pytest.approx(ref.item(), rel=1e-10)
     for a, r in zip(torch.autograd.grad(got, (h, w, b)), ref_grads):
         assert_close_rel(a, r, 1e-10)
@@ -69,8 +73,8 @@ def test_one_pass_matches_the_plain_path_on_full_logits():
     h, w, b, th, tw, labels, mask = make(seed=4)
     logits = h @ w.t() + b
     ref = 0.75 * divergence("taid", logits, th @ tw.t(), mask, t=0.4) + 0.25 * divergence("sft", logits, None, mask, labels=labels)
-    got = chunked_divergence("taid", h, w, student_bias=b, teacher_hidden=th, teacher_weight=tw, mask=mask, labels=labels,
-                             t=0.4, ce_weight=0.25, chunk_size=7)
+    got = divergence("taid", Head(h, w, b), Head(th, tw), mask, labels=labels, t=0.4,
+                     options=EngineOptions(ce_weight=0.25, chunk_size=7))
     assert got.item() == pytest.approx(ref.item(), rel=1e-10)
     for a, r in zip(torch.autograd.grad(got, (h, w, b)), torch.autograd.grad(ref, (h, w, b))):
         assert_close_rel(a, r, 1e-10)
@@ -80,11 +84,11 @@ def test_one_pass_matches_the_plain_path_on_full_logits():
 def test_padded_student_head_ce_spans_every_row_kd_the_shared_ones():
     # The student's head has 6 padding rows the teacher lacks: CE still sees them (as two calls do).
     h, w, b, th, tw, labels, mask = make(seed=5, teacher_vocab=V - 6)
-    teacher = dict(teacher_hidden=th, teacher_weight=tw)
+    teacher = Head(th, tw)
     ref, _, _ = two_calls("taid", 0.4, h, w, b, teacher, labels, mask)
     ref_grads = torch.autograd.grad(ref, (h, w, b))
-    got = chunked_divergence("taid", h, w, student_bias=b, mask=mask, labels=labels, num_tokens=50, chunk_size=4,
-                             ce_weight=0.4, t=0.6, **teacher)
+    got = divergence("taid", Head(h, w, b), teacher, mask, labels=labels, num_tokens=50, t=0.6,
+                     options=EngineOptions(chunk_size=4, ce_weight=0.4))
     grads = torch.autograd.grad(got, (h, w, b))
     assert got.item() == pytest.approx(ref.item(), rel=1e-10)
     for a, r in zip(grads, ref_grads):
@@ -95,10 +99,10 @@ def test_padded_student_head_ce_spans_every_row_kd_the_shared_ones():
 def test_learned_temperature_gradient_carries_the_kd_weight():
     h, w, b, th, tw, labels, mask = make(seed=6, dtype=torch.float32)
     temp_ref, temp_fused = CTKDTemperature(1.5), CTKDTemperature(1.5)
-    teacher = dict(teacher_hidden=th, teacher_weight=tw)
+    teacher = Head(th, tw)
     ref, _, _ = two_calls("ctkd", 0.3, h, w, b, teacher, labels, mask, temperature=temp_ref())
-    got = chunked_divergence("ctkd", h, w, student_bias=b, mask=mask, labels=labels, num_tokens=50, chunk_size=4,
-                             ce_weight=0.3, temperature=temp_fused(), **teacher)
+    got = divergence("ctkd", Head(h, w, b), teacher, mask, labels=labels, num_tokens=50, temperature=temp_fused(),
+                     options=EngineOptions(chunk_size=4, ce_weight=0.3))
     ref.backward()
     got.backward()
     assert temp_fused.raw.grad.item() == pytest.approx(temp_ref.raw.grad.item(), rel=1e-4)
@@ -106,32 +110,46 @@ def test_learned_temperature_gradient_carries_the_kd_weight():
 
 def test_bad_ce_weight_and_missing_labels_are_clear_errors():
     h, w, b, th, tw, labels, mask = make()
-    teacher = dict(teacher_hidden=th, teacher_weight=tw)
     with pytest.raises(ValueError, match="ce_weight.*in \\[0, 1\\]"):
-        chunked_divergence("fkl", h, w, ce_weight=1.5, labels=labels, **teacher)
-    with pytest.raises(ValueError, match="needs labels"):
-        chunked_divergence("fkl", h, w, ce_weight=0.5, **teacher)
-    with pytest.raises(ValueError, match="student's own loss already"):
-        chunked_divergence("sft", h, w, ce_weight=0.5, labels=labels)
+        EngineOptions(ce_weight=1.5)
+    half = EngineOptions(ce_weight=0.5)
+    for student in (Head(h, w), h @ w.t()):  # the chunked and the plain path say the same
+        with pytest.raises(ValueError, match="needs labels"):
+            divergence("fkl", student, Head(th, tw), options=half)
+        with pytest.raises(ValueError, match="student's own loss already"):
+            divergence("sft", student, None, labels=labels, options=half)
 
 
 @pytest.mark.parametrize("name", DISTILLATION)
 @pytest.mark.parametrize("k", [5, V])
 def test_cached_teacher_one_pass_equals_two_calls(name, k):
-    from taid_vlm.losses.topk import topk_of_logits
-    from taid_vlm.losses.topk_chunked import chunked_topk_divergence
-
     h, w, b, th, tw, labels, mask = make(seed=7, dtype=torch.float32)
     labels_sel = labels[mask]
     topk = topk_of_logits((th @ tw.t())[mask], k)
     params = PARAMS.get(name, {})
-    kd = chunked_topk_divergence(name, h[mask], w, topk, student_bias=b, labels=labels_sel, num_tokens=50, chunk_size=4, **params)
-    ce = chunked_divergence("sft", h[mask], w, student_bias=b, labels=labels_sel, num_tokens=50, chunk_size=4)
+    common = dict(labels=labels_sel, num_tokens=50)
+    kd = divergence(name, Head(h[mask], w, b), topk, options=CHUNK4, **common, **params)
+    ce = divergence("sft", Head(h[mask], w, b), None, options=CHUNK4, **common)
     ref = 0.7 * kd + 0.3 * ce
     ref_grads = torch.autograd.grad(ref, (h, w, b))
-    got, got_kd, got_ce = chunked_topk_divergence(name, h[mask], w, topk, student_bias=b, labels=labels_sel, num_tokens=50,
-                                                  chunk_size=4, ce_weight=0.3, return_terms=True, **params)
+    got, got_kd, got_ce = divergence(name, Head(h[mask], w, b), topk, return_terms=True,
+                                     options=EngineOptions(chunk_size=4, ce_weight=0.3), **common, **params)
     assert got.item() == pytest.approx(ref.item(), rel=1e-5)
     assert got_kd.item() == pytest.approx(kd.item(), rel=1e-5) and got_ce.item() == pytest.approx(ce.item(), rel=1e-5)
     for a, r in zip(torch.autograd.grad(got, (h, w, b)), ref_grads):
         assert_close_rel(a, r, 1e-5)
+
+
+def test_cached_teacher_learned_temperature_gradient_carries_the_kd_weight():
+    h, w, b, th, tw, labels, mask = make(seed=8)
+    topk = topk_of_logits(th @ tw.t(), 6)
+    temperature_ref, temperature_fused = CTKDTemperature(1.5).double(), CTKDTemperature(1.5).double()
+    common = dict(labels=labels, num_tokens=50, options=CHUNK4)
+    kd = divergence("ctkd", Head(h, w, b), topk, temperature=temperature_ref(), **common)
+    ref = 0.7 * kd + 0.3 * divergence("sft", Head(h, w, b), None, **common)
+    got = divergence("ctkd", Head(h, w, b), topk, labels=labels, num_tokens=50, temperature=temperature_fused(),
+                     options=EngineOptions(chunk_size=4, ce_weight=0.3))
+    assert got.item() == pytest.approx(ref.item(), rel=1e-10)
+    ref.backward()
+    got.backward()
+    assert temperature_fused.raw.grad.item() == pytest.approx(temperature_ref.raw.grad.item(), rel=1e-10)

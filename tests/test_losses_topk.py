@@ -3,9 +3,8 @@
 import pytest
 import torch
 
-from taid_vlm.losses import LOSSES, chunked_divergence, divergence
-from taid_vlm.losses.topk import TopK, bucket_labels, topk_divergence, topk_of_logits
-from taid_vlm.losses.topk_chunked import chunked_topk_divergence
+from taid_vlm.losses import LOSSES, EngineOptions, Head, TopK, divergence, topk_of_logits
+from taid_vlm.losses.topk import bucket_labels
 
 ZOO = [name for name, cls in LOSSES.items() if cls.needs_teacher]
 
@@ -30,8 +29,8 @@ def test_k_equal_to_vocab_is_the_full_loss(name):
     topk = topk_of_logits(teacher, 10_000)
     assert topk.k == 50 and torch.isneginf(topk.tail).all()
     reference = divergence(name, h @ w.t(), teacher, labels=labels, **_params(name))
-    plain = topk_divergence(name, h @ w.t(), topk, labels=labels, **_params(name))
-    chunked = chunked_topk_divergence(name, h, w, topk, labels=labels, chunk_size=4, **_params(name))
+    plain = divergence(name, h @ w.t(), topk, labels=labels, **_params(name))
+    chunked = divergence(name, Head(h, w), topk, labels=labels, options=EngineOptions(chunk_size=4), **_params(name))
     assert plain.item() == pytest.approx(reference.item(), rel=1e-12, abs=1e-12)
     assert chunked.item() == pytest.approx(reference.item(), rel=1e-12, abs=1e-12)
     expected = torch.autograd.grad(reference, (h, w))
@@ -44,8 +43,9 @@ def test_k_equal_to_vocab_is_the_full_loss(name):
 def test_chunked_equals_plain_with_a_tail(name):
     h, w, teacher, labels = _problem(seed=1)
     topk = topk_of_logits(teacher, 7)
-    plain = topk_divergence(name, h @ w.t(), topk, labels=labels, num_tokens=20, **_params(name))
-    chunked = chunked_topk_divergence(name, h, w, topk, labels=labels, num_tokens=20, chunk_size=3, **_params(name))
+    plain = divergence(name, h @ w.t(), topk, labels=labels, num_tokens=20, **_params(name))
+    chunked = divergence(name, Head(h, w), topk, labels=labels, num_tokens=20, options=EngineOptions(chunk_size=3),
+                         **_params(name))
     assert chunked.item() == pytest.approx(plain.item(), rel=1e-12)
     for a, b in zip(torch.autograd.grad(chunked, (h, w)), torch.autograd.grad(plain, (h, w))):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-13)
@@ -57,9 +57,9 @@ def test_chunked_learned_temperature_gets_its_gradient():
     for engine in ("plain", "chunked"):
         temperature = torch.tensor(2.0, dtype=torch.float64, requires_grad=True)
         if engine == "plain":
-            loss = topk_divergence("ctkd", h @ w.t(), topk, temperature=temperature)
+            loss = divergence("ctkd", h @ w.t(), topk, temperature=temperature)
         else:
-            loss = chunked_topk_divergence("ctkd", h, w, topk, temperature=temperature, chunk_size=5)
+            loss = divergence("ctkd", Head(h, w), topk, temperature=temperature, options=EngineOptions(chunk_size=5))
         (grad,) = torch.autograd.grad(loss, temperature)
         if engine == "plain":
             expected = grad
@@ -90,7 +90,7 @@ def test_k64_on_random_logits_stays_within_the_stated_bounds():
 
     def per_token(name, **params):
         full = torch.stack([divergence(name, student[i:i + 1], teacher[i:i + 1], **params) for i in range(n)])
-        cut = torch.stack([topk_divergence(name, student[i:i + 1], topk.select(torch.arange(n) == i), **params)
+        cut = torch.stack([divergence(name, student[i:i + 1], topk.select(torch.arange(n) == i), **params)
                            for i in range(n)])
         return full, cut
 
@@ -116,12 +116,15 @@ def test_bucket_labels_and_bad_ids():
     assert bucket_labels(torch.tensor([-100, 0]), ids).tolist() == [-100, 1]
     topk = TopK(torch.tensor([[60, 1]]), torch.zeros(1, 2), torch.tensor([-1.0]))
     with pytest.raises(ValueError, match="outside the student's vocabulary of 50.*another tokenizer"):
-        topk_divergence("fkl", torch.zeros(1, 50), topk)
+        divergence("fkl", torch.zeros(1, 50), topk)
+    with pytest.raises(ValueError, match="outside the student's vocabulary of 50.*another tokenizer"):
+        divergence("fkl", Head(torch.zeros(1, 4), torch.zeros(50, 4)), topk)
 
 
 def test_fp32_topk_matches_the_engine_on_full_logits():
     """What the cached run relies on: at k = V the fp32 chunked path equals the live chunked path."""
     h, w, teacher, _ = _problem(n=40, vocab=300, hidden=16, seed=3, dtype=torch.float32)
-    live = chunked_divergence("taid", h, w, teacher_logits=teacher, t=0.5, chunk_size=16)
-    cached = chunked_topk_divergence("taid", h, w, topk_of_logits(teacher, 300), t=0.5, chunk_size=16)
+    options = EngineOptions(chunk_size=16)
+    live = divergence("taid", Head(h, w), teacher, t=0.5, options=options)
+    cached = divergence("taid", Head(h, w), topk_of_logits(teacher, 300), t=0.5, options=options)
     assert cached.item() == pytest.approx(live.item(), rel=1e-5)

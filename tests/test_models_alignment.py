@@ -13,7 +13,7 @@ import weakref
 import pytest
 import torch
 
-from taid_vlm.losses import chunked_divergence, divergence
+from taid_vlm.losses import divergence
 from taid_vlm.models import check_alignment, check_vocab_compatible, load
 from taid_vlm.testing.tiny import save_tiny, tiny_records
 from taid_vlm.models.tokenizer import train_bpe_tokenizer
@@ -51,10 +51,7 @@ def test_headline_196_token_teacher_distils_into_49_token_student_of_another_fam
     t_out, s_out = teacher.response_outputs(t_batch), student.response_outputs(s_batch)
     t_out = check_alignment(t_out, s_out, records)
     assert not t_out.hidden.requires_grad and not t_out.head_weight.requires_grad
-    loss = chunked_divergence(
-        "taid", s_out.hidden, s_out.head_weight,
-        teacher_hidden=t_out.hidden, teacher_weight=t_out.head_weight, t=0.5,
-    )  # fmt: skip
+    loss = divergence("taid", s_out.signal(), t_out.signal(), t=0.5)  # Head and Head: the chunked engine
     reference = divergence("taid", s_out.full_logits(), t_out.full_logits(), t=0.5)
     assert torch.isfinite(loss) and loss > 0
     torch.testing.assert_close(loss, reference, rtol=1e-4, atol=1e-5)

@@ -1,19 +1,22 @@
 """Pure tensor math: the loss objects and their registry, the divergence zoo, the TAID schedule
-and the chunked fused-linear engines.
+and the one engine door, ``divergence``, with its typed inputs (the teacher's signal: ``Head``,
+``Logits``, ``TopK``; the student: its logits or its ``Head``) and ``EngineOptions``.
 
 No model code and no I/O here, so every loss is unit-testable in milliseconds.
 """
 
-from .api import divergence
+from .api import LossTerms, divergence
 from .base import DivergenceLoss, Loss, Param, Range
-from .chunked import chunked_divergence
 from .divergences import CTKDTemperature
+from .options import EngineOptions
 from .registry import LOSSES, UnknownLoss, build_loss, loss_class, register_loss
 from .schedule import TAIDSchedule
+from .signals import BucketSignal, FullSignal, Head, Logits, TeacherSignal, TopK
+from .topk import topk_of_logits
 from .zoo import CTKD, TAID, CrossEntropy
 
 LOSS_NAMES = tuple(LOSSES)
 
-__all__ = ["divergence", "chunked_divergence", "TAIDSchedule", "CTKDTemperature", "LOSS_NAMES", "LOSSES", "Loss",
-           "DivergenceLoss", "Param", "Range", "register_loss", "loss_class", "build_loss", "UnknownLoss", "TAID", "CTKD",
-           "CrossEntropy"]
+__all__ = ["divergence", "EngineOptions", "LossTerms", "TeacherSignal", "FullSignal", "BucketSignal", "Head", "Logits",
+           "TopK", "topk_of_logits", "TAIDSchedule", "CTKDTemperature", "LOSS_NAMES", "LOSSES", "Loss", "DivergenceLoss",
+           "Param", "Range", "register_loss", "loss_class", "build_loss", "UnknownLoss", "TAID", "CTKD", "CrossEntropy"]

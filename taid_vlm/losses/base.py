@@ -4,7 +4,7 @@ The training loop asks the object (does it need the teacher? the labels? what te
 step? what to log?) and never compares loss names; a new loss is one subclass plus a
 ``register_loss`` line (or an import path ``"module:Class"`` in the config), nothing in
 ``train/``. The per-chunk math stays a per-token function of logits (``divergences.py``) so the
-engines (``api.py``, ``chunked.py``, ``topk*.py``) can run any loss on any slice of tokens.
+engine (``api.py``: one door; ``chunked.py``, ``topk.py``: its paths) can run any loss on any slice of tokens.
 
 Settings a loss reads are fields of the run's config (users name them in YAML); the class
 declares which ones and their valid ranges, so config validation comes from here.

@@ -2,54 +2,70 @@
 
 With 150k-260k vocabularies the full fp32 logits of a few thousand response tokens (and their
 softmaxes and gradients) are the memory wall. The engine walks over the tokens in chunks:
-for each chunk it computes the student's (and the teacher's) logits, the per-token divergence,
-and, right there in the forward pass, the gradient w.r.t. that chunk's logits; it then folds
-that gradient into the gradients of the hidden states and of the head weight and throws the
-chunk away. Backward only scales the stored gradients. Peak extra memory is the head's gradient
-plus a few ``[chunk, V]`` buffers, whatever N is.
+for each chunk it computes the student's logits, hands them to the chunk's *step* (the loss and
+its gradient w.r.t. those logits, right there in the forward pass), folds that gradient into
+the gradients of the hidden states and of the head weight and throws the chunk away. Backward
+only scales the stored gradients. Peak extra memory is the head's gradient plus a few
+``[chunk, V]`` buffers, whatever N is.
 
-With ``ce_weight`` the student's cross entropy on the labels rides along in the same pass:
-``(1 - ce_weight) * KD + ce_weight * CE``, one head matmul per chunk, one gradient per chunk
-folded once into one head-gradient accumulator (two separate calls compute the logits twice and
-hold two fp32 ``[V, H]`` head gradients until backward). Both terms share the token denominator.
+One skeleton (``_Chunked``) serves every teacher; what differs is the step (``ChunkStep``):
 
-The chunk size comes from a memory budget for those buffers (``chunk_memory_mb``): the GEMMs
-of a chunk run near full speed once a chunk has ~100 tokens, so the budget buys speed up to a
-point and only memory after it (the measured table is in the README). For ``taid`` and ``fkl``
-a chunk costs the four GEMMs no fused loss avoids plus one in-place pass kernel
-(``fused_kl.py``) over two preallocated fp32 buffers; the other losses differentiate each
-chunk with autograd. Values and gradients agree with ``divergence()`` on full logits.
+- ``FullVocabStep`` (this file): the teacher's logits over the vocabulary (``Head``, ``Logits``),
+  written into a reused buffer. For ``taid`` and ``fkl`` the step is one in-place pass kernel
+  (``kl_kernel``: ``fused_kl.py``, or its ``torch.compile`` version) over the student's and the
+  teacher's fp32 buffers; the other losses differentiate the chunk with autograd;
+- ``BucketStep`` (``topk.py``): a teacher known by top-k + tail; the loss runs on the small
+  ``[chunk, k + 1]`` bucket tensor and its gradient is chained back to the ``[chunk, V]`` logits.
+
+Around the step the skeleton does the same for all: the student's final-logit ``softcap``
+(applied in place, its derivative multiplied into the gradient), the student's cross entropy on
+the labels with ``ce_weight`` (``(1 - ce_weight) * KD + ce_weight * CE``, one head matmul per
+chunk, one head-gradient accumulator; both terms share the token denominator), the learned
+temperature's gradient, and the fold through the head. A new per-chunk kernel (Triton, say)
+is a new ``kl_kernel`` (same arguments: the chunk's student and teacher logits, t and the
+temperature; it returns the per-token loss and leaves d loss / d student logits in the
+student's buffer) or a new step, never a second skeleton.
+
+The chunk size comes from a memory budget for those buffers (``chunk_memory_mb``), the same way
+on every path and device (``chunk_size_for``): the GEMMs of a chunk run near full speed once a
+chunk has ~100 tokens, so the budget buys speed up to a point and only memory after it (the
+measured table is in docs/LOSS-ENGINE.md). Values and gradients agree with the plain path on
+full logits.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Callable, ClassVar
 
 import torch
 
-from .api import reduce_tokens, upcast
 from .base import Loss
+from .common import reduce_tokens, softcap_
 from .fused_kl import compiled_interpolated_kl_, interpolated_kl_
-from .registry import build_loss
-from .vocab import shared_vocab_size
+from .options import EngineOptions
+from .signals import FullSignal, Scratch, linear_into
 
 Tensor = torch.Tensor
 
 # Budget (MiB) for a chunk's [chunk, V] buffers when neither chunk_size nor chunk_memory_mb is
 # given. CPU: ~220-token chunks at V = 152k: TAID at 1.41x the four-GEMM floor with 13.6x less
 # memory than the plain path; smaller chunks slow the GEMMs down (96 tokens: 1.66x, under load)
-# (docs/LOSS-ENGINE.md, README "Speed and memory of the loss"). CUDA: ~1,750-token
-# chunks at V = 152k, where GPU GEMMs are efficient; not measured here.
+# (docs/LOSS-ENGINE.md). CUDA: ~1,750-token chunks at V = 152k, where GPU GEMMs are efficient;
+# not measured here.
 DEFAULT_CHUNK_MEMORY_MB = {"cpu": 512.0, "cuda": 4096.0}
 MIN_CHUNK, MAX_CHUNK = 8, 8192
 
-# fp32 [V] rows the engine holds per token of a chunk: the closed-form path keeps the student
-# and teacher buffers and the kernel's two temporaries (+ a half-width one for a bf16/fp16
-# head); autograd keeps the graph's softmaxes, log-softmaxes and their gradients alive (8 is an
-# estimate for the zoo's losses, not a measurement).
-_ROWS_CLOSED_FORM, _ROWS_LOW_PRECISION_EXTRA, _ROWS_AUTOGRAD = 4.0, 0.5, 8.0
-# A fused cross entropy adds its softmax/gradient buffer (closed form) or a few graph rows (autograd).
-_ROWS_CE_CLOSED_FORM, _ROWS_CE_AUTOGRAD = 1.0, 2.0
+# fp32 [V] rows a step holds per token of a chunk (estimates, not measurements): the closed-form
+# full-vocabulary step keeps the student and teacher buffers and the kernel's two temporaries;
+# autograd keeps the graph's softmaxes, log-softmaxes and their gradients alive (8 for the zoo's
+# losses); the bucket step keeps the student's buffer, the rest of its vocabulary and a
+# logsumexp temporary.
+ROWS_CLOSED_FORM, ROWS_AUTOGRAD, ROWS_BUCKETS = 4.0, 8.0, 3.0
+# A bf16/fp16 head adds a half-width matmul buffer; a fused cross entropy beside an in-place step
+# its own softmax/gradient buffer (beside any other step it works in the logits' buffer once the
+# step has read them); a softcapped student the buffer of the cap's derivative.
+ROWS_LOW_PRECISION_EXTRA, ROWS_CE, ROWS_SOFTCAP = 0.5, 1.0, 1.0
 
 
 def auto_chunk_size(
@@ -57,7 +73,7 @@ def auto_chunk_size(
     chunk_memory_mb: float | None = None,
     *,
     device: torch.device | str = "cpu",
-    rows_per_token: float = _ROWS_CLOSED_FORM,
+    rows_per_token: float = ROWS_CLOSED_FORM,
 ) -> int:
     """Tokens per chunk whose ``[chunk, V]`` buffers fit in ``chunk_memory_mb`` MiB.
 
@@ -71,124 +87,196 @@ def auto_chunk_size(
     return max(MIN_CHUNK, min(MAX_CHUNK, int(chunk_memory_mb * 2**20 // per_token)))
 
 
+def rows_per_token(step_rows: float, *, in_place: bool, ce: bool, low_precision: bool, softcap: bool) -> float:
+    """fp32 ``[V]`` rows per token of a chunk: the step's own plus what the skeleton adds around it."""
+    rows = step_rows + (ROWS_LOW_PRECISION_EXTRA if low_precision else 0.0)
+    rows += ROWS_CE if ce and in_place else 0.0
+    return rows + (ROWS_SOFTCAP if softcap else 0.0)
+
+
+def chunk_size_for(step: "ChunkStep", vocab: int, options: EngineOptions, *, device: torch.device | str,
+                   low_precision: bool = False, softcap: bool = False) -> int:
+    """The chunk of one call: ``options.chunk_size``, else what fits ``options.chunk_memory_mb`` (or
+    the default budget of ``device``) for this step, whatever the teacher."""
+    if options.chunk_size is not None:
+        return options.chunk_size
+    rows = rows_per_token(step.rows_per_token, in_place=step.in_place, ce=bool(options.ce_weight),
+                          low_precision=low_precision, softcap=softcap)
+    return auto_chunk_size(vocab, options.chunk_memory_mb, device=device, rows_per_token=rows)
+
+
+KLKernel = Callable[[Tensor, Tensor, float, float], Tensor]
+
+
+def kl_kernel(options: EngineOptions) -> KLKernel:
+    """The closed-form KL(p_t || q) kernel of a chunk (taid; fkl is t = 1).
+
+    ``kernel(student [c, V], teacher [c, V], t, temperature) -> per-token loss [c]``; on return
+    ``student`` holds d loss / d student logits and ``teacher`` scratch; both contiguous, one dtype.
+    """
+    return compiled_interpolated_kl_ if options.compile else interpolated_kl_
+
+
+# ---- the per-chunk step -----------------------------------------------------------------------------
+
+
+class ChunkStep:
+    """One chunk's distillation term and its gradient w.r.t. the chunk's student logits.
+
+    ``__call__(logits [c, V], start, end, temperature, want_t, need_grad)`` returns the chunk's
+    summed loss, d loss / d logits ``[c, V]`` (None when no gradient is needed) and d loss /
+    d temperature (None unless ``want_t``). ``logits`` are fp32 (or wider) and already capped; an
+    ``in_place`` step consumes them and returns its gradient in their storage, any other step
+    leaves them as they were until it returns.
+    """
+
+    in_place: ClassVar[bool] = False
+    rows_per_token: float = ROWS_AUTOGRAD
+    kd_vocab: int  # the student logits' columns the term compares (the rest get zero gradient)
+    dtype: torch.dtype  # the teacher side's math dtype (fp32, or fp64)
+
+    def prepare(self, rows: int, dtype: torch.dtype, device: torch.device, scratch: Scratch) -> None:
+        """Allocate reused buffers for chunks of up to ``rows`` tokens."""
+
+    def __call__(self, logits: Tensor, start: int, end: int, temperature: float | Tensor | None, want_t: bool,
+                 need_grad: bool) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        raise NotImplementedError
+
+
+def autograd_step(loss: Loss, student: Tensor, teacher: Tensor, labels: Tensor | None, temperature: float | Tensor,
+                  want_t: bool, need_grad: bool, columns: int | None = None
+                  ) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """Any loss on one chunk, differentiated with autograd w.r.t. ``student`` (and the temperature);
+    ``columns``: the loss sees only the first ones (a student head with padding rows)."""
+    with torch.enable_grad():
+        leaf = student.detach().requires_grad_(need_grad)
+        t_leaf = temperature.detach().requires_grad_(want_t) if isinstance(temperature, Tensor) else temperature
+        seen = leaf if columns is None or columns == leaf.shape[1] else leaf[:, :columns]
+        kd = loss.per_token(seen, teacher, temperature=t_leaf, labels=labels).sum()
+        if not (need_grad or want_t):
+            return kd.detach(), None, None
+        if not kd.requires_grad:
+            return kd.detach(), torch.zeros_like(leaf), torch.zeros_like(t_leaf) if want_t else None
+        inputs = ([leaf] if need_grad else []) + ([t_leaf] if want_t else [])
+        grads = list(torch.autograd.grad(kd, inputs))
+    grad = grads.pop(0) if need_grad else None
+    return kd.detach(), grad, grads[0] if want_t else None
+
+
+class FullVocabStep(ChunkStep):
+    """The teacher's logits over the vocabulary, into a reused buffer; the closed-form kernel for
+    taid/fkl (``interpolation`` = t), autograd for any other loss."""
+
+    def __init__(self, teacher: FullSignal | None, loss: Loss, *, kd_vocab: int, labels: Tensor | None,
+                 interpolation: float | None, kernel: KLKernel):
+        self.teacher, self.loss, self.kd_vocab, self.labels = teacher, loss, kd_vocab, labels
+        self.interpolation, self.kernel = interpolation, kernel
+        self.in_place = interpolation is not None
+        self.rows_per_token = ROWS_CLOSED_FORM if self.in_place else ROWS_AUTOGRAD
+        self.dtype = teacher.dtype if teacher is not None else torch.float32  # None: a teacher-free loss (sft)
+
+    def prepare(self, rows, dtype, device, scratch) -> None:
+        self.buffer = torch.empty(rows, self.kd_vocab, dtype=dtype, device=device) if self.teacher is not None else None
+        self.scratch = scratch
+
+    def __call__(self, logits, start, end, temperature, want_t, need_grad):
+        target = None
+        if self.teacher is not None:
+            target = self.buffer[: end - start]
+            self.teacher.chunk_into(target, start, end, self.scratch)
+        if self.in_place:
+            per_token = self.kernel(logits, target, self.interpolation, temperature)
+            return per_token.sum(), logits, None  # the kernel left d(loss)/d(logits) in the student's buffer
+        labels = self.labels[start:end] if self.labels is not None else None
+        return autograd_step(self.loss, logits, target, labels, temperature, want_t, need_grad, columns=self.kd_vocab)
+
+
+# ---- the skeleton -------------------------------------------------------------------------------------
+
+
 @dataclass
-class _TeacherSignal:
-    """The teacher for the selected tokens: logits, or hidden states + head (computed per chunk)."""
+class Plan:
+    """What one call of the skeleton computes, besides its tensor inputs."""
 
-    logits: Tensor | None
-    hidden: Tensor | None
-    weight: Tensor | None
-    bias: Tensor | None
-
-    @property
-    def dtype(self) -> torch.dtype:
-        """The dtype of its logits after upcasting (fp32, or fp64 for fp64 inputs)."""
-        source = self.logits if self.logits is not None else self.weight
-        return torch.promote_types(source.dtype, torch.float32)
-
-    def chunk(self, start: int, end: int, vocab: int) -> Tensor:
-        """A fresh fp32 (or wider) tensor: callers may modify it in place."""
-        with torch.no_grad():
-            if self.logits is not None:
-                rows = self.logits[start:end, :vocab]
-                return rows.to(torch.promote_types(rows.dtype, torch.float32), copy=True)
-            out = self.hidden[start:end] @ self.weight[:vocab].t()
-            if self.bias is not None:
-                out = out + self.bias[:vocab]
-            return upcast(out)
-
-    def chunk_into(self, out: Tensor, start: int, end: int, scratch: "_Scratch") -> None:
-        """The teacher's logits for tokens [start, end) written into ``out`` [end - start, V]."""
-        vocab = out.shape[1]
-        if self.logits is not None:
-            out.copy_(self.logits[start:end, :vocab])
-            return
-        b = self.bias[:vocab] if self.bias is not None else None
-        _linear_into(out, self.hidden[start:end], self.weight[:vocab], b, scratch)
-
-
-class _Scratch:
-    """Reused head-dtype buffers for bf16/fp16 matmuls whose result lands in an fp32 buffer."""
-
-    def __init__(self, rows: int, cols: int, device: torch.device):
-        self.rows, self.cols, self.device, self.buffers = rows, cols, device, {}
-
-    def get(self, dtype: torch.dtype, rows: int) -> Tensor:
-        if dtype not in self.buffers:
-            self.buffers[dtype] = torch.empty(self.rows, self.cols, dtype=dtype, device=self.device)
-        return self.buffers[dtype][:rows]
-
-
-def _linear_into(out: Tensor, x: Tensor, weight: Tensor, bias: Tensor | None, scratch: _Scratch) -> None:
-    """out = x @ weight.T + bias, the matmul in the head's dtype, the result in out's dtype."""
-    if x.dtype == out.dtype:
-        torch.mm(x, weight.t(), out=out)
-        if bias is not None:
-            out.add_(bias)
-        return
-    low = scratch.get(x.dtype, x.shape[0])
-    torch.mm(x, weight.t(), out=low)
-    if bias is not None:
-        low.add_(bias)
-    out.copy_(low)
-
-
-@dataclass
-class _Spec:
-    loss: Loss
+    step: ChunkStep
     temperature: float | None  # a plain temperature; a learned one is the Function's input
-    labels: Tensor | None
-    teacher: _TeacherSignal | None
     vocab: int  # the head rows the student's logits are computed for
-    kd_vocab: int  # the columns the distillation term compares (shared with the teacher)
     chunk_size: int
     num_tokens: float | Tensor | None
-    interpolation: float | None = None  # t of the closed-form KL(p_t || q), or None: autograd per chunk
-    compile: bool = False
     ce_weight: float = 0.0  # weight of the fused cross entropy; 0: none
+    ce_labels: Tensor | None = None  # token ids (the whole head) for the fused cross entropy
+    softcap: float | None = None  # the student's final-logit softcapping
+    dtype: torch.dtype = torch.float32  # the math dtype of the student's chunk logits
     terms: tuple[Tensor, Tensor] | None = None  # (kd, ce) reduced like the loss, set by forward
 
 
-def _student_chunk_logits(h: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-    out = h @ weight.t()
-    if bias is not None:
-        out = out + bias
-    return out
+def run(hidden: Tensor, weight: Tensor, bias: Tensor | None, temperature: Tensor | None, plan: Plan) -> Tensor:
+    """The chunked loss of ``plan`` over the student's ``hidden [N, H]`` and head ``weight [V, H]``."""
+    return _Chunked.apply(hidden, weight, bias, temperature, plan)
 
 
-class _ChunkedDivergence(torch.autograd.Function):
+class _Chunked(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden: Tensor, weight: Tensor, bias: Tensor | None, temperature: Tensor | None, spec: _Spec):
-        vocab = spec.vocab
+    def forward(ctx, hidden: Tensor, weight: Tensor, bias: Tensor | None, temperature: Tensor | None, plan: Plan):
+        vocab = plan.vocab
         w = weight[:vocab]
         b = bias[:vocab] if bias is not None else None
         want_h, want_w, want_b, want_t = ctx.needs_input_grad[:4]
+        need_grad = want_h or want_w or want_b
         acc = torch.promote_types(hidden.dtype, torch.float32)  # accumulate in >= fp32
         grad_h = torch.zeros_like(hidden) if want_h else None
         grad_w = torch.zeros(w.shape, dtype=acc, device=w.device) if want_w else None
         grad_b = torch.zeros(vocab, dtype=acc, device=w.device) if want_b else None
         grad_t = torch.zeros((), dtype=acc, device=hidden.device) if want_t else None
-        total = torch.zeros(2, dtype=acc, device=hidden.device)  # sums of the kd and ce terms
         # Low-precision heads: the chunk's [V, H] product lands in one reused buffer, then is
         # added to the fp32 accumulator; never a fresh [V, H] temporary per chunk.
         product_buffer = torch.empty_like(w) if want_w and w.dtype != acc else None
-        grads = (grad_h, grad_w, grad_b, product_buffer)
 
-        n = hidden.shape[0]
-        if spec.interpolation is not None and n > 0:
-            total += _closed_form_chunks(hidden, w, b, spec, grads)
-        else:
-            for start in range(0, n, spec.chunk_size):
-                end = min(start + spec.chunk_size, n)
-                chunk_terms, grad_t_chunk = _autograd_chunk(hidden, w, b, temperature, spec, start, end, grads, want_t)
-                total += chunk_terms
+        n, step, device = hidden.shape[0], plan.step, hidden.device
+        rows = max(1, min(plan.chunk_size, n))
+        student_buf = torch.empty(rows, vocab, dtype=plan.dtype, device=device)
+        ce_buf = torch.empty(rows, vocab, dtype=plan.dtype, device=device) if plan.ce_weight and step.in_place else None
+        cap_buf = torch.empty(rows, vocab, dtype=plan.dtype, device=device) if plan.softcap is not None else None
+        scratch = Scratch(rows, vocab, device)
+        step.prepare(rows, plan.dtype, device, scratch)
+        t = temperature if temperature is not None else plan.temperature
+        kd_weight = 1.0 - plan.ce_weight
+        total = torch.zeros(2, dtype=plan.dtype, device=device)  # sums of the kd and ce terms
+        with torch.no_grad():
+            for start in range(0, n, rows):
+                end = min(start + rows, n)
+                h_chunk, logits = hidden[start:end], student_buf[: end - start]
+                linear_into(logits, h_chunk, w, b, scratch)
+                derivative = cap_buf[: end - start] if cap_buf is not None else None
+                if plan.softcap is not None:
+                    softcap_(logits, plan.softcap, derivative)
+                ce_grad = None
+                if ce_buf is not None:  # read the logits before the step consumes them
+                    ce_grad = ce_buf[: end - start]
+                    total[1] += cross_entropy_into(ce_grad, logits, plan.ce_labels[start:end])
+                kd, grad, grad_t_chunk = step(logits, start, end, t, want_t, need_grad)
+                total[0] += kd
+                if plan.ce_weight and ce_buf is None:  # the step is done with the logits: CE in their buffer
+                    total[1] += cross_entropy_into(logits, logits, plan.ce_labels[start:end])
+                    ce_grad = logits
                 if grad_t_chunk is not None:
-                    grad_t += grad_t_chunk
+                    grad_t += grad_t_chunk * kd_weight if plan.ce_weight else grad_t_chunk
+                if grad is None:
+                    continue
+                if ce_grad is not None:
+                    grad.mul_(kd_weight).add_(ce_grad, alpha=plan.ce_weight)
+                if derivative is not None:
+                    grad.mul_(derivative)
+                if grad_b is not None:
+                    grad_b += grad.sum(0)
+                if grad.dtype != h_chunk.dtype:
+                    grad = scratch.get(h_chunk.dtype, end - start).copy_(grad)
+                _fold_chunk_gradient(grad, h_chunk, w, start, end, grad_h, grad_w, product_buffer)
 
-        kd, ce = (reduce_tokens(term, spec.num_tokens, n) for term in total)
-        spec.terms = (kd, ce)
-        loss = kd if spec.ce_weight == 0 else (1 - spec.ce_weight) * kd + spec.ce_weight * ce
-        scale = reduce_tokens(torch.ones_like(total[0]), spec.num_tokens, n)  # 1 / denominator
+        kd, ce = (reduce_tokens(term, plan.num_tokens, n) for term in total)
+        plan.terms = (kd, ce)
+        loss = kd if plan.ce_weight == 0 else kd_weight * kd + plan.ce_weight * ce
+        scale = reduce_tokens(torch.ones_like(total[0]), plan.num_tokens, n)  # 1 / denominator
         # Kept as attributes, scaled in place: a [V, H] head gradient is the biggest tensor
         # here, and neither a scaled copy nor a second reference may outlive backward.
         ctx.grads = [g.mul_(scale) if g is not None else None for g in (grad_h, grad_w, grad_b, grad_t)]
@@ -217,45 +305,6 @@ class _ChunkedDivergence(torch.autograd.Function):
         return grad_h, grad_w, grad_b, grad_t, None
 
 
-def _closed_form_chunks(hidden: Tensor, w: Tensor, b: Tensor | None, spec: _Spec, grads: tuple) -> Tensor:
-    """KL(p_t || q) (taid, fkl): logits into reused buffers, loss + gradient in place, fold.
-
-    Returns the sums of the kd and ce terms. A fused cross entropy reads the chunk's logits
-    before the kernel overwrites them with the KD gradient, into a third buffer that becomes its
-    gradient; the two gradients are mixed in place and folded through the head once.
-    """
-    grad_h, grad_w, grad_b, product_buffer = grads
-    n, vocab = hidden.shape[0], spec.vocab
-    math_dtype = torch.promote_types(torch.promote_types(w.dtype, torch.float32), spec.teacher.dtype)
-    rows = min(spec.chunk_size, n)
-    student_buf = torch.empty(rows, vocab, dtype=math_dtype, device=hidden.device)
-    teacher_buf = torch.empty(rows, vocab, dtype=math_dtype, device=hidden.device)
-    ce_buf = torch.empty(rows, vocab, dtype=math_dtype, device=hidden.device) if spec.ce_weight else None
-    scratch = _Scratch(rows, vocab, hidden.device)
-    kernel = compiled_interpolated_kl_ if spec.compile else interpolated_kl_
-    total = torch.zeros(2, dtype=math_dtype, device=hidden.device)
-    with torch.no_grad():
-        for start in range(0, n, rows):
-            end = min(start + rows, n)
-            h_chunk = hidden[start:end]
-            logits = student_buf[: end - start]
-            _linear_into(logits, h_chunk, w, b, scratch)
-            if ce_buf is not None:
-                total[1] += cross_entropy_into(ce_buf[: end - start], logits, spec.labels[start:end])
-            target = teacher_buf[: end - start]
-            spec.teacher.chunk_into(target, start, end, scratch)
-            total[0] += kernel(logits, target, spec.interpolation, spec.temperature).sum()
-            grad_logits = logits  # the kernel left d(loss)/d(logits) in the student's buffer
-            if ce_buf is not None:
-                grad_logits.mul_(1 - spec.ce_weight).add_(ce_buf[: end - start], alpha=spec.ce_weight)
-            if grad_logits.dtype != h_chunk.dtype:
-                grad_logits = scratch.get(h_chunk.dtype, end - start).copy_(logits)
-            _fold_chunk_gradient(grad_logits, h_chunk, w, start, end, grad_h, grad_w, product_buffer)
-            if grad_b is not None:
-                grad_b += logits.sum(0)
-    return total
-
-
 def cross_entropy_into(out: Tensor, logits: Tensor, labels: Tensor) -> Tensor:
     """Sum of the chunk's cross entropy; ``out`` receives its logits gradient softmax(z) - onehot.
 
@@ -275,42 +324,6 @@ def cross_entropy_into(out: Tensor, logits: Tensor, labels: Tensor) -> Tensor:
     if not bool(valid.all()):
         out.mul_(valid.unsqueeze(-1).to(out.dtype))
     return torch.where(valid, per_token, torch.zeros_like(per_token)).sum()
-
-
-def _autograd_chunk(hidden, w, b, temperature, spec: _Spec, start: int, end: int, grads: tuple, want_t: bool):
-    """Any loss: differentiate one chunk's loss (+ the fused CE) w.r.t. its logits and the temperature.
-
-    Returns the chunk's [kd, ce] sums and the temperature's gradient (or None).
-    """
-    grad_h, grad_w, grad_b, product_buffer = grads
-    h_chunk = hidden[start:end]
-    with torch.no_grad():
-        z_chunk = upcast(_student_chunk_logits(h_chunk, w, b))
-    teacher_chunk = spec.teacher.chunk(start, end, spec.kd_vocab) if spec.teacher is not None else None
-    labels = spec.labels[start:end] if spec.labels is not None else None
-    with torch.enable_grad():
-        z_leaf = z_chunk.requires_grad_(True)
-        t_leaf = temperature.detach().requires_grad_(want_t) if temperature is not None else spec.temperature
-        kd_logits = z_leaf if spec.kd_vocab == spec.vocab else z_leaf[:, : spec.kd_vocab]
-        kd = spec.loss.per_token(kd_logits, teacher_chunk, temperature=t_leaf,
-                                 labels=labels if spec.loss.needs_labels else None).sum()
-        ce = _cross_entropy_sum(z_leaf, labels) if spec.ce_weight else torch.zeros_like(kd)
-        objective = kd if not spec.ce_weight else (1 - spec.ce_weight) * kd + spec.ce_weight * ce
-        inputs = [z_leaf] + ([t_leaf] if want_t else [])
-        wanted = any(g is not None for g in (grad_h, grad_w, grad_b)) or want_t
-        chunk_grads = torch.autograd.grad(objective, inputs) if wanted and objective.requires_grad else ()
-    terms = torch.stack([kd.detach(), ce.detach()])
-    if not chunk_grads:
-        return terms, None
-    _fold_chunk_gradient(chunk_grads[0].to(h_chunk.dtype), h_chunk, w, start, end, grad_h, grad_w, product_buffer)
-    if grad_b is not None:
-        grad_b += chunk_grads[0].sum(0)
-    return terms, chunk_grads[1] if want_t else None
-
-
-def _cross_entropy_sum(logits: Tensor, labels: Tensor) -> Tensor:
-    ce = torch.nn.functional.cross_entropy(logits, labels.clamp_min(0), reduction="none")
-    return torch.where(labels >= 0, ce, torch.zeros_like(ce)).sum()
 
 
 def _fold_chunk_gradient(grad_logits, h_chunk, w, start, end, grad_h, grad_w, product_buffer) -> None:
@@ -338,127 +351,10 @@ def _pad_rows(grad: Tensor, rows: int) -> Tensor:
     return torch.cat([grad, pad])
 
 
-def _require_2d(tensor: Tensor | None, what: str) -> None:
-    if tensor is not None and tensor.dim() != 2:
+def require_2d(tensor: Any, what: str) -> None:
+    if isinstance(tensor, Tensor) and tensor.dim() != 2:
         raise ValueError(
             f"chunked engine: {what} must be 2-D [tokens, features], got shape {tuple(tensor.shape)}; "
             f"flatten it first (x.reshape(-1, x.shape[-1]) and the mask with mask.reshape(-1)) — "
             "a 3-D input would otherwise silently defeat chunking"
         )
-
-
-def chunked_divergence(
-    loss: str | Loss,
-    student_hidden: Tensor,
-    student_weight: Tensor,
-    *,
-    student_bias: Tensor | None = None,
-    teacher_hidden: Tensor | None = None,
-    teacher_weight: Tensor | None = None,
-    teacher_bias: Tensor | None = None,
-    teacher_logits: Tensor | None = None,
-    mask: Tensor | None = None,
-    labels: Tensor | None = None,
-    num_tokens: float | Tensor | None = None,
-    temperature: float | Tensor = 1.0,
-    chunk_size: int | None = None,
-    chunk_memory_mb: float | None = None,
-    use_closed_form: bool = True,
-    compile: bool = False,
-    ce_weight: float = 0.0,
-    return_terms: bool = False,
-    **params: float,
-) -> Tensor | tuple[Tensor, Tensor, Tensor]:
-    """Same value and gradients as ``divergence(loss, h @ W.T + b, teacher_logits, mask)``.
-
-    ``loss`` is a loss object or a registered name (its parameters as keywords). The teacher
-    comes either as ``teacher_logits [N, V_t]`` or as ``teacher_hidden [N, H_t]`` +
-    ``teacher_weight [V_t, H_t]`` (+ bias); it never receives gradients. ``temperature`` may be
-    a tensor that requires grad (CTKD's learned temperature): its gradient is returned too.
-    Losses that are KL(p_t || q) (``Loss.interpolation``: taid, fkl) use their closed-form
-    logits gradient (fewer buffers, no autograd graph per chunk) unless
-    ``use_closed_form=False``; the others differentiate each chunk.
-
-    ``ce_weight`` > 0 returns ``(1 - ce_weight) * KD + ce_weight * CE(labels)`` from one pass
-    (same value and gradients as the two separate calls mixed); ``return_terms=True`` returns
-    ``(loss, kd, ce)``, the two terms detached, each normalised like the loss.
-
-    Chunk size: ``chunk_size`` tokens if given, else as many as fit ``chunk_memory_mb`` MiB of
-    ``[chunk, V]`` buffers (default ``DEFAULT_CHUNK_MEMORY_MB`` for the device). ``compile=True``
-    runs the closed-form kernel through ``torch.compile`` (falls back to eager if unavailable).
-    """
-    loss = build_loss(loss, **params)
-    name = loss.label()
-    for tensor, what in ((student_hidden, "student_hidden"), (student_weight, "student_weight"),
-                         (teacher_hidden, "teacher_hidden"), (teacher_weight, "teacher_weight"),
-                         (teacher_logits, "teacher_logits")):
-        _require_2d(tensor, what)
-    n = student_hidden.shape[0]
-    if not 0.0 <= ce_weight <= 1.0:
-        raise ValueError(f"ce_weight is the cross entropy's share of the loss, in [0, 1]; got {ce_weight}")
-    if ce_weight and not loss.needs_teacher:
-        raise ValueError(f"ce_weight mixes cross entropy into a distillation loss; loss {name!r} is the student's own loss already")
-    if (loss.needs_labels or ce_weight) and labels is None:
-        raise ValueError(f"loss {name!r} needs labels= (the target token ids, shape [{n}])")
-    uses_teacher = loss.needs_teacher
-    if uses_teacher and teacher_logits is None and (teacher_hidden is None or teacher_weight is None):
-        raise ValueError(f"loss {name!r} needs the teacher: teacher_logits, or teacher_hidden + teacher_weight")
-    teacher_rows = teacher_logits if teacher_logits is not None else teacher_hidden
-    if uses_teacher and teacher_rows.shape[0] != n:
-        raise ValueError(f"teacher has {teacher_rows.shape[0]} tokens but the student has {n}: outputs are not aligned")
-    if mask is None:
-        mask = torch.ones(n, dtype=torch.bool, device=student_hidden.device)
-    if mask.shape != (n,):
-        raise ValueError(f"mask shape {tuple(mask.shape)} must be [{n}] (flatten it like the hidden states)")
-
-    selected = mask.bool()
-    all_selected = bool(selected.all())
-
-    def pick(t: Tensor | None) -> Tensor | None:
-        return t if t is None or all_selected else t[selected]
-
-    hidden = pick(student_hidden)
-    vocab = kd_vocab = student_weight.shape[0]
-    teacher = None
-    if uses_teacher:
-        teacher_vocab = teacher_logits.shape[-1] if teacher_logits is not None else teacher_weight.shape[0]
-        kd_vocab = shared_vocab_size(vocab, teacher_vocab)
-        teacher = _TeacherSignal(
-            logits=pick(teacher_logits.detach()) if teacher_logits is not None else None,
-            hidden=pick(teacher_hidden.detach()) if teacher_hidden is not None else None,
-            weight=teacher_weight.detach() if teacher_weight is not None else None,
-            bias=teacher_bias.detach() if teacher_bias is not None else None,
-        )
-    if not ce_weight:
-        vocab = kd_vocab  # padding rows of the head take no part (and get a zero gradient)
-    temperature_tensor = temperature if isinstance(temperature, Tensor) else None
-    interpolation = loss.interpolation() if temperature_tensor is None and use_closed_form else None
-    if interpolation is not None and kd_vocab != vocab:
-        interpolation = None  # the fused CE spans the whole head, the KD the shared columns: autograd per chunk
-    if chunk_size is not None and chunk_size < 1:
-        raise ValueError(f"chunk_size must be a positive number of tokens, got {chunk_size}")
-    if chunk_size is None:
-        rows = _ROWS_AUTOGRAD if interpolation is None else _ROWS_CLOSED_FORM
-        if interpolation is not None and student_weight.dtype.itemsize < 4:
-            rows += _ROWS_LOW_PRECISION_EXTRA
-        if ce_weight:
-            rows += _ROWS_CE_AUTOGRAD if interpolation is None else _ROWS_CE_CLOSED_FORM
-        chunk_size = auto_chunk_size(vocab, chunk_memory_mb, device=student_hidden.device, rows_per_token=rows)
-    spec = _Spec(
-        loss=loss,
-        temperature=None if temperature_tensor is not None else temperature,
-        labels=pick(labels.to(student_hidden.device)) if (loss.needs_labels or ce_weight) else None,
-        teacher=teacher,
-        vocab=vocab,
-        kd_vocab=kd_vocab,
-        chunk_size=chunk_size,
-        num_tokens=num_tokens,
-        interpolation=interpolation,
-        compile=compile,
-        ce_weight=float(ce_weight),
-    )
-    result = _ChunkedDivergence.apply(hidden, student_weight, student_bias, temperature_tensor, spec)
-    if return_terms:
-        kd, ce = spec.terms
-        return result, kd.detach(), ce.detach()
-    return result

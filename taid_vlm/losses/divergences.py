@@ -20,8 +20,6 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .fused_kl import interpolated_kl_
-
 Tensor = torch.Tensor
 
 # Interpolation and skew mixtures need finite stand-ins for -inf logits: 0 * -inf is NaN.
@@ -145,20 +143,6 @@ def taid_kl(student: Tensor, teacher: Tensor, t: float = 0.5, temperature: float
     log_target = F.log_softmax(target_logits, dim=-1)
     log_q = F.log_softmax(z_s, dim=-1)
     return _kl_from_logprobs(log_target, log_q) * temperature**2
-
-
-def fused_interpolated_kl(
-    student: Tensor, teacher: Tensor, t: float = 1.0, temperature: float = 1.0
-) -> tuple[Tensor, Tensor]:
-    """Per-token KL(p_t || q) AND its gradient w.r.t. the student logits, in closed form.
-
-    Used by the chunked engine for ``taid`` (any t) and ``fkl`` (t = 1): the gradient is
-    ``temperature * (q - p_t)``, so no autograd graph is built. Both inputs are consumed (the
-    gradient is returned in ``student``'s storage): pass fresh contiguous tensors. Values and
-    gradients equal ``taid_kl`` / ``forward_kl`` under autograd; the kernel is ``fused_kl.py``.
-    """
-    per_token = interpolated_kl_(student, teacher, float(t), float(temperature))
-    return per_token, student
 
 
 def cross_entropy(student: Tensor, teacher: Tensor | None, labels: Tensor, temperature: float | Tensor = 1.0) -> Tensor:

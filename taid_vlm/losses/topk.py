@@ -23,39 +23,21 @@ and the result equals the full-vocabulary loss (up to float summation order). Wi
 - a temperature divides the bucket logits, i.e. the tail is tempered as if it were one token
   (exact at temperature 1, the TAID paper's setting).
 
-Pure tensor math: no model code, no I/O.
+The teacher is a ``BucketSignal`` (``signals.TopK``: a cache, a server's top-k logprobs); on
+the plain path ``bucket_divergence`` maps full student logits onto its buckets, in the chunked
+engine ``BucketStep`` is the per-chunk step. Pure tensor math: no model code, no I/O.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
-from .api import reduce_tokens, upcast
 from .base import Loss
-from .registry import build_loss
+from .chunked import ROWS_BUCKETS, ChunkStep, KLKernel, autograd_step
+from .common import upcast
+from .signals import BucketSignal, TopK
 
 Tensor = torch.Tensor
-
-
-@dataclass
-class TopK:
-    """The teacher's signal for n tokens: ``ids [n, k]``, ``logprobs [n, k]``, ``tail [n]`` (log mass)."""
-
-    ids: Tensor
-    logprobs: Tensor
-    tail: Tensor
-
-    @property
-    def k(self) -> int:
-        return int(self.ids.shape[-1])
-
-    def rows(self, start: int, end: int) -> "TopK":
-        return TopK(self.ids[start:end], self.logprobs[start:end], self.tail[start:end])
-
-    def select(self, keep: Tensor) -> "TopK":
-        return TopK(self.ids[keep], self.logprobs[keep], self.tail[keep])
 
 
 def topk_of_logits(logits: Tensor, k: int) -> TopK:
@@ -74,14 +56,6 @@ def topk_of_logits(logits: Tensor, k: int) -> TopK:
     else:
         tail = logprobs.scatter(-1, ids, -torch.inf).logsumexp(-1)
     return TopK(ids, top, tail)
-
-
-def teacher_buckets(topk: TopK, vocab: int) -> Tensor:
-    """``[n, k + 1]`` fp32 teacher log-probs over the buckets (``[n, k]`` when k = V: no tail)."""
-    logprobs = upcast(topk.logprobs)
-    if topk.k >= vocab:
-        return logprobs.clone()
-    return torch.cat([logprobs, upcast(topk.tail).unsqueeze(-1)], dim=-1)
 
 
 def student_buckets(logits: Tensor, ids: Tensor) -> Tensor:
@@ -131,39 +105,39 @@ def bucket_labels(labels: Tensor, ids: Tensor) -> Tensor:
     return torch.where(labels >= 0, position, labels)
 
 
-def check_ids(ids: Tensor, vocab: int) -> None:
-    if ids.numel() and int(ids.max()) >= vocab:
-        raise ValueError(
-            f"cached teacher token id {int(ids.max())} is outside the student's vocabulary of {vocab}: the cache "
-            "was built with another tokenizer; rebuild it with the teacher that matches this student"
-        )
+def bucket_divergence(loss: Loss, student: Tensor, teacher: BucketSignal, labels: Tensor | None,
+                      temperature: float | Tensor) -> Tensor:
+    """Per-token loss of fp32 student logits ``[n, V]`` against the teacher's buckets (plain path)."""
+    ids, teacher_buckets = teacher.buckets(0, student.shape[0], student.shape[-1])
+    ids = ids.to(student.device)
+    bucketed = bucket_labels(labels, ids) if labels is not None else None
+    return loss.per_token(student_buckets(student, ids), teacher_buckets.to(student.device), temperature=temperature,
+                          labels=bucketed)
 
 
-def topk_divergence(
-    loss: "str | Loss",
-    student_logits: Tensor,
-    topk: TopK,
-    *,
-    labels: Tensor | None = None,
-    num_tokens: float | Tensor | None = None,
-    temperature: float | Tensor = 1.0,
-    **params: float,
-) -> Tensor:
-    """``divergence(loss, ...)`` with the teacher given as top-k + tail; student logits ``[n, V]``."""
-    loss = build_loss(loss, **params)
-    name = loss.label()
-    if not loss.needs_teacher:
-        raise ValueError(f"loss {name!r} uses no teacher: call divergence({name!r}, ...) instead")
-    if loss.needs_labels and labels is None:
-        raise ValueError(f"loss {name!r} needs labels= (the target token ids)")
-    logits = upcast(student_logits.reshape(-1, student_logits.shape[-1]))
-    vocab = logits.shape[-1]
-    check_ids(topk.ids, vocab)
-    ids = topk.ids.to(logits.device, torch.long)
-    if ids.shape[0] != logits.shape[0]:
-        raise ValueError(f"cached teacher has {ids.shape[0]} tokens but the student has {logits.shape[0]}: outputs are not aligned")
-    student = student_buckets(logits, ids)
-    teacher = teacher_buckets(TopK(ids, topk.logprobs.to(logits.device), topk.tail.to(logits.device)), vocab)
-    bucket_ids = bucket_labels(labels.reshape(-1).to(logits.device), ids) if loss.needs_labels else None
-    per_token = loss.per_token(student, teacher, temperature=temperature, labels=bucket_ids)
-    return reduce_tokens(per_token, num_tokens, student.shape[0])
+class BucketStep(ChunkStep):
+    """The chunked engine's step for a top-k + tail teacher: the loss and its gradient on the
+    ``[c, k + 1]`` buckets (closed form for taid/fkl, autograd for the rest: a tiny graph, never
+    the ``[c, V]`` logits), chained back to the chunk's logits by ``rest_gradient``."""
+
+    rows_per_token = ROWS_BUCKETS
+
+    def __init__(self, teacher: BucketSignal, loss: Loss, *, vocab: int, labels: Tensor | None,
+                 interpolation: float | None, kernel: KLKernel):
+        self.teacher, self.loss, self.kd_vocab, self.labels = teacher, loss, vocab, labels
+        self.interpolation, self.kernel = interpolation, kernel
+        self.dtype = torch.float32
+
+    def __call__(self, logits, start, end, temperature, want_t, need_grad):
+        ids, teacher_buckets = self.teacher.buckets(start, end, self.kd_vocab)
+        student, rest = split_student(logits, ids)
+        if self.interpolation is not None:
+            per_token = self.kernel(student, teacher_buckets.to(student.dtype), self.interpolation, temperature)
+            kd, grad_buckets, grad_t = per_token.sum(), student, None
+        else:
+            labels = bucket_labels(self.labels[start:end], ids) if self.labels is not None else None
+            kd, grad_buckets, grad_t = autograd_step(self.loss, student, teacher_buckets, labels, temperature, want_t,
+                                                     need_grad)
+        if grad_buckets is None:
+            return kd, None, grad_t
+        return kd, rest_gradient(grad_buckets, rest, ids, self.kd_vocab), grad_t

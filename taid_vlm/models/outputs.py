@@ -3,7 +3,8 @@
 The one contract everything leans on: for a batch of records, teacher and student each return
 ``ResponseOutputs`` over the SAME response tokens in the SAME order (record, turn, token). Image
 tokens, prompt tokens, padding, templates and the one-position shift are resolved inside the
-adapter; the loss never sees them.
+adapter; the loss never sees them. ``signal()`` hands the outputs to the loss engine as one typed
+value (``losses.Head``, ``losses.Logits`` or ``losses.TopK``), the student's and the teacher's alike.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..losses.topk import TopK
+from ..losses import Head, Logits, TopK
 
 
 @dataclass
@@ -25,6 +26,7 @@ class ResponseOutputs:
     logits: torch.Tensor | None = None  # [n, V]: when the adapter returns logits instead
     topk: TopK | None = None  # a cached teacher: top-k ids/log-probs + tail mass per token
     cached_vocab_size: int | None = None  # the cached teacher's vocabulary (no head to read it from)
+    softcap: float | None = None  # final-logit softcapping of the head (Gemma 2): cap * tanh(logits / cap)
 
     @property
     def num_tokens(self) -> int:
@@ -39,15 +41,23 @@ class ResponseOutputs:
         assert self.head_weight is not None
         return int(self.head_weight.shape[0])
 
+    def signal(self) -> Head | Logits | TopK:
+        """What the loss engine reads: the head (hidden states + LM head, never [n, V] at once), the
+        logits, or a cached teacher's top-k + tail."""
+        if self.topk is not None:
+            return self.topk
+        if self.hidden is not None:
+            assert self.head_weight is not None
+            return Head(self.hidden, self.head_weight, self.head_bias, softcap=self.softcap)
+        assert self.logits is not None, "ResponseOutputs holds neither hidden states, logits nor top-k"
+        return Logits(self.logits)
+
     def full_logits(self) -> torch.Tensor:
         """Materialise [n, V] logits (the plain path; the chunked engine avoids this)."""
-        if self.topk is not None:
-            raise ValueError("a cached teacher has no full logits, only top-k + tail: use losses.topk")
-        if self.logits is not None:
-            return self.logits
-        assert self.hidden is not None and self.head_weight is not None
-        out = self.hidden @ self.head_weight.t()
-        return out + self.head_bias if self.head_bias is not None else out
+        signal = self.signal()
+        if isinstance(signal, TopK):
+            raise ValueError("a cached teacher has no full logits, only top-k + tail")
+        return signal.full_logits()
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "ResponseOutputs":
         """Move float tensors (teacher outputs next to the student); ids only change device."""
@@ -64,7 +74,7 @@ class ResponseOutputs:
             head_weight=mv(self.head_weight, True),
             head_bias=mv(self.head_bias, True),
             logits=mv(self.logits, True),
-            # cached log-probs keep their (16-bit) dtype in transit: the loss upcasts per chunk
-            topk=TopK(mv(self.topk.ids, False), mv(self.topk.logprobs, False), mv(self.topk.tail, False)) if self.topk is not None else None,
+            topk=self.topk.to(device) if self.topk is not None else None,  # cached log-probs keep their dtype
             cached_vocab_size=self.cached_vocab_size,
+            softcap=self.softcap,
         )

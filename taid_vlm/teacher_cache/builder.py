@@ -193,17 +193,15 @@ def _teacher_answers(teacher: ModelAdapter, batch: list[Record], max_new_tokens:
 
 def _topk(out: ResponseOutputs, k: int):
     """Top-k over the teacher's logits, TOPK_ROWS tokens at a time (never [N, V] at once)."""
-    from ..losses.topk import TopK
+    from ..losses import Head, TopK
 
     parts = []
     for start in range(0, out.num_tokens, TOPK_ROWS):
         end = min(start + TOPK_ROWS, out.num_tokens)
         if out.logits is not None:
             logits = out.logits[start:end]
-        else:
-            logits = out.hidden[start:end] @ out.head_weight.t()
-            if out.head_bias is not None:
-                logits = logits + out.head_bias
+        else:  # the head's final logits, softcapped where the family caps them
+            logits = Head(out.hidden[start:end], out.head_weight, out.head_bias, softcap=out.softcap).full_logits()
         parts.append(topk_of_logits(logits, k))
     if not parts:
         empty = torch.empty(0, k)

@@ -22,7 +22,7 @@ import yaml
 from ..errors import UserError
 from ..files import write_text_atomically
 from ..flags import flag
-from ..losses import LOSSES, Loss, UnknownLoss
+from ..losses import LOSSES, EngineOptions, Loss, UnknownLoss
 from ..losses import loss_class as find_loss_class
 
 RESPONSE_SOURCES = ("data", "teacher")
@@ -193,6 +193,11 @@ class DistillConfig:
         cls = find_loss_class(self.loss)
         settings = {"temperature": self.temperature, **{key: getattr(self, key) for key in cls.settings}}
         return cls.from_settings(settings, dict(self.loss_params), self.max_steps)
+
+    def engine_options(self) -> EngineOptions:
+        """How the loss engine computes this run's loss (the same on every path and device)."""
+        return EngineOptions(chunked=self.chunked, chunk_size=self.chunk_size, chunk_memory_mb=self.chunk_memory_mb,
+                             compile=self.chunk_compile)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

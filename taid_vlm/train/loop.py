@@ -286,9 +286,7 @@ def _micro_batch_loss(run: Run, mb: MicroBatch, global_tokens: int, temperature:
             teacher_out = run.teacher_signal.outputs(mb.records, **pre_rendered)
             teacher_out = check_alignment(teacher_out, student_out, mb.records, tokenizer=run.student.tokenizer)
         return training_loss(run.loss, student_out, teacher_out, num_tokens=max(global_tokens, 1),
-                             distil_ratio=config.distil_ratio, chunked=config.chunked, chunk_size=config.chunk_size,
-                             chunk_memory_mb=config.chunk_memory_mb, chunk_compile=config.chunk_compile,
-                             temperature=temperature)
+                             distil_ratio=config.distil_ratio, options=config.engine_options(), temperature=temperature)
 
 
 def _apply_update(run: Run, kd: float) -> float:
