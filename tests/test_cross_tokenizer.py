@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from taid_vlm.errors import UserError
-from taid_vlm.losses.topk import TopK, topk_of_logits
+from taid_vlm.losses.topk import student_buckets, topk_of_logits
 from taid_vlm.losses.uld import rank_ids, uld_per_token
 from taid_vlm.models import adapt
 from taid_vlm.models.cross_tokenizer import END, TextSide, VocabularyMap, align, map_topk, vocabulary_keys
@@ -142,23 +142,14 @@ def _uld_reference(student_logits, teacher_logits):
     return (q - p).abs().sum(-1)
 
 
-def _rank_buckets(student_logits, ids):
-    """Student logits gathered at its own ranked ids (-1 empty), the rest folded into one bucket."""
-    safe = torch.where(ids >= 0, ids, ids[:, :1].clamp_min(0))  # an empty slot repeats the row's first id
-    gathered = student_logits.gather(-1, safe).masked_fill(ids < 0, -torch.inf)
-    excluded = torch.zeros_like(student_logits, dtype=torch.bool).scatter(-1, safe, True)
-    rest = student_logits.masked_fill(excluded, -torch.inf).logsumexp(-1, keepdim=True)
-    return torch.cat([gathered, rest], dim=-1)
-
-
-def test_uld_on_rank_buckets_is_the_papers_sorted_l1_when_k_covers_both_vocabularies():
+def test_uld_on_rank_buckets_is_the_papers_sorted_l1_when_k_covers_the_teachers_vocabulary():
     torch.manual_seed(0)
-    student_logits = torch.randn(4, 9, dtype=torch.float64, requires_grad=True)
+    student_logits = torch.randn(4, 20, dtype=torch.float64, requires_grad=True)
     teacher_logits = torch.randn(4, 13, dtype=torch.float64)
-    teacher = topk_of_logits(teacher_logits, 13)
+    teacher = topk_of_logits(teacher_logits, 13)  # the whole teacher: no tail; the paper pads it with zeros
     ids = rank_ids(student_logits.detach(), teacher.ids)
-    assert (ids[:, 9:] == -1).all()  # the student has 9 entries: its ranks 10-13 are empty (zeros in the paper)
-    buckets = _rank_buckets(student_logits, ids)
+    assert torch.equal(ids, student_logits.detach().topk(13).indices)
+    buckets = student_buckets(student_logits, ids)
     teacher_buckets = torch.cat([teacher.logprobs, teacher.tail.unsqueeze(-1)], dim=-1)
     ours = uld_per_token(buckets, teacher_buckets)
     reference = _uld_reference(student_logits, teacher_logits)
@@ -174,11 +165,11 @@ def test_uld_with_a_short_top_k_is_a_lower_bound_and_an_empty_teacher_row_costs_
     teacher = topk_of_logits(teacher_logits, 8)
     ids = rank_ids(student_logits, teacher.ids)
     teacher_buckets = torch.cat([teacher.logprobs, teacher.tail.unsqueeze(-1)], dim=-1)
-    short = uld_per_token(_rank_buckets(student_logits, ids), teacher_buckets)
+    short = uld_per_token(student_buckets(student_logits, ids), teacher_buckets)
     assert (short <= _uld_reference(student_logits, teacher_logits) + 1e-6).all() and (short > 0).all()
     empty_ids = torch.full_like(teacher.ids, -1)
     empty_teacher = torch.cat([torch.full_like(teacher.logprobs, -torch.inf), torch.zeros(6, 1)], dim=-1)
-    nothing = uld_per_token(_rank_buckets(student_logits, rank_ids(student_logits, empty_ids)), empty_teacher)
+    nothing = uld_per_token(student_buckets(student_logits, rank_ids(student_logits, empty_ids)), empty_teacher)
     assert torch.equal(nothing, torch.zeros(6))
 
 

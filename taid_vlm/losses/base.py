@@ -67,6 +67,9 @@ class Loss:
     name: ClassVar[str] = ""
     needs_teacher: ClassVar[bool] = True  # False: the student's own loss (sft); no teacher is loaded
     needs_labels: ClassVar[bool] = False  # the per-token math reads the target token ids
+    # compares sorted probabilities (ULD): the student's own top-k against a teacher known by its
+    # ranks (losses/uld.py ``Ranks``), not the student at the teacher's ids
+    ranked: ClassVar[bool] = False
     params: ClassVar[dict[str, Param]] = {}  # numbers of the math; set per run with loss_params.<name>
     # params that the loss sets itself during a run (TAID's t): refused in loss_params, with why
     scheduled: ClassVar[dict[str, str]] = {}

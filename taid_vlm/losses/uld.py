@@ -10,8 +10,9 @@ cross entropy, ``CE + lambda * ULD``.
 Here both sides are known by their k most probable entries plus the rest (the teacher's top-k +
 tail, the student's own top-k in each chunk): ``sum_{i<=k} |q_(i) - p_(i)| + |q_rest - p_tail|``,
 the k + 1 rank buckets of the two distributions. By the triangle inequality it is a lower bound
-of the full sum and equals it when k covers both vocabularies (``cross_tokenizer_top_k``); the
-part it leaves out is how the two tails are spread over their ranks. A rank the teacher has no
+of the full sum and equals it when k covers the teacher's vocabulary (its tail is then empty,
+the zeros the paper pads with); the part it leaves out is how the two tails are spread over
+their ranks. A rank the teacher has no
 entry for (an empty slot, id < 0) is left out on the student's side too, so an unaligned token
 (every slot empty) contributes exactly 0.
 
@@ -23,14 +24,38 @@ loss, which the CE/ULD weighting already does (docs/CROSS-TOKENIZER.md). Pure te
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
 
-from .base import Loss
-from .registry import register_loss
+from .signals import TopK
 
 Tensor = torch.Tensor
+
+
+@dataclass
+class Ranks(TopK):
+    """A teacher known by its sorted probabilities: ``logprobs [n, k]`` largest first, ``tail [n]``;
+    ``ids`` are the teacher's own (another vocabulary) and only their sign is read (< 0: an empty
+    slot). Only a ranked loss (``ULD``) reads it."""
+
+    ranked: ClassVar[bool] = True
+
+    @classmethod
+    def of(cls, topk: TopK) -> "Ranks":
+        return cls(topk.ids, topk.logprobs, topk.tail)
+
+    def select(self, keep: Tensor) -> "Ranks":
+        return Ranks.of(super().select(keep))
+
+    def to(self, device=None, dtype=None) -> "Ranks":
+        return Ranks.of(super().to(device, dtype))
+
+    def check(self, vocab: int) -> None:
+        if self.k >= vocab:
+            raise ValueError(f"ULD's teacher has {self.k} ranks but the student's vocabulary only {vocab} entries; "
+                             "use a smaller top-k (cross_tokenizer_top_k)")
 
 
 def rank_ids(student_logits: Tensor, teacher_ids: Tensor) -> Tensor:
@@ -49,20 +74,3 @@ def uld_per_token(student: Tensor, teacher: Tensor, temperature: float | Tensor 
     q = torch.softmax(student / temperature, dim=-1)
     p = torch.softmax(teacher / temperature, dim=-1)
     return (q - p).abs().sum(-1)
-
-
-@register_loss("uld")
-class ULD(Loss):
-    """ULD over aligned tokens of a cross-tokenizer pair (``cross_tokenizer: uld``).
-
-    ``ranked``: the engine compares the student's own top-k (largest first) with the teacher's,
-    rank by rank, instead of gathering the student at the teacher's ids. The CE term beside it
-    comes from ``distil_ratio``: ``ratio * ULD + (1 - ratio) * CE`` is the paper's
-    ``CE + lambda * ULD`` up to a global scale, with ``lambda = ratio / (1 - ratio)``.
-    """
-
-    ranked: ClassVar[bool] = True
-
-    def per_token(self, student: Tensor, teacher: Tensor | None, *, temperature: float | Tensor = 1.0,
-                  labels: Tensor | None = None) -> Tensor:
-        return uld_per_token(student, teacher, temperature)

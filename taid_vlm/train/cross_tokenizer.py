@@ -25,9 +25,11 @@ import torch
 
 from ..data import Record
 from ..losses.topk import TopK
+from ..losses.uld import Ranks
 from ..models import ModelAdapter
 from ..models.cross_tokenizer import TextSide, VocabularyMap, align, map_topk, teacher_topk
 from ..models.outputs import ResponseOutputs
+from .config import ConfigError
 
 MODES = ("off", "span", "uld")
 
@@ -52,12 +54,17 @@ class CrossTokenizer:
         if config.cross_tokenizer == "off":
             return None
         student_side = TextSide.of(student, f"student={config.student}")
+        student_rows = int(student.lm_head().weight.shape[0])
         if cache is not None:
-            teacher_side, teacher_rows = cache.teacher_text(), int(cache.teacher["vocab_size"])
+            teacher_side, teacher_rows, top_k = cache.teacher_text(), int(cache.teacher["vocab_size"]), cache.top_k
+            where = f"the teacher cache's top_k ({top_k})"
         else:
             teacher_side, teacher_rows = TextSide.of(teacher, f"teacher={config.teacher}"), teacher.lm_head().weight.shape[0]
-        return cls(config.cross_tokenizer, student_side, teacher_side, config.cross_tokenizer_top_k, int(teacher_rows),
-                   int(student.lm_head().weight.shape[0]))
+            top_k, where = config.cross_tokenizer_top_k, f"cross_tokenizer_top_k={config.cross_tokenizer_top_k}"
+        if top_k >= student_rows:
+            raise ConfigError(f"{where} must be below the student's vocabulary ({student_rows} entries): the teacher's "
+                              "mass the student's vocabulary lacks needs the tail bucket")
+        return cls(config.cross_tokenizer, student_side, teacher_side, top_k, int(teacher_rows), student_rows)
 
     def teacher_outputs(self, student_out: ResponseOutputs, teacher_out: ResponseOutputs,
                         records: Sequence[Record]) -> ResponseOutputs:
@@ -72,7 +79,7 @@ class CrossTokenizer:
         self._sums += torch.tensor([alignment.num_aligned, alignment.num_student, float(mapped_mass)], dtype=torch.float64)
         device = student_out.token_ids.device
         rows = _on_student_rows(topk, alignment.student_rows, alignment.num_student, device)
-        signal = rows if self.mode == "span" else _ranks(rows)
+        signal = rows if self.mode == "span" else Ranks.of(rows)
         return ResponseOutputs(student_out.token_ids, student_out.record_index, topk=signal,
                                cached_vocab_size=self.student_rows)
 
@@ -84,10 +91,6 @@ class CrossTokenizer:
         if self.vocabulary is not None:
             row["mapped_mass"] = mass / aligned if aligned else 0.0
         return row
-
-    def describe(self) -> str:
-        what = self.vocabulary.describe() if self.vocabulary is not None else "ranks compared, no vocabulary map"
-        return f"cross_tokenizer={self.mode}: {self.teacher.name} -> {self.student.name}; {what}"
 
 
 def _on_student_rows(topk: TopK, student_rows: torch.Tensor, num_student: int, device: torch.device) -> TopK:
@@ -101,9 +104,3 @@ def _on_student_rows(topk: TopK, student_rows: torch.Tensor, num_student: int, d
     logprobs[rows] = topk.logprobs.to(device, torch.float32)
     tail[rows] = topk.tail.to(device, torch.float32)
     return TopK(ids, logprobs, tail)
-
-
-def _ranks(topk: TopK) -> Any:
-    from ..losses.uld import Ranks
-
-    return Ranks.of(topk)

@@ -46,6 +46,7 @@ from ..models.checkpointing import enable_gradient_checkpointing
 from ..models.loading import resolve_dtype
 from .checkpoint import TrainerState, load_newest_intact, save_checkpoint
 from .config import ConfigError, DistillConfig
+from .cross_tokenizer import CrossTokenizer
 from .data import MicroBatch, MicroBatches, RenderCollator
 from .diagnose import likely_cause, nothing_applied, too_many_bad_steps
 from .metrics import MetricsLog, Progress
@@ -102,6 +103,7 @@ class Run:
     last_kd: float = float("nan")
     last_ce: float = float("nan")
     steps_this_run: int = 0
+    cross_tokenizer: CrossTokenizer | None = None  # a pair with two tokenizers (train/cross_tokenizer.py)
 
 
 def distill(config: DistillConfig) -> DistillResult:
@@ -138,10 +140,11 @@ def setup(config: DistillConfig, env: Distributed | None = None, run_output: Run
 
     teacher, student = _load_models(config, env)
     check_data(config, records, env.world_size, student, teacher)
-    cached = None
+    cached = cache = None
     if config.teacher_cache:  # the teacher's signal comes from disk; records are checked against it (read-only)
         cache, loaded = open_teacher_cache(config.teacher_cache, config.teacher, config.max_length, config.responses, records)
         cached, records = CachedTeacher(cache, records, env.device), loaded
+    cross = CrossTokenizer.for_run(config, student, teacher, cache) if config.needs_teacher else None
     run_output.claim()  # the first write: everything above only read
     if config.responses == "teacher" and cached is None:
         cache = out / "teacher_responses.jsonl"
@@ -180,7 +183,8 @@ def setup(config: DistillConfig, env: Distributed | None = None, run_output: Run
                      tensorboard_dir=out / "tensorboard" if config.tensorboard else None)
     progress = Progress(config.max_steps, state.step, enabled=config.progress and env.is_main)
     return Run(config, env, out, started, student, teacher, teacher_signal, sharded, precision, params, optimizer,
-               lr_scheduler, loss, extra_modules, state, data, collator, log, progress, config_yaml, run_output)
+               lr_scheduler, loss, extra_modules, state, data, collator, log, progress, config_yaml, run_output,
+               cross_tokenizer=cross)
 
 
 def _load_models(config: DistillConfig, env: Distributed) -> tuple[ModelAdapter | None, ModelAdapter]:
@@ -193,7 +197,8 @@ def _load_models(config: DistillConfig, env: Distributed) -> tuple[ModelAdapter 
     student = load_model("student", config.student, dtype=config.student_dtype, device=env.device,
                          chat_template=config.student_chat_template, **shared_tokenizer)
     if teacher is not None:
-        check_vocab_compatible(teacher, student)
+        if config.cross_tokenizer == "off":
+            check_vocab_compatible(teacher, student)
         check_pair(config, teacher, student)
     return teacher, student
 
@@ -256,6 +261,8 @@ def step(run: Run) -> None:
                lr=run.lr_scheduler.get_last_lr()[0], grad_norm=grad_norm, tokens=global_tokens, tokens_per_s=tokens_per_s,
                seconds=elapsed)
     row.update(loss.step_metrics(before))
+    if run.cross_tokenizer is not None:
+        row.update(run.cross_tokenizer.step_metrics(env.sum))
     if state.step % config.log_every == 0 or state.step == config.max_steps or state.step == 1:
         run.log.log(row)
     run.progress.update(total, before.get("t"), tokens_per_s)
@@ -284,7 +291,10 @@ def _micro_batch_loss(run: Run, mb: MicroBatch, global_tokens: int, temperature:
         if run.teacher_signal is not None:
             pre_rendered = {"batch": mb.teacher} if mb.teacher is not None else {}
             teacher_out = run.teacher_signal.outputs(mb.records, **pre_rendered)
-            teacher_out = check_alignment(teacher_out, student_out, mb.records, tokenizer=run.student.tokenizer)
+            if run.cross_tokenizer is not None:
+                teacher_out = run.cross_tokenizer.teacher_outputs(student_out, teacher_out, mb.records)
+            else:
+                teacher_out = check_alignment(teacher_out, student_out, mb.records, tokenizer=run.student.tokenizer)
         return training_loss(run.loss, student_out, teacher_out, num_tokens=max(global_tokens, 1),
                              distil_ratio=config.distil_ratio, options=config.engine_options(), temperature=temperature)
 
