@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from taid_vlm.errors import UserError
+from taid_vlm.losses import LOSS_NAMES, EngineOptions, Head, TopK, divergence
 from taid_vlm.losses.topk import student_buckets, topk_of_logits
-from taid_vlm.losses.uld import rank_ids, uld_per_token
+from taid_vlm.losses.uld import Ranks, rank_ids, uld_per_token
 from taid_vlm.models import adapt
 from taid_vlm.models.cross_tokenizer import END, TextSide, VocabularyMap, align, map_topk, vocabulary_keys
 from taid_vlm.testing.tiny import build_tiny, tiny_records
@@ -180,3 +181,69 @@ def test_a_tokenizer_without_offsets_is_refused_naming_the_model(pair):
     with pytest.raises(UserError, match=r"student=byt5-student: its tokenizer \(ByT5Tokenizer\) reports no character "
                                         r"offsets.*fast tokenizer"):
         TextSide("student=byt5-student", ByT5Tokenizer(), teacher.chat_template, teacher.family_info, frozenset(), "")
+
+
+# ---- the engine: empty slots and ranks -----------------------------------------------------------
+
+
+def _with_empty_slots(n=6, vocab=30, k=8, seed=0):
+    """A teacher top-k whose rows keep 8, 5, 3, 0, 8, 1 entries (the rest empty, their mass in the tail)."""
+    g = torch.Generator().manual_seed(seed)
+    teacher = topk_of_logits(torch.randn(n, vocab, generator=g) * 2, k)
+    keep = torch.tensor([8, 5, 3, 0, 8, 1])[:n]
+    empty = torch.arange(k).unsqueeze(0) >= keep.unsqueeze(1)
+    dropped = torch.where(empty, teacher.logprobs, torch.full_like(teacher.logprobs, -torch.inf)).logsumexp(-1)
+    tail = torch.logaddexp(teacher.tail, dropped)
+    return TopK(teacher.ids.masked_fill(empty, -1), teacher.logprobs.masked_fill(empty, -torch.inf), tail), keep
+
+
+@pytest.mark.parametrize("name", [n for n in LOSS_NAMES if n != "sft"])
+def test_empty_slots_are_no_buckets_and_a_row_of_them_costs_nothing(name):
+    """Each row equals the same loss over its kept entries only; the all-tail row scores 0, no gradient."""
+    torch.manual_seed(3)
+    topk, keep = _with_empty_slots()
+    hidden, weight = torch.randn(6, 16, dtype=torch.float64, requires_grad=True), torch.randn(30, 16, dtype=torch.float64)
+    params = {"t": 0.6} if name == "taid" else {}
+    labels = torch.randint(0, 30, (6,))
+    chunked = divergence(name, Head(hidden, weight), topk, labels=labels, num_tokens=6.0,
+                         options=EngineOptions(chunk_size=4), **params)
+    g_chunked, = torch.autograd.grad(chunked, hidden)
+    logits = hidden @ weight.t()
+    rows = []
+    for r in range(6):
+        if keep[r] == 0:
+            continue
+        one = TopK(topk.ids[r:r + 1, : keep[r]], topk.logprobs[r:r + 1, : keep[r]], topk.tail[r:r + 1])
+        rows.append(divergence(name, logits[r:r + 1], one, labels=labels[r:r + 1], num_tokens=1.0, **params))
+    reference = torch.stack(rows).sum() / 6
+    g_reference, = torch.autograd.grad(reference, hidden)
+    torch.testing.assert_close(chunked, reference)
+    torch.testing.assert_close(g_chunked, g_reference)
+    assert torch.equal(g_chunked[3], torch.zeros(16, dtype=torch.float64))  # the all-tail row
+
+
+def test_uld_runs_in_the_chunked_engine_and_on_the_plain_path_alike_and_refuses_token_teachers():
+    torch.manual_seed(4)
+    hidden, weight = torch.randn(7, 12, requires_grad=True), torch.randn(40, 12)
+    teacher = topk_of_logits(torch.randn(7, 50), 8)
+    ranks = Ranks.of(TopK(teacher.ids.clone(), teacher.logprobs, teacher.tail))
+    ranks.ids[2] = -1  # an unaligned token: every slot empty
+    ranks.logprobs[2], ranks.tail[2] = -torch.inf, 0.0
+    labels = torch.randint(0, 40, (7,))
+    options = EngineOptions(chunk_size=3, ce_weight=0.5)
+    chunked = divergence("uld", Head(hidden, weight), ranks, labels=labels, options=options)
+    g_chunked, = torch.autograd.grad(chunked, hidden)
+    plain = divergence("uld", hidden @ weight.t(), ranks, labels=labels, options=options)
+    g_plain, = torch.autograd.grad(plain, hidden)
+    torch.testing.assert_close(chunked, plain)
+    torch.testing.assert_close(g_chunked, g_plain)
+    logits = (hidden @ weight.t()).detach()
+    ids = rank_ids(logits, ranks.ids)
+    by_hand = uld_per_token(student_buckets(logits, ids), torch.cat([ranks.logprobs, ranks.tail[:, None]], -1))
+    assert by_hand[2] == 0 and (by_hand[[0, 1, 3, 4, 5, 6]] > 0).all()
+    ce = torch.nn.functional.cross_entropy(logits, labels)
+    torch.testing.assert_close(chunked.detach(), 0.5 * by_hand.mean() + 0.5 * ce)
+    with pytest.raises(ValueError, match="give the teacher as losses.uld.Ranks"):
+        divergence("uld", Head(hidden, weight), teacher)
+    with pytest.raises(ValueError, match="needs a ranked loss"):
+        divergence("fkl", Head(hidden, weight), ranks)

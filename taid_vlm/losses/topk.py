@@ -139,9 +139,27 @@ def bucket_divergence(loss: Loss, student: Tensor, teacher: BucketSignal, labels
     ids = ids.to(student.device)
     if loss.ranked:
         ids = rank_ids(student.detach(), ids)
+    live = _live_rows(ids)
+    if live is not None:  # rows of empty slots only score 0: the loss sees the others
+        out = torch.zeros(student.shape[0], dtype=student.dtype, device=student.device)
+        chosen = labels[live] if labels is not None else None
+        return out.masked_scatter(live, _bucket_rows(loss, student[live], ids[live],
+                                                               teacher_buckets[live.to(teacher_buckets.device)],
+                                                               chosen, temperature))
+    return _bucket_rows(loss, student, ids, teacher_buckets, labels, temperature)
+
+
+def _bucket_rows(loss: Loss, student: Tensor, ids: Tensor, teacher_buckets: Tensor, labels: Tensor | None,
+                           temperature: float | Tensor) -> Tensor:
     bucketed = bucket_labels(labels, ids) if labels is not None else None
     return loss.per_token(student_buckets(student, ids), teacher_buckets.to(student.device), temperature=temperature,
                           labels=bucketed)
+
+
+def _live_rows(ids: Tensor) -> Tensor | None:
+    """Rows with at least one bucket besides the tail, or None when every row has one."""
+    live = (ids >= 0).any(-1)
+    return None if bool(live.all()) else live
 
 
 class BucketStep(ChunkStep):
@@ -162,13 +180,26 @@ class BucketStep(ChunkStep):
         if self.loss.ranked:  # ULD: the student's own top-k, largest first, against the teacher's ranks
             ids = rank_ids(logits, ids)
         student, rest = split_student(logits, ids)
-        if self.interpolation is not None:
-            per_token = self.kernel(student, teacher_buckets.to(student.dtype), self.interpolation, temperature)
-            kd, grad_buckets, grad_t = per_token.sum(), student, None
-        else:
-            labels = bucket_labels(self.labels[start:end], ids) if self.labels is not None else None
-            kd, grad_buckets, grad_t = autograd_step(self.loss, student, teacher_buckets, labels, temperature, want_t,
-                                                     need_grad)
+        labels = self.labels[start:end] if self.labels is not None else None
+        live = _live_rows(ids)
+        if live is None:
+            kd, grad_buckets, grad_t = self._buckets_step(student, teacher_buckets, ids, labels, temperature, want_t,
+                                                          need_grad)
+        else:  # rows of empty slots only (all the teacher's mass in the tail) score 0 with no gradient
+            chosen = labels[live] if labels is not None else None
+            kd, live_grad, grad_t = self._buckets_step(student[live], teacher_buckets[live], ids[live], chosen,
+                                                       temperature, want_t, need_grad)
+            grad_buckets = None
+            if live_grad is not None:
+                grad_buckets = torch.zeros_like(student)
+                grad_buckets[live] = live_grad
         if grad_buckets is None:
             return kd, None, grad_t
         return kd, rest_gradient(grad_buckets, rest, ids, self.kd_vocab), grad_t
+
+    def _buckets_step(self, student, teacher_buckets, ids, labels, temperature, want_t, need_grad):
+        if self.interpolation is not None:
+            per_token = self.kernel(student, teacher_buckets.to(student.dtype), self.interpolation, temperature)
+            return per_token.sum(), student, None
+        bucketed = bucket_labels(labels, ids) if labels is not None else None
+        return autograd_step(self.loss, student, teacher_buckets, bucketed, temperature, want_t, need_grad)
