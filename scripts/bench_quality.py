@@ -44,6 +44,7 @@ Usage:
   python scripts/bench_quality.py --jobs 2 --threads 1               # the same, a helper sharing the plateau runs
   python scripts/bench_quality.py --jobs 2 --threads 1 --parts zoo   # the 200-step zoo (learning speed)
   python scripts/bench_quality.py --parts sizing --seeds 0           # how the student budget was sized
+  python scripts/bench_quality.py --parts xtok --seeds 0 1 2 --threads 1   # cross-tokenizer students vs sft
   python scripts/bench_quality.py --regime same-data --preset default --seeds 0 1 2 --parts zoo gap
   python scripts/bench_quality.py --preset quick --seeds 0 --losses sft taid --parts zoo   # a smoke run
 """
@@ -410,6 +411,8 @@ def main_transfer(args) -> None:
                 transfer.run_zoo(ctx, list(args.losses), list(args.seeds), header, part)
             elif part == "gap":
                 transfer.run_gap(ctx, list(args.gap_seeds), {**header, "seeds": list(args.gap_seeds)})
+            elif part == "xtok":
+                transfer.run_xtok(ctx, list(args.seeds), header)
             else:
                 names = [n for n in args.losses if n in transfer.NOANSWER_LOSSES]  # --losses narrows (and orders) it too
                 transfer.run_noanswer(ctx, names, list(args.seeds), header)
