@@ -424,7 +424,7 @@ def main_transfer(args) -> None:
     print(json.dumps({"seconds": round(time.perf_counter() - started, 1), "out": str(out)}))
 
 
-HELPED_PARTS = ("plateau", "zoo")  # the parts with many runs; the others build teachers and caches once
+HELPED_PARTS = ("plateau", "zoo", "xtok")  # the parts with many runs; the others build teachers and caches once
 
 
 def start_helpers(args, work: Path) -> list:

@@ -232,9 +232,12 @@ def train_zoo_runs(ctx: Context, part: str, names: list[str], seeds: list[int]) 
     """A ``bench_quality --jobs`` helper's share of a zoo part: the runs, trained or reused, and
     nothing else; the main process evaluates every seed and writes the results."""
     budget = ctx.settings.budget(ctx.settings.part_steps(part))
+    init, variants = (xtok_student_init, XTOK) if part == "xtok" else (None, None)
+    if part == "xtok":
+        names = list(reversed(XTOK))
     for seed in tqdm(seeds, desc=f"{part} seeds (helper)", unit="seed", file=sys.stderr):
         for name in names:
-            train_run(ctx, part, name, seed, ctx.teacher_dir, ctx.work / "cache-data", budget)
+            train_run(ctx, part, name, seed, ctx.teacher_dir, ctx.work / "cache-data", budget, init=init, variants=variants)
 
 
 def summarize(rows: dict[str, dict[int, dict]], teacher_vqa: float, majority: float | None,

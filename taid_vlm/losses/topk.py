@@ -39,9 +39,9 @@ import torch
 
 from .base import Loss
 from .chunked import ROWS_BUCKETS, ChunkStep, KLKernel, autograd_step
-from .uld import rank_ids
 from .common import upcast
 from .signals import BucketSignal, TopK
+from .uld import rank_ids
 
 Tensor = torch.Tensor
 
@@ -70,10 +70,8 @@ def _slots(ids: Tensor) -> tuple[Tensor, Tensor | None]:
     empty = ids < 0
     if not bool(empty.any()):
         return ids, None
-    if ids.shape[-1] and ids.numel():
-        filler = ids.amax(-1, keepdim=True).clamp_min(0).expand_as(ids)  # a row of empty slots only: any id will do
-        return torch.where(empty, filler, ids), empty
-    return ids, empty
+    filler = ids.amax(-1, keepdim=True).clamp_min(0).expand_as(ids)  # a row of empty slots only: any id will do
+    return torch.where(empty, filler, ids), empty
 
 
 def student_buckets(logits: Tensor, ids: Tensor) -> Tensor:
@@ -143,14 +141,14 @@ def bucket_divergence(loss: Loss, student: Tensor, teacher: BucketSignal, labels
     if live is not None:  # rows of empty slots only score 0: the loss sees the others
         out = torch.zeros(student.shape[0], dtype=student.dtype, device=student.device)
         chosen = labels[live] if labels is not None else None
-        return out.masked_scatter(live, _bucket_rows(loss, student[live], ids[live],
-                                                               teacher_buckets[live.to(teacher_buckets.device)],
-                                                               chosen, temperature))
+        kept = _bucket_rows(loss, student[live], ids[live], teacher_buckets[live.to(teacher_buckets.device)], chosen,
+                            temperature)
+        return out.masked_scatter(live, kept)
     return _bucket_rows(loss, student, ids, teacher_buckets, labels, temperature)
 
 
 def _bucket_rows(loss: Loss, student: Tensor, ids: Tensor, teacher_buckets: Tensor, labels: Tensor | None,
-                           temperature: float | Tensor) -> Tensor:
+                 temperature: float | Tensor) -> Tensor:
     bucketed = bucket_labels(labels, ids) if labels is not None else None
     return loss.per_token(student_buckets(student, ids), teacher_buckets.to(student.device), temperature=temperature,
                           labels=bucketed)

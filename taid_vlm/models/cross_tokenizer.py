@@ -361,23 +361,16 @@ def map_topk(topk: TopK, table: torch.Tensor) -> tuple[TopK, torch.Tensor]:
 
 def teacher_topk(outputs: Any, rows: torch.Tensor, k: int, block: int = 64) -> TopK:
     """The top-k + tail of the teacher's ``rows`` (a ``ResponseOutputs`` with hidden states and
-    head, logits, or a cached top-k), ``block`` rows of ``[block, V]`` logits at a time."""
+    head, logits, or a cached top-k), ``block`` rows of ``[block, V]`` logits at a time (the head's
+    final logits, softcapped where the family caps them); never ``[N, V]`` at once."""
     from ..losses.topk import topk_of_logits
 
     if outputs.topk is not None:
         return outputs.topk.select(rows.to(outputs.topk.ids.device))
-    parts = []
-    for start in range(0, int(rows.numel()), block):
-        chosen = rows[start:start + block]
-        if outputs.logits is not None:
-            logits = outputs.logits[chosen.to(outputs.logits.device)]
-        else:
-            logits = outputs.hidden[chosen.to(outputs.hidden.device)] @ outputs.head_weight.t()
-            if outputs.head_bias is not None:
-                logits = logits + outputs.head_bias
-        parts.append(topk_of_logits(logits, k))
+    signal = outputs.signal()
+    parts = [topk_of_logits(signal.select(rows[start:start + block].to(signal.device)).full_logits(), k)
+             for start in range(0, int(rows.numel()), block)]
     if not parts:
-        vocab = outputs.vocab_size
-        width = min(k, vocab)
+        width = min(k, outputs.vocab_size)
         return TopK(torch.empty(0, width, dtype=torch.long), torch.empty(0, width), torch.empty(0))
     return TopK(*(torch.cat([getattr(p, f) for p in parts]) for f in ("ids", "logprobs", "tail")))
