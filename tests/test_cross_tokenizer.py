@@ -91,7 +91,7 @@ def test_vocabulary_map_pairs_entries_by_bytes_and_the_markers_by_role(pair):
     assert vocab.table[t_tok.convert_tokens_to_ids("Ġblue")] == -1  # the student writes it as "Ġblu" + "e"
     assert vocab.table[t_tok.convert_tokens_to_ids("<|im_end|>")] == s_tok.convert_tokens_to_ids("<|eot_id|>")
     assert vocab.table[t_tok.convert_tokens_to_ids("<image>")] == s_tok.convert_tokens_to_ids("<image>")
-    assert 300 < vocab.shared <= len(s_tok) and "of the teacher's 596" in vocab.describe()
+    assert 300 < vocab.shared <= len(s_tok) and (vocab.teacher_entries, vocab.student_entries) == (596, 420)
 
 
 def test_sentencepiece_and_byte_level_entries_meet_as_bytes():

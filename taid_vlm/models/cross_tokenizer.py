@@ -245,18 +245,12 @@ class VocabularyMap:
             if key is not None:
                 where.setdefault(key, i)
         rows = max(teacher_rows or 0, len(t_keys))
-        table = torch.full((rows,), -1, dtype=torch.long)
-        for i, key in enumerate(t_keys):
-            if key is not None and key in where:
-                table[i] = where[key]
+        found = [where.get(key, -1) if key is not None else -1 for key in t_keys]
+        table = torch.tensor(found + [-1] * (rows - len(found)), dtype=torch.long)
         t_end, s_end = teacher.end_of_turn_id, student.end_of_turn_id
         if t_end is not None and s_end is not None:
             table[t_end] = s_end
         return cls(table, int((table >= 0).sum()), len(t_keys), len(s_keys))
-
-    def describe(self) -> str:
-        return (f"{self.shared} of the teacher's {self.teacher_entries} vocabulary entries have a student entry "
-                f"(student vocabulary {self.student_entries})")
 
 
 _BYTE_LEVEL_DECODERS = ("ByteLevel",)
