@@ -105,6 +105,11 @@ SETTINGS = {
 SETTINGS["full"] = SETTINGS["default"]
 
 
+def resolve(name: str, variants: dict[str, tuple[str, dict[str, Any]]] | None = None) -> tuple[str, dict[str, Any]]:
+    """What a zoo (or ``variants``) name means: the loss and its config settings."""
+    return (variants or VARIANTS).get(name, (name, {}))
+
+
 def ladder_specs(preset, settings: TransferSettings) -> list[tuple[str, dict, Any]]:
     """Teachers smaller than the preset's (encoder channels and LM width/depth scaled together),
     each with its own step count: the ladder's accuracies must be >= 10 points apart."""
@@ -218,7 +223,7 @@ def train_run(ctx: Context, prefix: str, name: str, seed: int, teacher_dir: Path
     initial weights (default ``student_init``); ``variants``: what the names mean (default ``VARIANTS``)."""
     from taid_vlm.demo.pipeline import distil_student
 
-    loss, extra = (variants or VARIANTS).get(name, (name, {}))
+    loss, extra = resolve(name, variants)
     config = {**shared, **extra}
     if cache is not None and (loss != "sft" or config.get("responses") == "teacher"):
         config["teacher_cache"] = str(cache)
