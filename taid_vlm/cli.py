@@ -16,11 +16,13 @@ from .errors import user_message
 from .eval.command import add_eval_parser
 from .flags import add_dataclass_arguments, values_from
 from .teacher_cache.command import add_teacher_cache_parser
+from .teacher_server.command import add_teacher_server_parser
 
 DEBUG_ENV = "TAID_VLM_DEBUG"  # =1: failures keep their traceback, as --debug does
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The whole command line; ``argv`` (when given) lets ``distill`` add the flags of a loss it names."""
     parser = argparse.ArgumentParser(
         prog="taid-vlm",
         description="Distil compact VLMs and LLMs with TAID, and evaluate them on VQA, captioning and text.",
@@ -29,8 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help=f"show the traceback of a failure (or set {DEBUG_ENV}=1)")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_data(commands)
-    _add_distill(commands)
+    _add_distill(commands, argv)
     add_teacher_cache_parser(commands)
+    add_teacher_server_parser(commands)
     add_eval_parser(commands)
     _add_demo(commands)
     return parser
@@ -68,8 +71,8 @@ def _run_data_shapes(args: argparse.Namespace) -> int:
 # ---- distill --------------------------------------------------------------------------------------
 
 
-def _add_distill(commands: argparse._SubParsersAction) -> None:
-    from .train.config import DistillConfig  # light: no torch at import time
+def _add_distill(commands: argparse._SubParsersAction, argv: list[str] | None = None) -> None:
+    from .train.config import DistillConfig, add_loss_setting_arguments, loss_in_command_line
 
     distill = commands.add_parser(
         "distill",
@@ -78,15 +81,16 @@ def _add_distill(commands: argparse._SubParsersAction) -> None:
                     "overrides (anywhere on the line).",
     )
     distill.add_argument("--config", help="YAML file of config keys (a recipe)")
-    distill.add_argument("overrides", nargs="*", metavar="key=value", help="final overrides, e.g. loss_params.beta=0.3")
+    distill.add_argument("overrides", nargs="*", metavar="key=value", help="final overrides, e.g. taid.t_start=0.2")
     add_dataclass_arguments(distill, DistillConfig, layered=True)
+    add_loss_setting_arguments(distill, loss_in_command_line(argv or []))  # a module:Class loss's flags too
     distill.set_defaults(func=_run_distill)
 
 
 def _run_distill(args: argparse.Namespace) -> int:
-    from .train.config import DistillConfig, load_config
+    from .train.config import DistillConfig, load_config, loss_setting_values
 
-    config = load_config(args.config, values_from(args, DistillConfig), args.overrides)
+    config = load_config(args.config, {**values_from(args, DistillConfig), **loss_setting_values(args)}, args.overrides)
     args.run_dir = config.output  # for the interruption message
     from .train import distill
 
@@ -138,7 +142,7 @@ def _run_demo(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    parser = build_parser(sys.argv[1:] if argv is None else argv)
     args = parse_command_line(parser, argv)
     if args.command is None:
         parser.print_help()

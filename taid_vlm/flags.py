@@ -53,24 +53,32 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, config_class: type,
         spec = dict(_spec(f))
         names = spec.pop("names", ()) or ("--" + f.name.replace("_", "-"),)
         spec.pop("cli", None)
-        kind = _annotation(config_class, f)
-        options: dict[str, Any] = {"dest": f.name}
-        if layered:
-            options["default"] = None
-            if _base(kind) is bool and "action" not in spec:
-                options["action"] = argparse.BooleanOptionalAction
-            elif "metavar" not in spec and "action" not in spec:
-                options["metavar"] = f.name.upper()
-        else:
-            options["default"] = _default(f)
-            if _base(kind) is bool and "action" not in spec:
-                options["action"] = "store_false" if options["default"] else "store_true"
-            elif _base(kind) in (int, float) and "action" not in spec:
-                options["type"] = _base(kind)
-        options.update(spec)
-        if options.get("required"):
-            options.pop("default", None)
-        parser.add_argument(*names, **options)
+        add_typed_argument(parser, names, f.name, _annotation(config_class, f), layered=layered, default=_default(f),
+                           **spec)
+
+
+def add_typed_argument(parser: Any, names: tuple[str, ...], dest: str, kind: Any, *, layered: bool,
+                       default: Any = None, **spec: Any) -> None:
+    """One flag of a setting of type ``kind`` (``int | None``, ``bool``, ...): a switch is
+    ``--x/--no-x`` (layered) or store_true/false; in a layered config every flag defaults to None
+    ("not given") and keeps its text, which the config converts with its own rules."""
+    options: dict[str, Any] = {"dest": dest}
+    if layered:
+        options["default"] = None
+        if _base(kind) is bool and "action" not in spec:
+            options["action"] = argparse.BooleanOptionalAction
+        elif "metavar" not in spec and "action" not in spec:
+            options["metavar"] = dest.rsplit(".", 1)[-1].upper()
+    else:
+        options["default"] = default
+        if _base(kind) is bool and "action" not in spec:
+            options["action"] = "store_false" if options["default"] else "store_true"
+        elif _base(kind) in (int, float) and "action" not in spec:
+            options["type"] = _base(kind)
+    options.update(spec)
+    if options.get("required"):
+        options.pop("default", None)
+    parser.add_argument(*names, **options)
 
 
 def values_from(args: argparse.Namespace, config_class: type) -> dict[str, Any]:

@@ -1,24 +1,19 @@
 """The quality benchmark's building blocks that decide what it measures (the runs themselves are
 benchmarks, not tests: see docs/results/quality)."""
 
-import importlib.util
 from pathlib import Path
 
+from taid_vlm.bench import quality
+from taid_vlm.bench.quality import report, same_data, stats, transfer
 from taid_vlm.demo import PRESETS
 from taid_vlm.models.composed import build_composed_vlm
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_quality.py"
-
-
-def _bench_quality():
-    spec = importlib.util.spec_from_file_location("bench_quality", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "scripts" / "bench_quality.py"
 
 
 def test_teacher_ladder_grows_and_ends_at_the_demo_teacher():
-    bench = _bench_quality()
+    bench = same_data
     preset = PRESETS["default"]
     ladder = bench.teacher_ladder(preset)
     assert [name for name, _, _ in ladder] == ["S", "M", "L"]
@@ -32,7 +27,7 @@ def test_teacher_ladder_grows_and_ends_at_the_demo_teacher():
 
 
 def test_every_zoo_and_taid_variant_resolves_to_a_loss_and_its_settings():
-    bench = _bench_quality()
+    bench = same_data
     assert bench.loss_config("taid_linear") == ("taid", {"taid_adaptive": False})
     assert bench.loss_config("taid_t0.2") == ("taid", {"t_start": 0.2})
     assert bench.loss_config("dkd") == ("dkd", {})
@@ -47,8 +42,8 @@ def test_tables_name_the_caption_backend_and_the_questions_actually_scored(tmp_p
     import json
     import shutil
 
-    bench = _bench_quality()
-    source = SCRIPT.parents[1] / "docs" / "results" / "quality"
+    bench = same_data
+    source = ROOT / "docs" / "results" / "quality"
     for name in ("zoo.json", "taid.json", "gap.json"):
         shutil.copy(source / name, tmp_path / name)
     bench.render_existing(tmp_path, ["zoo", "taid"])
@@ -65,10 +60,10 @@ def test_a_loss_sweep_reads_one_teacher_cache_instead_of_running_the_teacher_per
     are the benchmark, so distillation and evaluation are recorded here, not executed."""
     import taid_vlm.demo.pipeline as pipeline
 
-    bench = _bench_quality()
+    bench = same_data
     calls = []
 
-    def fake_distil(run_dir, init, teacher_dir, data_dir, loss, budget, seed, t_start, progress, reuse=False, **config):
+    def fake_distil(run_dir, init, teacher_dir, data_dir, loss, budget, seed, t_start, progress, **config):
         calls.append((loss, config))
         return run_dir
 
@@ -76,7 +71,7 @@ def test_a_loss_sweep_reads_one_teacher_cache_instead_of_running_the_teacher_per
         return {"rows": [{"model": name, "vqa_accuracy": 1.0, "CIDEr": 0.5, "vqa_n": 10, "caption_backend": "python"}
                          for name in students]}
 
-    monkeypatch.setattr(pipeline, "distil_student", fake_distil)
+    monkeypatch.setattr(same_data, "reused_or_distilled", fake_distil)
     monkeypatch.setattr(pipeline, "evaluate_models", fake_eval)
     monkeypatch.setattr(pipeline, "save_initial_model", lambda path, *a, **k: path)
     bench.run_zoo("zoo", ["sft", "fkl", "taid_linear"], [0, 1], PRESETS["quick"], tmp_path, tmp_path, None,
@@ -86,19 +81,10 @@ def test_a_loss_sweep_reads_one_teacher_cache_instead_of_running_the_teacher_per
         assert config.get("teacher_cache") == (None if loss == "sft" else str(tmp_path / "cache"))
 
 
-# ---- the transfer regime (scripts/quality_transfer.py, quality_stats.py, quality_report.py) ----------
-
-
-def _scripts_module(name: str):
-    import sys
-
-    if str(SCRIPT.parent) not in sys.path:
-        sys.path.insert(0, str(SCRIPT.parent))
-    return importlib.import_module(name)
+# ---- the transfer regime (taid_vlm/bench/quality/transfer.py, stats.py, report.py) ----------------
 
 
 def test_paired_differences_decide_beats_loses_or_noise_from_the_seeds():
-    stats = _scripts_module("quality_stats")
     taid = {0: 50.0, 1: 52.0, 2: 51.0, 3: 53.0, 4: 50.5}
     clearly_worse = {s: v - 3.0 + (0.2 if s % 2 else -0.2) for s, v in taid.items()}
     noisy = {0: 52.0, 1: 50.0, 2: 51.5, 3: 52.0, 4: 51.0}
@@ -114,7 +100,6 @@ def test_paired_differences_decide_beats_loses_or_noise_from_the_seeds():
 
 
 def test_zoo_statements_follow_the_numbers_whichever_way_they_go():
-    stats = _scripts_module("quality_stats")
     rows = [{"loss": "sft", "vqa_mean": 40.0}, {"loss": "fkl", "vqa_mean": 45.0}, {"loss": "taid", "vqa_mean": 50.0},
             {"loss": "dkd", "vqa_mean": 38.0}]
     pairs = [{"baseline": "fkl", "verdict": "beats", "mean_diff": 5.0, "std_diff": 1.0, "wins": 5, "n": 5},
@@ -133,7 +118,6 @@ def test_zoo_statements_follow_the_numbers_whichever_way_they_go():
 
 
 def test_capacity_gap_statements_say_who_rises_and_whether_the_teachers_are_apart():
-    stats = _scripts_module("quality_stats")
     rising = [(40.0, 1.0, 3), (45.0, 1.0, 3), (50.0, 1.0, 3)]
     flat = [(44.0, 2.0, 3), (45.0, 2.0, 3), (44.5, 2.0, 3)]
     lines = stats.gap_statements({"taid": rising, "fkl": flat}, [("S", 35.0), ("M", 47.0), ("L", 59.5)])
@@ -152,7 +136,6 @@ def test_capacity_gap_statements_say_who_rises_and_whether_the_teachers_are_apar
 
 
 def test_sizing_says_whether_the_budget_reached_a_plateau():
-    stats = _scripts_module("quality_stats")
     points = [{"loss": "sft", "steps": 100, "vqa": 10.0}, {"loss": "sft", "steps": 200, "vqa": 24.0},
               {"loss": "taid", "steps": 200, "vqa": 35.0}, {"loss": "taid", "steps": 100, "vqa": 34.0}]
     sft, taid = stats.plateau_statements(points)
@@ -195,7 +178,6 @@ def test_the_transfer_set_is_a_prefix_of_the_teachers_set_with_the_same_test_sce
 
 
 def test_the_default_ladder_sits_below_the_zoo_teacher(tmp_path):
-    transfer = _scripts_module("quality_transfer")
     preset, settings = PRESETS["default"], transfer.SETTINGS["default"]
     ladder = transfer.ladder_specs(preset, settings)
     sizes = [sum(p.numel() for p in build_composed_vlm({**spec, "image_size": preset.image_size}, vocab_size=256)[0].parameters())
@@ -217,15 +199,14 @@ def test_a_transfer_run_end_to_end_writes_its_parts_and_reuses_its_runs(tmp_path
     out, work = tmp_path / "out", tmp_path / "work"
     common = ["--preset", "quick", "--seeds", "0", "--losses", "sft", "taid", "--caption-backend", "python",
               "--work", str(work), "--out", str(out)]
-    bench = _bench_quality()
     monkeypatch.setattr(sys, "argv", ["bench_quality.py", "--parts", "zoo", "plateau", "noanswer", *common])
-    bench.main()
+    quality.main()
     zoo = json.loads((out / "transfer" / "zoo.json").read_text())
     assert zoo["complete"] and zoo["regime"] == "transfer" and zoo["seeds"] == [0]
     assert {r["loss"] for r in zoo["rows"]} == {"sft", "taid"} and zoo["transfer_records"] == 16
     assert zoo["machine"]["load_average_1_5_15min_at_start"] and zoo["seconds"] > 0
     plateau = json.loads((out / "transfer" / "plateau.json").read_text())
-    plateau_steps = _scripts_module("quality_transfer").SETTINGS["quick"].plateau_steps
+    plateau_steps = transfer.SETTINGS["quick"].plateau_steps
     assert plateau["complete"] and plateau["student_steps"] == plateau_steps != zoo["student_steps"]
     assert f"max_steps: {plateau_steps}" in (work / "transfer" / "plateau-taid-0" / "config.yaml").read_text()
     assert f"for {plateau_steps} steps" in (out / "transfer" / "plateau.md").read_text()
@@ -237,7 +218,7 @@ def test_a_transfer_run_end_to_end_writes_its_parts_and_reuses_its_runs(tmp_path
         assert (out / "transfer" / name).is_file()
     stamp = (work / "transfer" / "zoo-taid-0" / "student").stat().st_mtime
     monkeypatch.setattr(sys, "argv", ["bench_quality.py", "--parts", "zoo", *common])
-    bench.main()  # the zoo again: every run reused, only evaluated
+    quality.main()  # the zoo again: every run reused, only evaluated
     assert (work / "transfer" / "zoo-taid-0" / "student").stat().st_mtime == stamp
 
 
@@ -251,7 +232,7 @@ def test_jobs_share_the_plateau_runs_between_processes(tmp_path, monkeypatch):
     monkeypatch.setattr(sys, "argv", ["bench_quality.py", "--parts", "plateau", "--jobs", "2", "--threads", "1",
                                       "--preset", "quick", "--seeds", "0", "1", "--losses", "sft", "taid",
                                       "--caption-backend", "python", "--work", str(work), "--out", str(out)])
-    _bench_quality().main()
+    quality.main()
     plateau = json.loads((out / "transfer" / "plateau.json").read_text())
     assert plateau["complete"] and {s for r in plateau["rows"] for s in r["seeds"]} == {0, 1}
     log = (work / "transfer" / "helper-1.log").read_text()
@@ -263,8 +244,6 @@ def test_jobs_share_the_plateau_runs_between_processes(tmp_path, monkeypatch):
 
 
 def test_partial_results_render_and_say_how_to_finish(tmp_path):
-    report = _scripts_module("quality_report")
-    transfer = _scripts_module("quality_transfer")
     rows = {"sft": {0: {"vqa_accuracy": 40.0, "CIDEr": 0.5, "vqa_n": 600, "caption_backend": "python-fallback"}},
             "taid": {0: {"vqa_accuracy": 44.0, "CIDEr": 0.6, "vqa_n": 600, "caption_backend": "python-fallback"}}}
     result = {**transfer.summarize(rows, 60.0, 31.8), "complete": False, "command": "python scripts/bench_quality.py",
@@ -291,8 +270,6 @@ def test_a_part_outside_the_regime_is_refused_with_one_line():
 
 
 def test_cross_tokenizer_part_pairs_every_method_with_sft_and_says_when_none_beats_it(tmp_path):
-    stats = _scripts_module("quality_stats")
-    report = _scripts_module("quality_transfer"), _scripts_module("quality_report")
     sft = {0: 40.0, 1: 42.0, 2: 41.0}
     ahead = {s: v + 4.0 + 0.1 * s for s, v in sft.items()}
     pairs, lines = stats.xtok_statements({"sft": sft, "taid_span": ahead, "uld": dict(sft)}, 60.0, 31.8)
@@ -300,7 +277,6 @@ def test_cross_tokenizer_part_pairs_every_method_with_sft_and_says_when_none_bea
     assert lines[0].startswith("taid_span beats sft: paired difference +4.10") and lines[-2].endswith(": taid_span.")
     _, lines = stats.xtok_statements({"sft": sft, "uld": {s: v - 1.0 for s, v in sft.items()}}, 60.0, None)
     assert lines[-2].startswith("Cross-tokenizer distillation does not beat sft here: the best method, uld, is -1.00")
-    transfer, render = report
     rows = {name: {s: {"vqa_accuracy": v, "CIDEr": 0.5, "vqa_n": 600, "caption_backend": "pycocoevalcap"}
                    for s, v in values.items()} for name, values in (("sft", sft), ("taid_span", ahead))}
     result = {**transfer.xtok_summary(rows, 60.0, 31.8), "complete": True, "command": "c", "majority": 31.8,
@@ -308,7 +284,7 @@ def test_cross_tokenizer_part_pairs_every_method_with_sft_and_says_when_none_bea
               "settings": {"student_batch": 16}, "teacher_cache_top_k": 64, "teacher_vocabulary": 578,
               "student_vocabulary": 384, "methods": {k: {"loss": v[0], **v[1]} for k, v in transfer.XTOK.items()},
               "alignment": {"taid_span": {"aligned_fraction/0": 0.75, "mapped_mass/0": 0.9}}}
-    render.render("xtok", result, tmp_path)
+    report.render("xtok", result, tmp_path)
     text = (tmp_path / "xtok.md").read_text()
     assert "| taid_span | loss taid, cross_tokenizer span | 45.10 +- 1.05 | 3 |" in text
     assert "| +4.10 +- 0.10 | 3/3 | 75.0% | 90.0% |" in text and "- taid_span beats sft" in text

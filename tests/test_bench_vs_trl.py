@@ -4,22 +4,15 @@ not run is kept with its reason, and all sides must start from our weights."""
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import sys
-from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
 def bench():
-    sys.path.insert(0, str(ROOT / "scripts"))
-    spec = importlib.util.spec_from_file_location("bench_vs_trl", ROOT / "scripts" / "bench_vs_trl.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from taid_vlm.bench import vs_trl
+
+    return vs_trl
 
 
 def _side(step, peak, loss, fingerprint=(1.0, 2.0)):

@@ -46,7 +46,7 @@ def test_overrides_before_and_after_flags_give_the_same_config(tmp_path):
     between = distill_config(["--config", str(recipe), "save_every=5", *REQUIRED, "loss_params.beta=0.3",
                               "--output", "run"])
     assert after.save_every == before.save_every == between.save_every == 5
-    assert after.loss_params == before.loss_params == between.loss_params == {"beta": 0.3}
+    assert after.loss_settings == before.loss_settings == between.loss_settings == {"gjsd": {"beta": 0.3}}
     assert after == before == between and after.loss == "gjsd"
 
 
@@ -89,8 +89,8 @@ def test_distill_runs_with_overrides_after_output(pair, tmp_path, capsys):
 def test_every_distill_setting_is_a_flag_named_after_its_field():
     actions = {a.dest: a for a in build_parser()._subparsers._group_actions[0].choices["distill"]._actions}
     for f in dataclasses.fields(DistillConfig):
-        if f.name == "loss_params":
-            assert f.name not in actions  # a mapping: set its keys with loss_params.beta=0.3
+        if f.name in ("loss_settings", "teachers"):
+            assert f.name not in actions  # a mapping: --gjsd.beta 0.3 sets one loss setting, teachers.a=DIR one route
             continue
         assert "--" + f.name.replace("_", "-") in actions[f.name].option_strings, f.name
         assert actions[f.name].default is None  # not given = the recipe's value stands
@@ -156,7 +156,7 @@ def test_the_flag_helper_reads_types_defaults_and_metadata(capsys):
 
 @pytest.mark.parametrize("argv", [
     ["data", "shapes"], ["distill"], ["teacher-cache", "--teacher", "t", "--data", "d"],
-    ["eval", "--model", "m", "--data", "d"], ["demo"],
+    ["eval", "--model", "m", "--data", "d"], ["demo"], ["teacher-server", "--teacher", "t"],
 ])
 def test_every_command_takes_output(argv):
     assert parse([*argv, "--output", "somewhere"]).output == "somewhere"

@@ -72,28 +72,3 @@ def test_demo_flags_pick_the_preset():
     assert parse(["demo", "--quick"]).preset == "quick"
     assert parse(["demo", "--full"]).preset == "full"
     assert parse(["demo", "--preset", "quick"]).preset == "quick"
-
-
-def test_a_finished_student_run_is_reused_only_when_nothing_changed(tmp_path):
-    """bench_quality resumes after an interruption; a stale run with other settings must not count."""
-    import dataclasses
-
-    from taid_vlm.demo.pipeline import distil_student, initial_models, prepare_data
-
-    preset = PRESETS["quick"].with_overrides(n_train=16, n_test=2)
-    data = prepare_data(tmp_path / "data", preset, True, 0)
-    init = initial_models(tmp_path / "init", data, preset, True, 0)
-    budget = dataclasses.replace(preset.student_budget, steps=2, batch_size=4)
-    run = tmp_path / "run"
-
-    def weights_mtime() -> float:
-        return (run / "student" / "model.safetensors").stat().st_mtime_ns
-
-    distil_student(run, init["student"], None, data, "sft", budget, 0, 0.4, progress=False, reuse=True)
-    first = weights_mtime()
-    distil_student(run, init["student"], None, data, "sft", budget, 0, 0.4, progress=False, reuse=True)
-    assert weights_mtime() == first
-    distil_student(run, init["student"], None, data, "sft", dataclasses.replace(budget, steps=3), 0, 0.4,
-                   progress=False, reuse=True)
-    assert weights_mtime() != first
-    assert json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])["step"] == 3

@@ -86,7 +86,7 @@ def test_fsdp_two_processes_match_one_process_and_resume_exactly_after_sigkill(t
     with the same global batch, and a run killed with SIGKILL and resumed ends where the whole run does.
     The whole run also shards its teacher (teacher_shard) and checkpoints activations, the killed
     one does neither: where the teacher lives and whether activations are recomputed must not
-    change the result. Both accumulate 2 micro-batches a step."""
+    change the result. Both accumulate 2 micro-batches a step. One launched rank shards too."""
     import signal
     import time
 
@@ -106,7 +106,17 @@ def test_fsdp_two_processes_match_one_process_and_resume_exactly_after_sigkill(t
     t_one = [json.loads(x)["t"] for x in (tmp_path / "single" / "metrics.jsonl").read_text().splitlines()]
     assert t_fsdp == pytest.approx(t_one, rel=1e-6) and t_fsdp[-1] > t_fsdp[0]
     ranks = json.loads((tmp_path / "fsdp" / "ranks.json").read_text())
-    assert [r["t"] for r in ranks] == [ranks[0]["t"]] * 2
+    assert [r["t"] for r in ranks] == [ranks[0]["t"]] * 2 and [r["sharded"] for r in ranks] == [True, True]
+
+    # torchrun with ONE process still shards (FSDP2 over a mesh of one, as gpu_check.sh runs it on
+    # a single GPU) and trains as the unlaunched run does
+    one_rank = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1",
+                               "-m", "taid_vlm.cli", *args, "--distributed=fsdp", "--batch-size=2", "--grad-accum=2",
+                               f"--output={tmp_path / 'fsdp1'}"], env=env, capture_output=True, text=True, timeout=600)
+    assert one_rank.returncode == 0, one_rank.stderr[-3000:]
+    assert [r["sharded"] for r in json.loads((tmp_path / "fsdp1" / "ranks.json").read_text())] == [True]
+    assert _max_rel_diff(load_file(str(tmp_path / "fsdp1" / "student" / "model.safetensors")), b) < 1e-5
+    assert json.loads((tmp_path / "single" / "ranks.json").read_text())[0]["sharded"] is False
 
     killed = tmp_path / "killed"
     victim = subprocess.Popen(_launch_two(fsdp + [f"--output={killed}"]), env=env, start_new_session=True,
@@ -126,3 +136,4 @@ def test_fsdp_two_processes_match_one_process_and_resume_exactly_after_sigkill(t
     assert _max_rel_diff(c, a) < 1e-6
     t_resumed = {json.loads(x)["step"]: json.loads(x)["t"] for x in (killed / "metrics.jsonl").read_text().splitlines()}
     assert sorted(t_resumed) == list(range(1, 9)) and list(t_resumed.values()) == pytest.approx(t_fsdp, rel=1e-9)
+

@@ -12,16 +12,27 @@ from taid_vlm.models.families import detect_family
 from taid_vlm.testing.tiny import TINY_FAMILIES, build_tiny, save_tiny, tiny_records
 
 FAMILIES = [*TINY_FAMILIES, "composed"]
-TEXT_ONLY = {"llama", "qwen2"}
-# Image tokens per image of each tiny model at its default size.
+TEXT_ONLY = {"llama", "qwen2", "qwen3", "gemma3_text"}
+# Image tokens per image of each tiny model at its default size (Mllama: one <|image|> token, the
+# pixels go through cross-attention; LLaVA-NeXT/OneVision: base view 16 + one tile 16 + 4 newlines).
 IMAGE_TOKENS = {
     "llava": 49, "qwen2_vl": 4, "qwen2_5_vl": 4, "idefics3": 16, "smolvlm": 16, "internvl": 49, "composed": 16,
+    "qwen3_vl": 4, "qwen3_5": 4, "gemma3": 16, "paligemma": 16, "llava_next": 36, "mistral3": 4, "mllama": 1,
+    "llava_onevision": (36, 17),  # OneVision tiles a lone image; several in one record get the base view + newline
 }  # fmt: skip
+# The token repeated per image feature, where it is not the processor's image_token (Gemma 3
+# writes <start_of_image> in the prompt and expands it into soft tokens).
+FEATURE_TOKEN = {"gemma3": "<image_soft_token>"}
 MODEL_CLASS = {
     "llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "llava": "LlavaForConditionalGeneration",
     "qwen2_vl": "Qwen2VLForConditionalGeneration", "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration",
     "idefics3": "Idefics3ForConditionalGeneration", "smolvlm": "SmolVLMForConditionalGeneration",
     "internvl": "InternVLForConditionalGeneration", "composed": "ComposedVLMForConditionalGeneration",
+    "qwen3": "Qwen3ForCausalLM", "gemma3_text": "Gemma3ForCausalLM", "qwen3_vl": "Qwen3VLForConditionalGeneration",
+    "qwen3_5": "Qwen3_5ForConditionalGeneration", "gemma3": "Gemma3ForConditionalGeneration",
+    "paligemma": "PaliGemmaForConditionalGeneration", "llava_next": "LlavaNextForConditionalGeneration",
+    "llava_onevision": "LlavaOnevisionForConditionalGeneration", "mistral3": "Mistral3ForConditionalGeneration",
+    "mllama": "MllamaForConditionalGeneration",
 }  # fmt: skip
 
 
@@ -91,6 +102,8 @@ def test_response_mask_covers_exactly_each_assistant_turn_and_its_end_marker(che
     assert adapter.end_of_turn, "every tiny template ends an assistant turn with a marker"
     for row, record in enumerate(records):
         answers = [m["content"] for m in record.messages if m["role"] == "assistant"]
+        if adapter.family_info.prompt_format == "prefix_suffix":  # PaliGemma: the last answer is the suffix
+            answers = answers[-1:]
         runs = _runs(batch.response_mask[row].nonzero().squeeze(1))
         assert len(runs) == len(answers), record.id
         for run, answer in zip(runs, answers):
@@ -126,10 +139,13 @@ def test_image_tokens_are_expanded_but_never_distilled(checkpoints, family):
     _, adapter = checkpoints(family)
     records = _records(family)
     batch = adapter.render(records)
-    image_id = adapter.processor.image_token_id
+    image_id = adapter.tokenizer.convert_tokens_to_ids(FEATURE_TOKEN.get(family, adapter.processor.image_token))
     for row, record in enumerate(records):
         count = int((batch.input_ids[row] == image_id).sum())
-        assert count == IMAGE_TOKENS[family] * len(record.images), record.id
+        expected = IMAGE_TOKENS[family]
+        if isinstance(expected, tuple):  # (alone, each of several)
+            expected = expected[len(record.images) > 1]
+        assert count == expected * len(record.images), record.id
     image_ids = torch.tensor(sorted({image_id} | set(adapter._image_ids.tolist())))
     assert not bool(torch.isin(batch.input_ids[batch.response_mask], image_ids).any())
 

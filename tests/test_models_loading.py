@@ -35,7 +35,7 @@ def test_unknown_family_error_lists_the_supported_ones(tmp_path):
     from transformers import GPT2Config
 
     GPT2Config(n_layer=1, n_embd=32, n_head=2).save_pretrained(tmp_path)
-    with pytest.raises(ValueError, match=r"model_type 'gpt2' is not a supported family.*llama, qwen2, llava, qwen2_vl"):
+    with pytest.raises(ValueError, match=r"model_type 'gpt2' is not a supported family.*llama, qwen2, qwen3, gemma3_text, llava"):
         load(tmp_path)
 
 
@@ -128,6 +128,17 @@ def test_a_vlm_processor_without_chat_template_renders_images_in_the_plain_defau
     batch = plain.render(tiny_records()[:1])
     assert int((batch.input_ids[0] == plain.processor.image_token_id).sum()) == 49
     assert _response_texts(plain, batch) == ["The circle is red." + plain.tokenizer.eos_token]
+
+
+def test_cross_attention_images_align_when_the_processor_prepends_bos_to_a_template_without_one(saved):
+    adapter = load(saved("mllama"), chat_template="chatml")  # no bos: MllamaProcessor inserts one
+    records = tiny_records()
+    batch = adapter.render(records)
+    assert not batch.texts[0].startswith(adapter.tokenizer.bos_token)
+    assert adapter.tokenizer.convert_ids_to_tokens(int(batch.input_ids[0, 0])) == adapter.tokenizer.bos_token
+    for row, record in enumerate(records):  # the two-images record has an image after an answer
+        answers = [m["content"] for m in record.messages if m["role"] == "assistant"]
+        assert _response_texts(adapter, batch)[row] == "".join(a + "<|im_end|>" for a in answers), record.id
 
 
 def test_templates_are_overridable_per_model_and_survive_save(saved, tmp_path):

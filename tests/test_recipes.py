@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import pytest
+import yaml
 
 from taid_vlm.train import load_config
 
@@ -26,7 +27,8 @@ def test_recipe_resolves(recipe):
                                            ("stablelm-zephyr-3b_to_pythia-410m", 0.2)])
 def test_paper_t_start(name, t_start):
     recipe = next(p for p in RECIPES if p.stem == name)
-    assert load_config(recipe, {"output": "runs/x"}).t_start == t_start
+    assert load_config(recipe, {"output": "runs/x"}).settings_of()["t_start"] == t_start
+    assert "t_start" in yaml.safe_load(recipe.read_text())["taid"]  # the recipe nests TAID's settings
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.stem)

@@ -46,9 +46,10 @@ def test_scientific_notation_without_a_dot_is_a_number_everywhere(tmp_path):
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text("student: s\nteacher: t\ndata: d\noutput: o\nlr: 2e-5\ntaid_alpha: 5e-4\nloss: gjsd\n")
     config = load_config(recipe, {}, [])
-    assert (config.lr, config.taid_alpha) == (2e-5, 5e-4)
+    assert (config.lr, config.settings_of("taid")["alpha"]) == (2e-5, 5e-4)
     config = load_config(recipe, {"lr": "3e-4"}, ["loss_params.beta=5e-1", "warmup_steps=10"])
-    assert config.lr == 3e-4 and config.loss_params == {"beta": 0.5} and config.warmup_steps == 10
+    assert config.lr == 3e-4 and config.loss_settings == {"gjsd": {"beta": 0.5}, "taid": {"alpha": 5e-4}}
+    assert config.warmup_steps == 10
     with pytest.raises(ConfigError, match="lr expects float"):
         load_config(recipe, {"lr": "fast"}, [])
 
@@ -58,8 +59,9 @@ def test_config_precedence_yaml_then_flags_then_overrides(tmp_path):
     recipe.write_text("student: s\nteacher: t\ndata: d\noutput: o\nlr: 0.5\nmax_steps: 7\nloss: gjsd\n")
     config = load_config(recipe, {"lr": "0.25", "loss": None}, ["lr=0.125", "loss_params.beta=0.3", "chunked=false"])
     assert config.lr == 0.125 and config.max_steps == 7 and config.loss == "gjsd"
-    assert config.loss_params == {"beta": 0.3} and config.chunked is False
-    assert config.weight_decay == 0.01 and config.t_start == 0.4 and config.taid_alpha == 5e-4  # paper defaults
+    assert config.settings_of() == {"beta": 0.3} and config.chunked is False
+    taid = config.settings_of("taid")
+    assert config.weight_decay == 0.01 and taid["t_start"] == 0.4 and taid["alpha"] == 5e-4  # paper defaults
 
 
 def test_config_errors_name_the_key(tmp_path):
@@ -92,7 +94,7 @@ def test_vlm_distill_end_to_end(vlm_pair):
     ts = [r["t"] for r in rows]
     assert ts[0] == pytest.approx(0.4) and all(b >= a for a, b in zip(ts, ts[1:]))
     assert all(r["t"] >= r["t_linear"] - 1e-12 for r in rows)
-    assert result.final_t == pytest.approx(1.0)
+    assert result.final_metrics["t"] == pytest.approx(1.0) and set(result.final_metrics) == {"t", "t_linear"}
     resolved = (vlm_pair / "run" / "config.yaml").read_text()
     assert "loss: taid" in resolved and "max_steps: 5" in resolved
     # the student loads in plain transformers (the composed model registers on import)

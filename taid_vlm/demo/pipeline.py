@@ -30,7 +30,7 @@ from ..losses import loss_class
 from ..models.composed import build_composed_vlm
 from ..models.text_lm import build_text_lm
 from ..models.tokenizer import train_bpe_tokenizer
-from ..train import DistillConfig, distill
+from ..train import DistillConfig, distill, load_config
 from .presets import DemoPreset, TrainBudget
 from .shapes import generate_shapes
 
@@ -120,19 +120,21 @@ def claim_demo_dir(out: Path, overwrite: bool) -> None:
     (out / DEMO_MARKER).write_text("written by taid-vlm demo; its subfolders are replaced on every run\n")
 
 
-# ---- building blocks (also used by scripts/bench_quality.py) --------------------------------------
+# ---- building blocks (the benchmarks of taid_vlm.bench build on them too) ----------------------
 
 
-def _cached(directory: Path, key: dict[str, Any]) -> bool:
+def is_cached(directory: Path, key: dict[str, Any]) -> bool:
+    """Whether ``directory`` holds what ``key`` describes (its ``KEY_FILE`` says so): then it is reused."""
     marker = directory / KEY_FILE
     return marker.is_file() and json.loads(marker.read_text()) == key
 
 
-def _mark(directory: Path, key: dict[str, Any]) -> None:
+def mark_cached(directory: Path, key: dict[str, Any]) -> None:
+    """Record that ``directory`` now holds what ``key`` describes (written last, once it is complete)."""
     write_text_atomically(directory / KEY_FILE, json.dumps(key, indent=1, sort_keys=True))
 
 
-def _digest(model_dir: Path) -> str:
+def content_digest(model_dir: Path) -> str:
     """Content hash of a (small) checkpoint: the cache key of whatever is trained from it."""
     digest = hashlib.sha256()
     for file in sorted(model_dir.iterdir()):
@@ -142,18 +144,19 @@ def _digest(model_dir: Path) -> str:
     return digest.hexdigest()
 
 
-def _key_of(directory: Path) -> dict[str, Any]:
+def key_of(directory: Path) -> dict[str, Any]:
+    """The key a cached folder was made with (what is trained from it extends it)."""
     return json.loads((directory / KEY_FILE).read_text())
 
 
 def prepare_data(directory: Path, preset: DemoPreset, text: bool, seed: int) -> Path:
     """The shapes set for this preset (regenerated only when its settings change)."""
     key = {**preset.key("n_train", "n_test", "image_size", "qa_turns"), "text": text, "seed": seed}
-    if not _cached(directory, key):
+    if not is_cached(directory, key):
         shutil.rmtree(directory, ignore_errors=True)
         generate_shapes(directory, preset.n_train, preset.n_test, seed=seed, image_size=preset.image_size, text=text,
                         qa_turns=preset.qa_turns)
-        _mark(directory, key)
+        mark_cached(directory, key)
     return directory
 
 
@@ -164,8 +167,8 @@ def transfer_data(directory: Path, data_dir: Path, n_records: int) -> Path:
     Rebuilt only when the full set or the count changed; its key extends the full set's, so every
     run trained on it is keyed by both.
     """
-    key = {**_key_of(data_dir), "transfer_records": n_records}
-    if _cached(directory, key):
+    key = {**key_of(data_dir), "transfer_records": n_records}
+    if is_cached(directory, key):
         return directory
     lines = (data_dir / "train.jsonl").read_text().splitlines()
     if len(lines) < n_records:
@@ -181,7 +184,7 @@ def transfer_data(directory: Path, data_dir: Path, n_records: int) -> Path:
         # relative, so the work folder can be moved or copied as a whole
         target = os.path.relpath((data_dir / "images").resolve(), directory.resolve())
         (directory / "images").symlink_to(target, target_is_directory=True)
-    _mark(directory, key)
+    mark_cached(directory, key)
     return directory
 
 
@@ -205,24 +208,24 @@ def save_initial_model(path: Path, spec: dict[str, Any], tokenizer, text: bool, 
 def initial_models(directory: Path, data_dir: Path, preset: DemoPreset, text: bool, seed: int) -> dict[str, Path]:
     """Untrained teacher and student sharing one tokenizer (cached by settings)."""
     key = {**preset.key("vocab_size", "teacher", "student", "text_teacher", "text_student", "image_size"),
-           "data": _key_of(data_dir), "text": text, "seed": seed}
+           "data": key_of(data_dir), "text": text, "seed": seed}
     paths = {"teacher": directory / "teacher", "student": directory / "student"}
-    if _cached(directory, key):
+    if is_cached(directory, key):
         return paths
     shutil.rmtree(directory, ignore_errors=True)
     directory.mkdir(parents=True)
     tokenizer = shared_tokenizer(data_dir, preset.vocab_size)
     save_initial_model(paths["teacher"], preset.text_teacher if text else preset.teacher, tokenizer, text, preset.image_size, seed + 101)
     save_initial_model(paths["student"], preset.text_student if text else preset.student, tokenizer, text, preset.image_size, seed + 202)
-    _mark(directory, key)
+    mark_cached(directory, key)
     return paths
 
 
 def train_teacher(directory: Path, init_dir: Path, data_dir: Path, budget: TrainBudget, seed: int,
                   progress: bool) -> tuple[Path, bool]:
     """Train the teacher from scratch with cross entropy; reuse it when nothing changed."""
-    key = {"budget": dataclasses.asdict(budget), "init": _digest(init_dir), "data": _key_of(data_dir), "seed": seed}
-    if _cached(directory, key) and (directory / "student").is_dir():
+    key = {"budget": dataclasses.asdict(budget), "init": content_digest(init_dir), "data": key_of(data_dir), "seed": seed}
+    if is_cached(directory, key) and (directory / "student").is_dir():
         return directory / "student", True
     config = DistillConfig(
         student=str(init_dir), data=str(data_dir / "train.jsonl"), output=str(directory), loss="sft",
@@ -230,36 +233,20 @@ def train_teacher(directory: Path, init_dir: Path, data_dir: Path, budget: Train
         save_every=budget.steps, log_every=5, seed=seed, progress=progress, overwrite=True,
     )  # fmt: skip
     distill(config.validate())
-    _mark(directory, key)
+    mark_cached(directory, key)
     return directory / "student", False
 
 
-def student_run_key(init_dir: Path, teacher_dir: Path | None, data_dir: Path, loss: str, budget: TrainBudget,
-                    seed: int, t_start: float, **config: Any) -> dict[str, Any]:
-    """Everything that decides a student run's result: a finished run with this key can be reused."""
-    return {"loss": loss, "budget": dataclasses.asdict(budget), "seed": seed, "t_start": t_start, "config": config,
-            "init": _digest(init_dir), "teacher": _digest(teacher_dir) if loss_class(loss).needs_teacher else None,
-            "data": _key_of(data_dir)}
-
-
 def distil_student(run_dir: Path, init_dir: Path, teacher_dir: Path | None, data_dir: Path, loss: str,
-                   budget: TrainBudget, seed: int, t_start: float, progress: bool, reuse: bool = False,
-                   **config: Any) -> Path:
-    """One student run; every loss gets the same initial weights, data order and budget.
-
-    ``reuse``: when the same run (same weights, teacher, data, budget, settings) already finished
-    in ``run_dir``, return it instead of training again (long benchmarks survive interruption).
-    """
-    key = student_run_key(init_dir, teacher_dir, data_dir, loss, budget, seed, t_start, **config)
-    if reuse and _cached(run_dir, key) and (run_dir / "student").is_dir():
-        return run_dir
-    distill(DistillConfig(
+                   budget: TrainBudget, seed: int, t_start: float, progress: bool, **config: Any) -> Path:
+    """One student run; every loss gets the same initial weights, data order and budget."""
+    # load_config: ``config`` may name loss settings by their recipe keys (taid_adaptive, taid.alpha_per_run)
+    distill(load_config(None, dict(
         student=str(init_dir), teacher=str(teacher_dir) if loss_class(loss).needs_teacher else None, data=str(data_dir / "train.jsonl"),
         output=str(run_dir), loss=loss, max_steps=budget.steps, lr=budget.lr, batch_size=budget.batch_size,
         warmup_steps=budget.warmup_steps, t_start=t_start, save_every=budget.steps, log_every=5, seed=seed,
         progress=progress, overwrite=True, **config,
-    ).validate())  # fmt: skip
-    _mark(run_dir, key)
+    )))  # fmt: skip
     return run_dir
 
 

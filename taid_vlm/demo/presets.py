@@ -20,6 +20,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..losses import TAID
+
 _LM = {"model_type": "llama", "tie_word_embeddings": True, "max_position_embeddings": 1024}
 
 
@@ -68,7 +70,7 @@ class DemoPreset:
     # budgets
     teacher_budget: TrainBudget
     student_budget: TrainBudget
-    t_start: float = 0.4
+    t_start: float = TAID.settings["t_start"].default  # TAID's own default (losses/schedule.py)
     # students distil on the first N training scenes only (None: the teacher's whole set)
     transfer_records: int | None = None
     losses: tuple[str, ...] = ("sft", "fkl", "taid")

@@ -3,7 +3,7 @@
 Every sentence is derived from what the run produced: the caption backend the evaluation
 actually used, the question counts it actually scored, and the t vs t_linear statement read
 from the TAID student's metrics.jsonl. ``results.json`` adds the machine and the command, so
-the README's demo table can be regenerated from a committed copy (scripts/readme_tables.py).
+the demo table of docs/results/README.md can be regenerated from a committed copy (scripts/readme_tables.py).
 """
 
 from __future__ import annotations

@@ -75,6 +75,11 @@ class EvalConfig:
         help="map our field to a dataset column, e.g. answers=multiple_choice_answer (HF only)"))
     progress: bool = field(default=True, metadata=flag(
         "--quiet", action="store_false", help="no progress lines on stderr"))
+    backend: str = field(default="hf", metadata=flag(
+        choices=("hf", "vllm"), help="hf: the model's own generate; vllm: a vLLM server (answers greedily the same "
+        "way; started for each --model from .venv-vllm unless --server names one)"))
+    server: str | None = field(default=None, metadata=flag(
+        metavar="URL", help="with --backend vllm and one --model: the `taid-vlm teacher-server` of that model"))
 
     def __post_init__(self) -> None:
         self.models = list(self.models)
@@ -102,6 +107,10 @@ class EvalConfig:
         self.vqa_rules = benchmark_vqa_rules(self.benchmark, self.vqa_rules)
         if self.vqa_rules not in VQA_RULES:
             raise EvalError(f"--vqa-rules {self.vqa_rules!r} is not one of {', '.join(VQA_RULES)}")
+        if self.backend not in ("hf", "vllm"):
+            raise EvalError(f"--backend {self.backend!r} is not one of hf, vllm")
+        if self.server and (self.backend != "vllm" or len(self.models) != 1):
+            raise EvalError("--server is the vLLM server of the one --model: pass --backend vllm and exactly one --model")
         if not self.output:
             raise EvalError("no --output: give a directory for the results")
         if Path(self.output).is_file():

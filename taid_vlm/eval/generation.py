@@ -26,6 +26,7 @@ from transformers.generation.streamers import BaseStreamer
 
 from ..data.records import Record
 from ..models.adapter import ModelAdapter, RenderedBatch
+from ..teacher_server import ServedModel
 from .errors import EvalError
 
 Progress = Callable[[int, int], None]  # (items done, items in all)
@@ -129,6 +130,8 @@ def generate_answers(
     progress: Progress | None = None,
 ) -> GenerationRun:
     """Greedy answers in input order; any failure becomes an EvalError naming the model and records."""
+    if isinstance(adapter, ServedModel):
+        return served_answers(adapter, prompts, name, batch_size, max_new_tokens, progress)
     predictions: list[str] = []
     seconds, tokens, hit_limit, streamed = 0.0, 0, 0, True
     for batch in batches(prompts, batch_size):
@@ -161,6 +164,30 @@ def generate_answers(
     return GenerationRun(predictions, seconds, tokens, hit_limit)
 
 
+def served_answers(served: ServedModel, prompts: Sequence[Record], name: str, batch_size: int, max_new_tokens: int,
+                   progress: Progress | None = None) -> GenerationRun:
+    """``generate_answers`` on a vLLM server: the same prompts (the model's own rendering, sent as
+    token ids), greedy, the same stop tokens, decoded by the same tokenizer; tokens counted from
+    the ids the server returns (stop token included, as ``TokenCounter`` counts)."""
+    predictions: list[str] = []
+    seconds, tokens, hit_limit = 0.0, 0, 0
+    stops = set(served.stop_token_ids)
+    for batch in batches(prompts, batch_size):
+        start = time.perf_counter()
+        try:
+            ids = served.generate_ids(batch, max_new_tokens=max_new_tokens)
+        except Exception as e:  # noqa: BLE001 - re-raised naming the model and records
+            raise EvalError(f"model {name!r} (vLLM server {served.url}) could not answer record(s) {_ids(batch)}: "
+                            f"{type(e).__name__}: {e}") from e
+        seconds += time.perf_counter() - start
+        predictions.extend(served.tokenizer.batch_decode(ids, skip_special_tokens=True))
+        tokens += sum(len(row) for row in ids)
+        hit_limit += sum(1 for row in ids if len(row) >= max_new_tokens and not stops.intersection(row))
+        if progress is not None:
+            progress(len(predictions), len(prompts))
+    return GenerationRun(predictions, seconds, tokens, hit_limit)
+
+
 def _check_answers(answers: object, batch: Sequence[Record], name: str) -> None:
     if not isinstance(answers, list) or len(answers) != len(batch) or not all(isinstance(a, str) for a in answers):
         raise EvalError(
@@ -187,6 +214,12 @@ def reference_nll(
     """
     out: list[tuple[float, int]] = []
     for batch in batches(targets, batch_size):
+        if isinstance(adapter, ServedModel):  # the server's log-prob of each reference token
+            rendered = adapter.render(batch, on_device=False)
+            rendered = replace(rendered, response_mask=last_run(rendered.response_mask))
+            token_ids, index, logprobs = adapter.token_logprobs(batch, rendered)
+            out.extend(_sums(-logprobs.double(), index, len(batch), rendered))
+            continue
         try:
             with eval_mode(adapter.model):
                 rendered = adapter.render(batch)
@@ -220,6 +253,10 @@ def _per_record_nll(
     logits: torch.Tensor, token_ids: torch.Tensor, record_index: torch.Tensor, n: int, rendered: RenderedBatch
 ) -> list[tuple[float, int]]:
     nll = F.cross_entropy(logits.float(), token_ids.to(logits.device), reduction="none").double().cpu()
+    return _sums(nll, record_index, n, rendered)
+
+
+def _sums(nll: torch.Tensor, record_index: torch.Tensor, n: int, rendered: RenderedBatch) -> list[tuple[float, int]]:
     index = record_index.cpu()
     sums = torch.zeros(n, dtype=torch.float64).index_add_(0, index, nll)
     counts = torch.bincount(index, minlength=n)

@@ -17,6 +17,8 @@ import gc
 import json
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence
@@ -75,9 +77,16 @@ def run_evaluation(config: EvalConfig) -> dict[str, Any]:
 
 
 def _evaluate_one(model: ModelLike, name: str, eval_set: EvalSet, config: EvalConfig) -> tuple[ModelResult, list]:
+    if config.backend == "vllm":
+        with served_model(model, name, config) as served:
+            return _evaluate_loaded(served, model, name, eval_set, config, served.load_s)
     start = time.perf_counter()
     adapter = model if isinstance(model, ModelAdapter) else _load(model, name, config)
-    load_s = time.perf_counter() - start
+    return _evaluate_loaded(adapter, model, name, eval_set, config, time.perf_counter() - start)
+
+
+def _evaluate_loaded(adapter: ModelAdapter, model: ModelLike, name: str, eval_set: EvalSet, config: EvalConfig,
+                     load_s: float) -> tuple[ModelResult, list]:
     _check_can_answer(adapter, name, eval_set)
     items = eval_set.items
     run = generate_answers(adapter, [i.prompt for i in items], name, config.batch_size, config.new_tokens,
@@ -107,6 +116,31 @@ def _preflight(models: Sequence[ModelLike], names: Sequence[str]) -> None:
         looks_local = isinstance(model, Path) or text.startswith(("/", ".", "~"))
         if not isinstance(model, (dict, ModelAdapter)) and looks_local and not Path(text).expanduser().exists():
             raise EvalError(f"cannot load model {name!r}: no such checkpoint directory {text}")
+
+
+@contextmanager
+def served_model(model: ModelLike, name: str, config: EvalConfig) -> Iterator[Any]:
+    """The model answered by a vLLM server: ``--server``'s, or one started for it here (stopped after)."""
+    from ..teacher_server import ServerConfig, open_served, start_server
+    from ..teacher_server.launcher import free_port, has_gpu
+
+    if isinstance(model, (dict, ModelAdapter)) or not Path(str(model)).is_dir():
+        raise EvalError(f"--backend vllm serves checkpoint folders; model {name!r} ({model}) is not one")
+    start = time.perf_counter()
+    process = None
+    url = config.server
+    if url is None:
+        _log(config, f"{name}: starting a vLLM server (scripts/setup_vllm.sh's environment)")
+        process = start_server(ServerConfig(teacher=str(model), port=free_port(), top_k=1, dtype=config.dtype or "auto",
+                                              eager=not has_gpu()))  # no graph compilation on a CPU
+        url = process.url
+    try:
+        served = open_served(str(model), url, top_k=1, timeout=60.0, role="student")
+        served.load_s = time.perf_counter() - start
+        yield served
+    finally:
+        if process is not None:
+            process.stop()
 
 
 def _load(model: ModelLike, name: str, config: EvalConfig) -> ModelAdapter:
@@ -148,11 +182,13 @@ def _model_result(
     metrics = dict(scores.metrics)
     metrics["items_per_s"] = round(run.items_per_s, 2)
     metrics["tokens_per_s"] = None if run.tokens_per_s is None else round(run.tokens_per_s, 2)
+    served = getattr(adapter, "url", None)  # a teacher_server.ServedModel: the model runs in that server
     extra = {
         "task": eval_set.task,
         "source": "<in-memory ModelAdapter>" if isinstance(source, ModelAdapter) else str(source),
-        "family": adapter.family, "model_type": adapter.model_type,
-        "dtype": str(adapter.dtype).removeprefix("torch."), "device": str(adapter.device),
+        "family": adapter.family, "model_type": adapter.model_type, "backend": config.backend,
+        "dtype": str(adapter.dtype).removeprefix("torch.") if served is None else config.dtype or "auto",
+        "device": str(adapter.device) if served is None else f"vllm server {served}",
         "generated_tokens": run.generated_tokens, "n_hit_max_new_tokens": run.n_hit_limit,
         "example_prompt": adapter.render([eval_set.items[0].prompt], add_generation_prompt=True).texts[0],
         **scores.extra,

@@ -6,7 +6,7 @@ No model code and no I/O here, so every loss is unit-testable in milliseconds.
 """
 
 from .api import LossTerms, divergence
-from .base import DivergenceLoss, Loss, Param, Range
+from .base import DivergenceLoss, Loss, Param, Range, Setting
 from .divergences import CTKDTemperature
 from .options import EngineOptions
 from .registry import LOSSES, UnknownLoss, build_loss, loss_class, register_loss
@@ -21,5 +21,5 @@ LOSS_NAMES = tuple(name for name, cls in LOSSES.items() if not cls.ranked)
 
 __all__ = ["divergence", "EngineOptions", "LossTerms", "TeacherSignal", "FullSignal", "BucketSignal", "Head", "Logits",
            "TopK", "topk_of_logits", "TAIDSchedule", "CTKDTemperature", "LOSS_NAMES", "LOSSES", "Loss", "DivergenceLoss",
-           "Param", "Range", "register_loss", "loss_class", "build_loss", "UnknownLoss", "TAID", "CTKD", "CrossEntropy",
+           "Param", "Range", "Setting", "register_loss", "loss_class", "build_loss", "UnknownLoss", "TAID", "CTKD", "CrossEntropy",
            "ULD", "Ranks"]

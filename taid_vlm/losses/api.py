@@ -163,19 +163,24 @@ def _chunked(loss: Loss, student: Head, teacher: TeacherSignal | None, mask: Ten
     temperature_tensor = temperature if isinstance(temperature, Tensor) else None
     interpolation = loss.interpolation() if temperature_tensor is None and options.closed_form else None
     kd_labels = labels if loss.needs_labels else None
+    kernel = None
+    if interpolation is not None and teacher is not None:  # the closed form's kernel, for this device and dtype
+        teacher_dtype = torch.float32 if teacher.kind == "buckets" else teacher.dtype  # buckets: fp32 (BucketStep)
+        math = torch.promote_types(torch.promote_types(student.weight.dtype, options.dtype), teacher_dtype)
+        kernel = kl_kernel(options, device, math)
     if teacher is None:  # the student's own loss (sft) on its logits: autograd per chunk
         step = FullVocabStep(None, loss, kd_vocab=head_rows, labels=kd_labels, interpolation=None,
-                             kernel=kl_kernel(options))
+                             kernel=kernel)
     elif teacher.kind == "buckets":
         teacher.check(head_rows)
         step = BucketStep(teacher, loss, vocab=head_rows, labels=kd_labels, interpolation=interpolation,
-                          kernel=kl_kernel(options))
+                          kernel=kernel)
     else:
         kd_vocab = shared_vocab_size(head_rows, teacher.vocab)
         if ce_weight and kd_vocab != head_rows:
             interpolation = None  # the fused CE spans the whole head, the KD the shared columns: autograd per chunk
         step = FullVocabStep(teacher, loss, kd_vocab=kd_vocab, labels=kd_labels, interpolation=interpolation,
-                             kernel=kl_kernel(options))
+                             kernel=kernel)
     vocab = head_rows if ce_weight else step.kd_vocab  # padding rows of the head take no part (a zero gradient)
     low_precision = student.weight.dtype.itemsize < 4
     plan = Plan(

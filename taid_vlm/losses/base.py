@@ -6,13 +6,15 @@ step? what to log?) and never compares loss names; a new loss is one subclass pl
 ``train/``. The per-chunk math stays a per-token function of logits (``divergences.py``) so the
 engine (``api.py``: one door; ``chunked.py``, ``topk.py``: its paths) can run any loss on any slice of tokens.
 
-Settings a loss reads are fields of the run's config (users name them in YAML); the class
-declares which ones and their valid ranges, so config validation comes from here.
+A loss declares its settings once (``Setting``: type, default, range, help, the flat alias of
+older configs): the config's validation, its recipe keys (``taid: {t_start: 0.4}``), the
+``--taid.t-start`` flags and the resume check all come from the declaration (train/config.py).
 """
 
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from typing import Any, ClassVar, Mapping
 
@@ -54,11 +56,39 @@ def _num(x: float) -> str:
 
 
 @dataclass(frozen=True)
-class Param:
-    """A number the per-token math takes (``loss_params.<name>`` in a config)."""
+class Setting:
+    """One setting of a loss, declared once: config validation, the recipe key ``<section>.<name>``
+    (YAML: ``<section>: {<name>: value}``), the flag ``--<section>.<name>`` and the resume check
+    all come from it.
 
-    default: float | None  # None: the caller must pass it
-    range: Range = Range()
+    ``default`` None means "null is allowed" (or, with ``required``, that the caller must pass a
+    value: TAID's t, which its schedule sets). ``alias`` is the flat config key that sets it too
+    (``t_start`` for ``taid.t_start``): the keys of configs written before settings nested.
+    """
+
+    default: Any = None
+    range: Range | None = None
+    type: type = float  # float, int, bool or str
+    help: str = ""
+    alias: str | None = None
+    required: bool = False
+
+    def problem(self, name: str, value: Any) -> str | None:
+        """Why ``value`` is out of range (``name`` as the user spelled the key), or None."""
+        if self.range is None or self.range.contains(value):
+            return None
+        return f"{name} must be {self.range.describe()}, got {value}"
+
+
+def Param(default: float | None, range: Range = Range(), help: str = "", alias: str | None = None) -> Setting:
+    """A number of the per-token math (``build_loss("gjsd", beta=0.3)``; in a run ``gjsd.beta``, alias
+    ``loss_params.beta``); ``default`` None: the caller must pass it."""
+    return Setting(default, range, float, help, alias, required=default is None)
+
+
+def snake_case(name: str) -> str:
+    """``ScaledForwardKL`` -> ``scaled_forward_kl``."""
+    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", "_", name).lower()
 
 
 class Loss:
@@ -70,24 +100,25 @@ class Loss:
     # compares sorted probabilities (ULD): the student's own top-k against a teacher known by its
     # ranks (losses/uld.py ``Ranks``), not the student at the teacher's ids
     ranked: ClassVar[bool] = False
-    params: ClassVar[dict[str, Param]] = {}  # numbers of the math; set per run with loss_params.<name>
-    # params that the loss sets itself during a run (TAID's t): refused in loss_params, with why
+    params: ClassVar[dict[str, Setting]] = {}  # numbers of the per-token math (keywords of the functional API)
+    # params that the loss sets itself during a run (TAID's t): refused in a config, with why
     scheduled: ClassVar[dict[str, str]] = {}
-    # config fields the loss reads (besides temperature) and their valid ranges (None: no interval)
-    settings: ClassVar[dict[str, Range | None]] = {}
+    # what else a run configures (TAID's schedule, CTKD's ramp): read by ``from_settings``
+    settings: ClassVar[dict[str, Setting]] = {}
 
     def __init__(self, **params: float):
         unknown = set(params) - set(self.params)
         if unknown:
             takes = ", ".join(self.params) if self.params else "no parameters"
             raise TypeError(f"loss {self.label()!r} got unexpected parameter(s) {sorted(unknown)}; it takes {takes} (and temperature)")
-        missing = [k for k, p in self.params.items() if p.default is None and params.get(k) is None]
+        missing = [k for k, p in self.params.items() if p.required and params.get(k) is None]
         if missing:
             raise TypeError(f"loss {self.label()!r} needs {', '.join(f'{k}=' for k in missing)} (e.g. t from TAIDSchedule.t)")
         self.values: dict[str, float] = {k: (params[k] if params.get(k) is not None else p.default) for k, p in self.params.items()}
         for key, value in self.values.items():
-            if not self.params[key].range.contains(value):
-                raise ValueError(f"loss {self.label()!r}: {key} must be {self.params[key].range.describe()}, got {value}")
+            problem = self.params[key].problem(key, value)
+            if problem:
+                raise ValueError(f"loss {self.label()!r}: {problem}")
         self.base_temperature: float = 1.0
 
     # ---- building from a run's config ---------------------------------------------------------
@@ -97,34 +128,41 @@ class Loss:
         return cls.name or f"{cls.__module__}:{cls.__qualname__}"
 
     @classmethod
-    def from_settings(cls, settings: Mapping[str, Any], params: Mapping[str, float], total_steps: int) -> "Loss":
-        """The loss of one run: ``settings`` holds temperature and the fields named in ``settings``."""
-        loss = cls(**params)
-        loss.base_temperature = float(settings.get("temperature", 1.0))
+    def section(cls) -> str:
+        """The config section of its settings: the registered name, else the class name in snake_case."""
+        return cls.name or snake_case(cls.__name__)
+
+    @classmethod
+    def declared(cls) -> dict[str, Setting]:
+        """Every setting a run may give: the params it does not schedule itself, then ``settings``."""
+        return {**{k: p for k, p in cls.params.items() if k not in cls.scheduled}, **cls.settings}
+
+    @classmethod
+    def defaults(cls) -> dict[str, Any]:
+        return {key: setting.default for key, setting in cls.declared().items()}
+
+    @classmethod
+    def from_settings(cls, values: Mapping[str, Any], *, temperature: float = 1.0, total_steps: int = 1) -> "Loss":
+        """The loss of one run from its resolved settings (``defaults()`` updated with the config's)."""
+        loss = cls(**{k: v for k, v in values.items() if k in cls.params})
+        loss.base_temperature = float(temperature)
         return loss
 
     @classmethod
-    def setting_problems(cls, settings: Mapping[str, Any]) -> list[str]:
-        """Out-of-range settings, each naming its valid range; subclasses add cross-field checks."""
+    def setting_problems(cls, values: Mapping[str, Any], spelling: Mapping[str, str] | None = None) -> list[str]:
+        """Out-of-range settings, each naming its valid range; subclasses add cross-field checks.
+        ``spelling``: how the user wrote each key (``t_start``, ``taid.t_start``, ``loss_params.beta``)."""
         problems = []
-        for key, allowed in cls.settings.items():
-            if allowed is not None and key in settings and not allowed.contains(settings[key]):
-                problems.append(f"{key} must be {allowed.describe()}, got {settings[key]}")
+        for key, setting in cls.declared().items():
+            if key in values:
+                problem = setting.problem(cls.spelled(key, spelling), values[key])
+                if problem:
+                    problems.append(problem.replace(" must be ", f" of loss {cls.label()!r} must be ", 1))
         return problems
 
     @classmethod
-    def param_problems(cls, params: Mapping[str, float]) -> list[str]:
-        """loss_params a user may set: ``params`` minus the ones the loss schedules itself."""
-        accepted = [k for k in cls.params if k not in cls.scheduled]
-        problems = []
-        for key, value in params.items():
-            if key not in accepted:
-                takes = ", ".join(accepted) if accepted else "no parameters"
-                extra = f" ({cls.scheduled[key]})" if key in cls.scheduled else ""
-                problems.append(f"loss_params.{key} is not a parameter of loss {cls.label()!r}; it takes {takes}{extra}")
-            elif not cls.params[key].range.contains(value):
-                problems.append(f"loss_params.{key} of loss {cls.label()!r} must be {cls.params[key].range.describe()}, got {value}")
-        return problems
+    def spelled(cls, key: str, spelling: Mapping[str, str] | None = None) -> str:
+        return (spelling or {}).get(key, f"{cls.section()}.{key}")
 
     @classmethod
     def owns_parameters(cls) -> bool:
@@ -168,13 +206,15 @@ class Loss:
             module.to(device)
         return self
 
-    def snapshot(self) -> dict[str, float]:
-        """Values at the start of a step, logged with the step and compared across ranks."""
+    def metrics(self) -> dict[str, float]:
+        """Its values now (TAID: t, t_linear): read at the start of each step, shown in the progress
+        bar, logged with the step, compared across ranks at the end and in ``DistillResult``."""
         return {}
 
-    def step_metrics(self, snapshot: dict[str, float]) -> dict[str, float]:
-        """The metrics row's loss-specific columns once the step is done."""
-        return dict(snapshot)
+    def step_metrics(self, before: dict[str, float]) -> dict[str, float]:
+        """The metrics row's loss-specific columns once the step is done (``before``: ``metrics()``
+        at its start)."""
+        return dict(before)
 
     def state_dict(self) -> dict[str, Any]:
         """Plain-Python state for checkpoints (JSON); tensors belong in ``modules()``."""

@@ -24,7 +24,8 @@ chunk, one head-gradient accumulator; both terms share the token denominator), t
 temperature's gradient, and the fold through the head. A new per-chunk kernel (Triton, say)
 is a new ``kl_kernel`` (same arguments: the chunk's student and teacher logits, t and the
 temperature; it returns the per-token loss and leaves d loss / d student logits in the
-student's buffer) or a new step, never a second skeleton.
+student's buffer) or a new step, never a second skeleton: ``chunk_kernel: triton`` (the default
+``auto`` on CUDA) is ``triton_chunk.py``'s, one launch per chunk with no temporaries.
 
 The chunk size comes from a memory budget for those buffers (``chunk_memory_mb``), the same way
 on every path and device (``chunk_size_for``): the GEMMs of a chunk run near full speed once a
@@ -45,23 +46,27 @@ from .common import reduce_tokens, softcap_
 from .fused_kl import compiled_interpolated_kl_, interpolated_kl_
 from .options import EngineOptions
 from .signals import FullSignal, Scratch, linear_into
+from .triton_chunk import interpolated_kl_triton_, resolve_chunk_kernel
 
 Tensor = torch.Tensor
 
 # Budget (MiB) for a chunk's [chunk, V] buffers when neither chunk_size nor chunk_memory_mb is
 # given. CPU: ~220-token chunks at V = 152k: TAID at 1.41x the four-GEMM floor with 13.6x less
 # memory than the plain path; smaller chunks slow the GEMMs down (96 tokens: 1.66x, under load)
-# (docs/LOSS-ENGINE.md). CUDA: ~1,750-token chunks at V = 152k, where GPU GEMMs are efficient;
+# (docs/LOSS-ENGINE.md). CUDA: ~1,750-token chunks at V = 152k (~3,500 with the Triton kernel's
+# 2 rows a token), where GPU GEMMs are efficient;
 # not measured here.
 DEFAULT_CHUNK_MEMORY_MB = {"cpu": 512.0, "cuda": 4096.0}
 MIN_CHUNK, MAX_CHUNK = 8, 8192
 
 # fp32 [V] rows a step holds per token of a chunk (estimates, not measurements): the closed-form
-# full-vocabulary step keeps the student and teacher buffers and the kernel's two temporaries;
+# full-vocabulary step keeps the student and teacher buffers and the torch kernel's two
+# temporaries (the Triton kernel has none: ROWS_CLOSED_FORM_TRITON);
 # autograd keeps the graph's softmaxes, log-softmaxes and their gradients alive (8 for the zoo's
 # losses); the bucket step keeps the student's buffer, the rest of its vocabulary and a
 # logsumexp temporary.
 ROWS_CLOSED_FORM, ROWS_AUTOGRAD, ROWS_BUCKETS = 4.0, 8.0, 3.0
+ROWS_CLOSED_FORM_TRITON = 2.0
 # A bf16/fp16 head adds a half-width matmul buffer; a fused cross entropy beside an in-place step
 # its own softmax/gradient buffer (beside any other step it works in the logits' buffer once the
 # step has read them); a softcapped student the buffer of the cap's derivative.
@@ -108,12 +113,17 @@ def chunk_size_for(step: "ChunkStep", vocab: int, options: EngineOptions, *, dev
 KLKernel = Callable[[Tensor, Tensor, float, float], Tensor]
 
 
-def kl_kernel(options: EngineOptions) -> KLKernel:
-    """The closed-form KL(p_t || q) kernel of a chunk (taid; fkl is t = 1).
+def kl_kernel(options: EngineOptions, device: torch.device | str, dtype: torch.dtype = torch.float32) -> KLKernel:
+    """The closed-form KL(p_t || q) kernel of a chunk (taid; fkl is t = 1) for logits of ``dtype``
+    on ``device``, as ``options.chunk_kernel`` says (``triton_chunk.resolve_chunk_kernel``: an
+    explicit ``triton`` where it cannot run is an error here, before any chunk).
 
     ``kernel(student [c, V], teacher [c, V], t, temperature) -> per-token loss [c]``; on return
-    ``student`` holds d loss / d student logits and ``teacher`` scratch; both contiguous, one dtype.
+    ``student`` holds d loss / d student logits (the torch kernel also uses ``teacher`` as scratch;
+    the Triton kernel only reads it); both contiguous, one dtype.
     """
+    if resolve_chunk_kernel(options.chunk_kernel, device, dtype) == "triton":
+        return interpolated_kl_triton_
     return compiled_interpolated_kl_ if options.compile else interpolated_kl_
 
 
@@ -172,7 +182,8 @@ class FullVocabStep(ChunkStep):
         self.teacher, self.loss, self.kd_vocab, self.labels = teacher, loss, kd_vocab, labels
         self.interpolation, self.kernel = interpolation, kernel
         self.in_place = interpolation is not None
-        self.rows_per_token = ROWS_CLOSED_FORM if self.in_place else ROWS_AUTOGRAD
+        closed_form = ROWS_CLOSED_FORM_TRITON if kernel is interpolated_kl_triton_ else ROWS_CLOSED_FORM
+        self.rows_per_token = closed_form if self.in_place else ROWS_AUTOGRAD
         self.dtype = teacher.dtype if teacher is not None else torch.float32  # None: a teacher-free loss (sft)
 
     def prepare(self, rows, dtype, device, scratch) -> None:

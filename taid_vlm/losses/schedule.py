@@ -19,18 +19,37 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from .base import Range, Setting
+
+_UNIT = Range(0.0, 1.0)
+
+# TAID's settings, declared once (the TAID paper's defaults): the loss ``taid`` exposes them as its
+# config section (``taid: {t_start: 0.4}``, flag ``--taid.t-start``; the flat keys of older configs
+# are their aliases) and TAIDSchedule takes its defaults from here.
+SETTINGS: dict[str, Setting] = {
+    "t_start": Setting(0.4, _UNIT, help="t at the first step (a larger capacity gap: smaller t_start)", alias="t_start"),
+    "t_end": Setting(1.0, _UNIT, help="t at the last step (1: forward KL to the teacher)", alias="t_end"),
+    "alpha": Setting(5e-4, Range(0.0), help="step size of the adaptive update", alias="taid_alpha"),
+    "beta": Setting(0.99, Range(0.0, 1.0, open_high=True, hint="(a momentum)"),
+                    help="momentum of the loss improvement the adaptive update follows", alias="taid_beta"),
+    "adaptive": Setting(True, type=bool, help="move t faster while the loss improves (false: the linear schedule)",
+                        alias="taid_adaptive"),
+    "alpha_per_run": Setting(None, Range(0.0, hint="or null"), alias="taid_alpha_per_run",
+                             help="alpha = this / max_steps, so that short runs adapt too (null: alpha as given)"),
+}
+
 
 class TAIDSchedule:
     def __init__(
         self,
         total_steps: int,
-        t_start: float = 0.4,
-        t_end: float = 1.0,
-        alpha: float = 5e-4,
-        beta: float = 0.99,
-        adaptive: bool = True,
+        t_start: float = SETTINGS["t_start"].default,
+        t_end: float = SETTINGS["t_end"].default,
+        alpha: float = SETTINGS["alpha"].default,
+        beta: float = SETTINGS["beta"].default,
+        adaptive: bool = SETTINGS["adaptive"].default,
         eps: float = 1e-15,
-        alpha_per_run: float | None = None,
+        alpha_per_run: float | None = SETTINGS["alpha_per_run"].default,
     ):
         if total_steps < 1:
             raise ValueError(f"TAIDSchedule: total_steps must be >= 1, got {total_steps}")

@@ -240,6 +240,21 @@ def as_signal(value: "Tensor | TeacherSignal | None") -> "TeacherSignal | None":
     raise TypeError(f"a teacher is logits (a tensor), Head, Logits or TopK; got {type(value).__name__}")
 
 
+def fp32_output_gemm(x: Tensor, weight: Tensor, out: Tensor) -> bool:
+    """Whether ``torch.mm(x, weight.T, out_dtype=fp32)`` runs here: 16-bit operands of one dtype,
+    an fp32 output, a torch that has the op, on an Ampere or newer CUDA device (or the meta
+    device, for checks)."""
+    if not (out.dtype == torch.float32 and x.dtype in (torch.bfloat16, torch.float16) and weight.dtype == x.dtype
+            and _MM_HAS_OUT_DTYPE):
+        return False
+    if x.device.type == "meta":
+        return True
+    return x.device.type == "cuda" and torch.cuda.get_device_capability(x.device)[0] >= 8
+
+
+_MM_HAS_OUT_DTYPE = "dtype_out" in torch.ops.aten.mm.overloads()
+
+
 class Scratch:
     """Reused head-dtype buffers for bf16/fp16 matmuls whose result lands in an fp32 buffer."""
 
@@ -254,9 +269,20 @@ class Scratch:
 
 
 def linear_into(out: Tensor, x: Tensor, weight: Tensor, bias: Tensor | None, scratch: Scratch) -> None:
-    """out = x @ weight.T + bias, the matmul in the head's dtype, the result in out's dtype."""
+    """out = x @ weight.T + bias, the matmul in the head's dtype, the result in out's dtype.
+
+    bf16/fp16 on CUDA: the GEMM writes its fp32 accumulator into ``out`` (``out_dtype``), so the
+    logits are never rounded to the head's dtype before the fp32 softmax math; a bf16 result cast
+    up afterwards cancels badly in q - p (Liger's fused-linear JSD lost 4-23% of its gradients
+    so). Elsewhere (CPU has no such GEMM) the product is rounded to the head's dtype first.
+    """
     if x.dtype == out.dtype:
         torch.mm(x, weight.t(), out=out)
+        if bias is not None:
+            out.add_(bias)
+        return
+    if fp32_output_gemm(x, weight, out):
+        torch.mm(x, weight.t(), out_dtype=out.dtype, out=out)
         if bias is not None:
             out.add_(bias)
         return

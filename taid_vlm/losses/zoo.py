@@ -1,8 +1,9 @@
 """The registered losses: one class each, wrapping a per-token function of ``divergences.py``.
 
-A class says what the loss needs (teacher, labels), which numbers it takes and their ranges,
-which config settings it reads, and owns whatever changes during a run: TAID its schedule of t,
-CTKD its learned temperature and the ramp of its gradient reversal.
+A class says what the loss needs (teacher, labels), which numbers it takes and which other
+settings a run gives it (each declared once, with type, default, range and help), and owns
+whatever changes during a run: TAID its schedule of t, CTKD its learned temperature and the ramp
+of its gradient reversal.
 """
 
 from __future__ import annotations
@@ -12,10 +13,11 @@ from typing import Any, ClassVar, Mapping
 
 import torch
 
-from .base import DivergenceLoss, Loss, Param, Range
+from .base import DivergenceLoss, Loss, Param, Range, Setting
 from .divergences import (CTKDTemperature, adaptive_kl, cross_entropy, ctkd_kl, decoupled_kd, forward_kl,
                           generalized_jsd, reverse_kl, skew_forward_kl, skew_reverse_kl, taid_kl, total_variation)
 from .registry import register_loss
+from .schedule import SETTINGS as TAID_SETTINGS
 from .schedule import TAIDSchedule
 from .uld import uld_per_token
 
@@ -45,38 +47,41 @@ class TotalVariation(DivergenceLoss):
 @register_loss("gjsd")
 class GeneralizedJSD(DivergenceLoss):
     function = generalized_jsd
-    params = {"beta": Param(0.5, UNIT)}
+    params = {"beta": Param(0.5, UNIT, help="weight of the teacher in the mixture (0: forward KL, 1: reverse KL)")}
 
 
 @register_loss("skew_fkl")
 class SkewForwardKL(DivergenceLoss):
     function = skew_forward_kl
-    params = {"skew": Param(0.1, UNIT)}
+    params = {"skew": Param(0.1, UNIT, help="share of the teacher mixed into the student's side")}
 
 
 @register_loss("skew_rkl")
 class SkewReverseKL(DivergenceLoss):
     function = skew_reverse_kl
-    params = {"skew": Param(0.1, UNIT)}
+    params = {"skew": Param(0.1, UNIT, help="share of the student mixed into the teacher's side")}
 
 
 @register_loss("akl")
 class AdaptiveKL(DivergenceLoss):
     function = adaptive_kl
-    params = {"mu": Param(0.5, UNIT)}
+    params = {"mu": Param(0.5, UNIT, help="teacher mass that makes the head of the distribution")}
 
 
 @register_loss("ctkd")
 class CTKD(DivergenceLoss):
     """Forward KL at a learned temperature whose gradient is reversed (Li et al. 2023).
 
-    The reversal strength ramps from 0 to ``ctkd_lambda_max`` with a cosine over the run; the
+    The reversal strength ramps from 0 to ``lambda_max`` with a cosine over the run; the
     temperature module is trained with the student and saved in checkpoints as
     ``ctkd_temperature.pt``.
     """
 
     function = ctkd_kl
-    settings: ClassVar[dict[str, Range | None]] = {"ctkd_lambda_max": NON_NEGATIVE}
+    settings: ClassVar[dict[str, Setting]] = {
+        "lambda_max": Setting(1.0, NON_NEGATIVE, alias="ctkd_lambda_max",
+                              help="gradient-reversal strength the cosine ramp reaches at the last step"),
+    }
 
     def __init__(self, **params: float):
         super().__init__(**params)
@@ -85,10 +90,10 @@ class CTKD(DivergenceLoss):
         self.last_temperature: Tensor | None = None
 
     @classmethod
-    def from_settings(cls, settings: Mapping[str, Any], params: Mapping[str, float], total_steps: int) -> "CTKD":
-        loss = super().from_settings(settings, params, total_steps)
+    def from_settings(cls, values: Mapping[str, Any], *, temperature: float = 1.0, total_steps: int = 1) -> "CTKD":
+        loss = super().from_settings(values, temperature=temperature, total_steps=total_steps)
         loss.learned = CTKDTemperature(initial=max(loss.base_temperature, 1.0) + 1e-3)
-        loss.lambda_max = float(settings["ctkd_lambda_max"])
+        loss.lambda_max = float(values["lambda_max"])
         return loss
 
     @classmethod
@@ -104,10 +109,10 @@ class CTKD(DivergenceLoss):
     def modules(self) -> dict[str, torch.nn.Module]:
         return {"ctkd_temperature": self.learned} if self.learned is not None else {}
 
-    def step_metrics(self, snapshot: dict[str, float]) -> dict[str, float]:
+    def step_metrics(self, before: dict[str, float]) -> dict[str, float]:
         if self.last_temperature is None:
-            return dict(snapshot)
-        return {**snapshot, "temperature": float(self.last_temperature.detach())}
+            return dict(before)
+        return {**before, "temperature": float(self.last_temperature.detach())}
 
 
 @register_loss("dkd")
@@ -116,7 +121,8 @@ class DecoupledKD(DivergenceLoss):
 
     function = decoupled_kd
     needs_labels = True
-    params = {"alpha": Param(1.0, NON_NEGATIVE), "beta": Param(8.0, NON_NEGATIVE)}
+    params = {"alpha": Param(1.0, NON_NEGATIVE, help="weight of the target-class term (TCKD)"),
+              "beta": Param(8.0, NON_NEGATIVE, help="weight of the non-target-class term (NCKD)")}
 
 
 @register_loss("taid")
@@ -128,32 +134,28 @@ class TAID(DivergenceLoss):
     """
 
     function = taid_kl
-    params = {"t": Param(None, UNIT)}
+    params = {"t": Param(None, UNIT, help="the interpolation between the student (0) and the teacher (1)")}
     scheduled = {"t": "TAID's t comes from t_start/t_end and the schedule"}
-    settings: ClassVar[dict[str, Range | None]] = {
-        "t_start": UNIT, "t_end": UNIT, "taid_alpha": NON_NEGATIVE, "taid_beta": Range(0.0, 1.0, open_high=True, hint="(a momentum)"),
-        "taid_adaptive": None, "taid_alpha_per_run": Range(0.0, hint="or null"),
-    }
+    settings: ClassVar[dict[str, Setting]] = TAID_SETTINGS
 
     def __init__(self, t: float | None = None, *, schedule: TAIDSchedule | None = None):
         super().__init__(t=schedule.t if schedule is not None else t)
         self.schedule = schedule
 
     @classmethod
-    def from_settings(cls, settings: Mapping[str, Any], params: Mapping[str, float], total_steps: int) -> "TAID":
-        schedule = TAIDSchedule(total_steps, t_start=settings["t_start"], t_end=settings["t_end"], alpha=settings["taid_alpha"],
-                                beta=settings["taid_beta"], adaptive=settings["taid_adaptive"],
-                                alpha_per_run=settings["taid_alpha_per_run"])
-        loss = cls(schedule=schedule, **params)
-        loss.base_temperature = float(settings.get("temperature", 1.0))
+    def from_settings(cls, values: Mapping[str, Any], *, temperature: float = 1.0, total_steps: int = 1) -> "TAID":
+        schedule = TAIDSchedule(total_steps, **{k: values[k] for k in cls.settings})
+        loss = cls(schedule=schedule)
+        loss.base_temperature = float(temperature)
         return loss
 
     @classmethod
-    def setting_problems(cls, settings: Mapping[str, Any]) -> list[str]:
-        problems = super().setting_problems(settings)
-        start, end = settings.get("t_start"), settings.get("t_end")
+    def setting_problems(cls, values: Mapping[str, Any], spelling: Mapping[str, str] | None = None) -> list[str]:
+        problems = super().setting_problems(values, spelling)
+        start, end = values.get("t_start"), values.get("t_end")
         if not problems and start is not None and end is not None and start > end:
-            problems.append(f"t_start ({start}) must be <= t_end ({end}): TAID's t only moves toward the teacher")
+            problems.append(f"{cls.spelled('t_start', spelling)} ({start}) must be <= {cls.spelled('t_end', spelling)} ({end}): "
+                            "TAID's t only moves toward the teacher")
         return problems
 
     @property
@@ -170,13 +172,13 @@ class TAID(DivergenceLoss):
         if self.schedule is not None:
             self.schedule.step(kd_loss)
 
-    def snapshot(self) -> dict[str, float]:
+    def metrics(self) -> dict[str, float]:
         if self.schedule is None:
             return {"t": self.t}
         return {"t": self.schedule.t, "t_linear": self.schedule.t_linear}
 
-    def step_metrics(self, snapshot: dict[str, float]) -> dict[str, float]:
-        return {**snapshot, "t_next": self.t}
+    def step_metrics(self, before: dict[str, float]) -> dict[str, float]:
+        return {**before, "t_next": self.t}
 
     def state_dict(self) -> dict[str, Any]:
         return self.schedule.state_dict() if self.schedule is not None else {}

@@ -13,9 +13,15 @@ the assistant text. The adapter finds it robustly:
    where each token came from (``offset_mapping``), so character spans map to token positions
    exactly, whatever the expansion.
 
+Cross-attention images (Mllama, ``images_expand=False``) are not expanded: each stays one
+``<|image|>`` token, so every response sits at the same distance from the end of the tokenized
+text as in the template's own text (the processor may still prepend a bos). A prefix/suffix processor
+(PaliGemma, ``prompt_format="prefix_suffix"``) has no chat template: the answer goes in as the
+processor's ``suffix`` and its tokens (``token_type_ids`` 1) are the response.
+
 The forward pass then returns, for those positions only and in (record, turn, token) order, the
-final hidden state that predicts each token plus the LM head (or logits when the head is not a
-plain linear map). Image tokens and prompt tokens never reach the loss.
+final hidden state that predicts each token plus the LM head and its final-logit softcap (or
+logits when the head scales them otherwise). Image tokens and prompt tokens never reach the loss.
 """
 
 from __future__ import annotations
@@ -30,13 +36,21 @@ import torch
 
 from ..data.records import Record
 from .families import (
-    Family, final_hidden_states, head_is_linear, image_token_ids, template_messages, uses_content_parts,
+    Family, final_hidden_states, head_is_linear, head_softcap, image_token_ids, prefix_and_suffix, template_messages,
+    uses_content_parts,
 )  # fmt: skip
 from .outputs import ResponseOutputs
 from .tokenizer import PLAIN_TEMPLATE
 
 ROLES = ("teacher", "student")
 Span = tuple[int, int]
+# Passed to every chat template (ignored by those that do not read them). Records hold answers,
+# not reasoning: a thinking template (Qwen3, Qwen3.5) renders a finished answer after an empty
+# <think></think> block, and with thinking off its generation prompt ends with that same block,
+# so a student is prompted exactly as it was trained.
+TEMPLATE_KWARGS = {"enable_thinking": False}
+# Processor outputs that are never model inputs here (PaliGemma returns HF labels: the loss is ours).
+_NOT_INPUTS = ("labels",)
 
 
 @dataclass
@@ -86,11 +100,13 @@ class ModelAdapter:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.chat_template = chat_template or _own_template(processor, self.tokenizer) or PLAIN_TEMPLATE
         self.content_parts = not family.text_only and uses_content_parts(self.chat_template)
+        self._image_placeholder = family.image_placeholder or getattr(processor, "image_token", None)
         self._image_ids = torch.tensor(image_token_ids(processor, family), dtype=torch.long)
         self._specials = sorted(
             (t.content for t in self.tokenizer.added_tokens_decoder.values() if t.special), key=len, reverse=True
         )
         self._linear_head = head_is_linear(model)
+        self.softcap = head_softcap(model)  # applied by the loss engine inside each chunk
         # What computes the final hidden states: the model itself, or a module wrapping it (an
         # FSDP root must be called for its parameters to be gathered; train/parallel.py sets it).
         self.hidden_module: torch.nn.Module | None = None
@@ -111,7 +127,7 @@ class ModelAdapter:
 
     @property
     def head_is_linear(self) -> bool:
-        """Logits are exactly ``lm_head(final hidden)``: the chunked loss may read the head."""
+        """Logits are ``lm_head(final hidden)`` (then ``softcap``, if set): the chunked loss may read the head."""
         return self._linear_head
 
     @property
@@ -140,14 +156,19 @@ class ModelAdapter:
         """
         if not records:
             raise ValueError("render() needs at least one record")
-        texts, spans = [], []
         for record in records:
             record.validate()
-            text, record_spans = self._render_text(record, add_generation_prompt)
-            texts.append(text)
-            spans.append([] if add_generation_prompt else record_spans)
         side = "left" if add_generation_prompt else "right"
-        encoded = self._encode(texts, records, padding_side=side)
+        if self.family_info.prompt_format == "prefix_suffix":
+            encoded, texts, mask = self._encode_prefix_suffix(records, add_generation_prompt, side)
+        else:
+            texts, spans = [], []
+            for record in records:
+                text, record_spans = self._render_text(record, add_generation_prompt)
+                texts.append(text)
+                spans.append([] if add_generation_prompt else record_spans)
+            encoded = self._encode(texts, records, padding_side=side)
+            mask = None
         lengths = encoded["attention_mask"].sum(dim=1)
         if max_length is not None and int(lengths.max()) > max_length:
             too_long = [f"{r.id!r} ({int(n)} tokens)" for r, n in zip(records, lengths) if n > max_length]
@@ -155,21 +176,23 @@ class ModelAdapter:
                 f"{self.role} ({self.family}): record(s) {', '.join(too_long)} exceed max_length={max_length}; "
                 "responses are never truncated: trim the prompt or raise max_length"
             )
-        mask = self._response_mask(encoded, texts, spans, records)
+        if mask is None:
+            mask = self._response_mask(encoded, texts, spans, records)
         inputs = self._model_inputs(encoded, on_device)
         ids = [r.id for r in records]
         return RenderedBatch(inputs=inputs, response_mask=mask.to(self.device) if on_device else mask, record_ids=ids,
                              texts=texts)
 
     def _render_text(self, record: Record, add_generation_prompt: bool) -> tuple[str, list[Span]]:
-        conversation = template_messages(record, self.family_info, self.content_parts)
+        conversation = template_messages(record, self.family_info, self.content_parts, self._image_placeholder)
         if add_generation_prompt:
             return self._apply_template(conversation, True), []
         return response_spans(conversation, self._apply_template, self._specials, record.id)
 
     def _apply_template(self, conversation: list[dict[str, Any]], add_generation_prompt: bool) -> str:
         return self.tokenizer.apply_chat_template(
-            conversation, chat_template=self.chat_template, add_generation_prompt=add_generation_prompt, tokenize=False
+            conversation, chat_template=self.chat_template, add_generation_prompt=add_generation_prompt, tokenize=False,
+            **TEMPLATE_KWARGS,
         )
 
     def _encode(self, texts: list[str], records: Sequence[Record], padding_side: str) -> Any:
@@ -184,13 +207,49 @@ class ModelAdapter:
         images = [r.open_images() for r in records]
         if any(images):
             common["images"] = images
-        return self.processor(text=texts, return_text_replacement_offsets=True, **common)
+        if self.family_info.images_expand:
+            common["return_text_replacement_offsets"] = True
+        return self.processor(text=texts, **common)
+
+    def _encode_prefix_suffix(
+        self, records: Sequence[Record], add_generation_prompt: bool, padding_side: str
+    ) -> tuple[Any, list[str], torch.Tensor]:
+        """PaliGemma-style processors: the answer goes in as ``suffix`` and comes back as the
+        tokens with ``token_type_ids`` 1, which is the response mask (``families.prefix_and_suffix``)."""
+        pairs = [prefix_and_suffix(r, self.processor.image_token, add_generation_prompt) for r in records]
+        prefixes, suffixes = [p for p, _ in pairs], [s for _, s in pairs]
+        if all(s is None for s in suffixes):
+            suffixes = None
+        elif any(s is None for s in suffixes):
+            raise ValueError(f"{self.family}: a batch needs an answer in every record or in none "
+                             f"(records {', '.join(repr(r.id) for r in records)})")
+        common: dict[str, Any] = dict(return_tensors="pt", padding=True, padding_side=padding_side)
+        with_images = [bool(r.images) for r in records]
+        if all(with_images):
+            encoded = self.processor(text=prefixes, images=[r.open_images() for r in records], suffix=suffixes, **common)
+        elif not any(with_images):  # what the processor writes, without its (required) images
+            tok = self.tokenizer
+            pair = {"text_pair": [s + tok.eos_token for s in suffixes]} if suffixes is not None else {}
+            encoded = tok([tok.bos_token + p + "\n" for p in prefixes], **pair, return_token_type_ids=True,
+                          add_special_tokens=False, **common)
+        else:
+            raise ValueError(f"{self.family}: a batch needs an image in every record or in none "
+                             f"(records {', '.join(repr(r.id) for r in records)})")
+        mask = torch.zeros(encoded["input_ids"].shape, dtype=torch.bool)
+        if suffixes is not None:
+            mask = encoded["token_type_ids"].bool() & encoded["attention_mask"].bool()
+            if len(self._image_ids):
+                mask &= ~torch.isin(encoded["input_ids"], self._image_ids)
+        texts = [p + (s or "") for p, s in pairs]
+        return encoded, texts, mask
 
     def _response_mask(
         self, encoded: Any, texts: list[str], spans: list[list[Span]], records: Sequence[Record]
     ) -> torch.Tensor:
         offsets = encoded["offset_mapping"]
         replacements = encoded.get("text_replacement_offsets")
+        # A processor that reports no replacement offsets but may have changed the text (expanded
+        # images; Mllama prepends bos to a text without one) is aligned from the end.
         expanded = any(r.images for r in records) and not self.family_info.text_only
         mask = torch.zeros(offsets.shape[:2], dtype=torch.bool)
         for b, record_spans in enumerate(spans):
@@ -211,7 +270,8 @@ class ModelAdapter:
         """For processors that do not report where they expanded images: align from the end.
 
         Tokens after the last image are the same in the expanded and unexpanded sequence, so a
-        response that follows every image sits at the same distance from the end in both.
+        response that follows every image sits at the same distance from the end in both. Images
+        that do not expand (cross-attention, ``images_expand=False``) keep every response there.
         """
         plain = self.tokenizer(text, return_offsets_mapping=True, add_special_tokens=False, return_tensors="pt")
         plain_mask = _mask_from_offsets(plain["offset_mapping"][0], spans)
@@ -219,7 +279,8 @@ class ModelAdapter:
         ids, attention = encoded["input_ids"][b], encoded["attention_mask"][b].bool()
         real = attention.nonzero().squeeze(1)
         image_positions = torch.isin(plain_ids, self._image_ids).nonzero()
-        if len(image_positions) and int(image_positions.max()) > int(plain_mask.nonzero().min()):
+        expands = self.family_info.images_expand
+        if expands and len(image_positions) and int(image_positions.max()) > int(plain_mask.nonzero().min()):
             raise ValueError(
                 f"{self.family} processor does not report text_replacement_offsets; record {record_id!r} has an "
                 "image after a response, which cannot be aligned without them"
@@ -239,7 +300,7 @@ class ModelAdapter:
         names = set(getattr(self.processor, "model_input_names", []) or []) | {"input_ids", "attention_mask"}
         inputs = {}
         for key, value in encoded.items():
-            if key not in names or not isinstance(value, torch.Tensor):
+            if key not in names or key in _NOT_INPUTS or not isinstance(value, torch.Tensor):
                 continue
             if on_device:
                 value = value.to(self.device, dtype=self.dtype if value.is_floating_point() else None)
@@ -248,8 +309,10 @@ class ModelAdapter:
 
     def _probe_end_of_turn(self) -> str:
         """The end-of-turn marker this template writes after an assistant message ('' if none)."""
+        if self.family_info.prompt_format == "prefix_suffix":
+            return self.tokenizer.eos_token or ""  # the processor ends every suffix with eos
         probe = Record("end-of-turn probe", [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "OK"}])
-        conversation = template_messages(probe, self.family_info, self.content_parts)
+        conversation = template_messages(probe, self.family_info, self.content_parts, self._image_placeholder)
         text, spans = response_spans(conversation, self._apply_template, self._specials, probe.id)
         start, end = spans[0]
         return text[start:end].split("OK", 1)[1].strip()
@@ -281,7 +344,8 @@ class ModelAdapter:
                 weight, bias = head.weight, head.bias
                 if self.role == "teacher":
                     weight, bias = weight.detach(), (bias.detach() if bias is not None else None)
-                return ResponseOutputs(token_ids, record_index, hidden=hidden, head_weight=weight, head_bias=bias)
+                return ResponseOutputs(token_ids, record_index, hidden=hidden, head_weight=weight, head_bias=bias,
+                                       softcap=self.softcap)
             keep = predicting.any(dim=0).nonzero().squeeze(1)  # only positions some row needs
             logits = self.model(**batch.inputs, use_cache=False, logits_to_keep=keep).logits
         return ResponseOutputs(token_ids, record_index, logits=logits[predicting[:, keep]])

@@ -38,6 +38,7 @@ def load(
     chat_template: str | None = None,
     trust_remote_code: bool = False,
     tokenizer: Any = None,
+    weights: bool = True,
 ) -> ModelAdapter:
     """A ``ModelAdapter`` around the model and processor at ``path_or_spec``.
 
@@ -47,6 +48,9 @@ def load(
     accelerate's device map: how a 72B teacher fits beside a small student in one process.
     ``tokenizer`` only applies to composed specs: a student built from parts takes its
     teacher's tokenizer so the two share a vocabulary (a checkpoint brings its own).
+    ``weights=False`` reads a checkpoint's config and processor only and builds the model on the
+    meta device: an adapter that renders records exactly as the model would see them, for a model
+    that runs elsewhere (a served teacher, ``taid_vlm/teacher_server``).
     """
     if role not in ROLES:
         raise ValueError(f"role must be one of {ROLES}, got {role!r}")
@@ -58,7 +62,9 @@ def load(
             model = model.to(torch_dtype)
     else:
         device_map = "auto" if device == "auto" else None
-        model, processor = _from_pretrained(str(path_or_spec), torch_dtype, trust_remote_code, device_map)
+        model, processor = _from_pretrained(str(path_or_spec), torch_dtype, trust_remote_code, device_map, weights)
+        if not weights:
+            device = None
     if device == "auto":
         device = None  # already placed, layer by layer, across the visible devices
     return adapt(model, processor, role=role, device=device, chat_template=template, source=str(path_or_spec))
@@ -124,7 +130,7 @@ def _build_composed(spec: Any, tokenizer: Any = None) -> tuple[torch.nn.Module, 
 
 
 def _from_pretrained(path: str, dtype: torch.dtype | None, trust_remote_code: bool,
-                     device_map: str | None = None) -> tuple[torch.nn.Module, Any]:
+                     device_map: str | None = None, weights: bool = True) -> tuple[torch.nn.Module, Any]:
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
 
     try:
@@ -139,6 +145,9 @@ def _from_pretrained(path: str, dtype: torch.dtype | None, trust_remote_code: bo
     except Exception as e:  # noqa: BLE001 - translated into what to install, original chained
         raise processor_error(path, config.model_type, e) from e
     auto_model = AutoModelForCausalLM if family.text_only else AutoModelForImageTextToText
+    if not weights:
+        with torch.device("meta"):
+            return auto_model.from_config(config, trust_remote_code=trust_remote_code), processor
     model = auto_model.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code, device_map=device_map)
     return model, processor
 

@@ -192,6 +192,7 @@ def _teacher_answers(teacher: ModelAdapter, batch: list[Record], max_new_tokens:
 
 
 def _topk(out: ResponseOutputs, k: int) -> TopK:
-    """Top-k over the teacher's logits, TOPK_ROWS tokens at a time (never [N, V] at once)."""
+    """Top-k over the teacher's logits, TOPK_ROWS tokens at a time (never [N, V] at once); a served
+    teacher's outputs already are its top-k + tail."""
     topk = teacher_topk(out, torch.arange(out.num_tokens), k, block=TOPK_ROWS)
     return TopK(topk.ids.cpu(), topk.logprobs.cpu(), topk.tail.cpu())

@@ -48,6 +48,12 @@ def run_teacher_cache(args: argparse.Namespace) -> int:
 def _load_teacher(config: TeacherCacheConfig):
     from accelerate import PartialState
 
+    if config.teacher_server:  # the teacher's top-k from a vLLM server (taid_vlm/teacher_server)
+        from ..teacher_server import open_served
+
+        return open_served(config.teacher, config.teacher_server, top_k=config.top_k, timeout=config.teacher_server_timeout,
+                           chat_template=config.teacher_chat_template)
+
     from ..models import load_model
 
     device = config.teacher_device or PartialState(cpu=not __import__("torch").cuda.is_available()).device

@@ -13,6 +13,10 @@ LOGIT_DTYPE_NAMES = ("bfloat16", "float16", "float32")  # store.LOGIT_DTYPES, wi
 @dataclass
 class TeacherCacheConfig:
     teacher: str = field(default="", metadata=flag(required=True, help="teacher checkpoint dir, hub id or composed spec"))
+    teacher_server: str | None = field(default=None, metadata=flag(
+        metavar="URL", help="score with `taid-vlm teacher-server --teacher TEACHER` at URL instead of loading the teacher"))
+    teacher_server_timeout: float = field(default=600.0, metadata=flag(
+        help="seconds an unreachable server is waited for before the build stops (it resumes)"))
     data: str = field(default="", metadata=flag(
         required=True, help="training data (the same file/dataset distill will use)"))
     output: str = field(default="", metadata=flag(

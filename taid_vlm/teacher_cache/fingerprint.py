@@ -68,7 +68,8 @@ def teacher_fingerprint(adapter: ModelAdapter, name: str, max_length: int | None
     return {
         "name": teacher_name(name),
         "model_type": adapter.model_type,
-        "weights_sha256": weights_hash(adapter.model),
+        # a served teacher (teacher_server.ServedModel) fingerprints its checkpoint's files instead
+        "weights_sha256": getattr(adapter, "weights_sha256", None) or weights_hash(adapter.model),
         "tokenizer_sha256": _text_hash(vocab),
         "processor_sha256": _text_hash(config),
         "chat_template_sha256": _text_hash(adapter.chat_template or ""),

@@ -3,7 +3,21 @@
 It is read from a YAML file, then command-line flags, then ``key=value`` overrides (later wins),
 and the resolved result is written to ``OUTPUT/config.yaml``. Unknown keys are errors, never
 silently ignored. Defaults follow the TAID paper: AdamW lr 1e-4, weight decay 0.01, cosine
-decay, gradient clipping 1.0, t_start 0.4, t_end 1.0, alpha 5e-4, beta 0.99.
+decay, gradient clipping 1.0 (and TAID's own settings, declared in losses/schedule.py).
+
+A loss's settings are not fields here: each loss class declares them (``losses.Setting``) and a
+config holds them in the loss's *section*, named after the loss (a ``module:Class`` loss: the
+class name in snake_case)::
+
+    loss: taid
+    taid: {t_start: 0.2, alpha_per_run: 4.0}     # YAML; the resolved config.yaml writes the whole section
+    taid.t_start=0.2                             # a key=value override
+    --taid.t-start 0.2                           # a flag (--no-taid.adaptive for a switch)
+
+Aliases, the keys of configs written before settings nested, stay accepted: the flat keys a
+setting declares (``t_start``, ``t_end``, ``taid_alpha``, ``taid_beta``, ``taid_adaptive``,
+``taid_alpha_per_run``, ``ctkd_lambda_max``; flags ``--t-start`` ...) and ``loss_params`` for the
+chosen loss's parameters (``loss_params: {beta: 0.3}``, ``loss_params.beta=0.3``).
 """
 
 from __future__ import annotations
@@ -21,15 +35,17 @@ import yaml
 
 from ..errors import UserError
 from ..files import write_text_atomically
-from ..flags import flag
+from ..flags import add_typed_argument, flag
 from ..losses import LOSSES, EngineOptions, Loss, UnknownLoss
 from ..losses import loss_class as find_loss_class
+from ..losses.triton_chunk import CHUNK_KERNELS
 
 RESPONSE_SOURCES = ("data", "teacher")
 CROSS_TOKENIZER = ("off", "span", "uld")
 MIXED_PRECISION = ("no", "bf16", "fp16")
 DISTRIBUTED = ("ddp", "fsdp")
 LR_SCHEDULERS = ("cosine", "linear", "constant")
+GENERATION_BACKENDS = ("hf", "vllm")
 
 
 @dataclass
@@ -43,6 +59,15 @@ class DistillConfig:
     student_chat_template: str | None = None  # Jinja template overriding the processor's
     teacher_chat_template: str | None = None
     teacher_cache: str | None = None  # a `taid-vlm teacher-cache` directory: no live teacher is loaded
+
+    # --- teachers and the sampler on vLLM servers (taid_vlm/teacher_server/, docs/TEACHER_SERVER.md) --
+    teacher_server: str | None = None  # URL of `taid-vlm teacher-server --teacher TEACHER`: its top-k prompt log-probs
+    teacher_server_timeout: float = 600.0  # seconds an unreachable server is waited for, then one error (resumable)
+    teacher_top_k: int = 20  # log-probs per response token asked of a teacher server (<= its --top-k)
+    teachers: dict[str, str] = field(default_factory=dict)  # record `teacher` tag -> checkpoint dir or server URL
+    generation_backend: str = "hf"  # on-policy samples from the student's own generate ("hf") or a vLLM server ("vllm")
+    generation_server: str | None = None  # with vllm: URL of `teacher-server --teacher STUDENT --allow-weight-updates`
+    generation_sync_every: int = 1  # optimizer steps between loads of the student's weights into generation_server
 
     # --- data -------------------------------------------------------------------------------
     data: str = ""
@@ -60,21 +85,14 @@ class DistillConfig:
     loss: str = "taid"  # a registered name (taid_vlm/losses/zoo.py) or "module:Class" (a Loss subclass)
     distil_ratio: float = 1.0  # weight of the distillation loss; 1 - ratio goes to cross entropy
     temperature: float = 1.0
-    loss_params: dict[str, float] = field(default_factory=dict)  # e.g. {beta: 0.5} for gjsd
+    # the loss settings given, per loss section ({taid: {t_start: 0.2}}; YAML writes each section as a
+    # top-level key); defaults and ranges come from the loss class, and validate() resolves the chosen one
+    loss_settings: dict[str, dict[str, Any]] = field(default_factory=dict, metadata=flag(cli=False))
     chunked: bool = True  # the chunked fused-linear engine; False = plain full logits (for comparison)
     chunk_size: int | None = None  # tokens per chunk; overrides chunk_memory_mb
     chunk_memory_mb: float | None = None  # budget for a chunk's [chunk, V] buffers (None: device default)
     chunk_compile: bool = False  # torch.compile the taid/fkl chunk kernel (pays a one-off compile)
-    # Settings of one loss; each loss class declares the ones it reads and their ranges.
-    # TAID schedule (docs/TAID.md)
-    t_start: float = 0.4
-    t_end: float = 1.0
-    taid_alpha: float = 5e-4
-    taid_beta: float = 0.99
-    taid_adaptive: bool = True
-    taid_alpha_per_run: float | None = None  # alpha = this / max_steps: adapts in short runs too
-    # CTKD: the learned temperature's gradient-reversal strength ramps 0 -> this over the run
-    ctkd_lambda_max: float = 1.0
+    chunk_kernel: str = "torch"  # taid/fkl chunk kernel: torch, triton (CUDA) or auto (triton on CUDA, else torch); torch until measured on a GPU
 
     # --- cross-tokenizer distillation (docs/CROSS-TOKENIZER.md) -----------------------------
     # off: one tokenizer (a padded vocabulary over a shared range included); span: the teacher's
@@ -129,13 +147,14 @@ class DistillConfig:
             find_loss_class(self.loss)
         except UnknownLoss as e:
             problems.append(str(e))
-        if self.needs_teacher and not (self.teacher or self.teacher_cache):
+        problems += self._served_problems()
+        if self.needs_teacher and not (self.teacher or self.teacher_cache or self.teacher_server or self.teachers):
             problems.append(f"loss {self.loss!r} with distil_ratio {self.distil_ratio} needs a teacher (or a teacher_cache)")
         if self.teacher_cache and self.on_policy > 0:
             problems.append("on_policy > 0 needs a live teacher to score the student's samples; drop teacher_cache or set on_policy=0")
         if self.responses not in RESPONSE_SOURCES:
             problems.append(f"responses must be one of {RESPONSE_SOURCES}, got {self.responses!r}")
-        if self.responses == "teacher" and not (self.teacher or self.teacher_cache):
+        if self.responses == "teacher" and not (self.teacher or self.teacher_cache or self.teacher_server):
             problems.append("responses=teacher needs a teacher")
         if not 0.0 <= self.on_policy <= 1.0:
             problems.append(f"on_policy is a probability in [0, 1], got {self.on_policy}")
@@ -165,6 +184,9 @@ class DistillConfig:
         problems = []
         if self.cross_tokenizer_top_k < 1:
             problems.append(f"cross_tokenizer_top_k must be >= 1, got {self.cross_tokenizer_top_k}")
+        if mode != "off" and (self.teacher_server or self.teachers):
+            problems.append(f"cross_tokenizer={mode} aligns a live teacher or a teacher cache with the student; a "
+                            "teacher_server or several teachers are not supported with it yet")
         if cls is None:
             return problems
         if mode != "off" and not cls.uses_kd(self.distil_ratio):
@@ -181,6 +203,31 @@ class DistillConfig:
         elif mode == "uld" and self.distil_ratio >= 1:
             problems.append("cross_tokenizer=uld trains ULD beside the student's cross entropy (CE + lambda * ULD, "
                             "Boizard et al. 2024): set distil_ratio below 1, e.g. 0.5 (lambda = ratio / (1 - ratio) = 1)")
+        return problems
+
+    def _served_problems(self) -> list[str]:
+        problems = []
+        if self.teacher_server and self.teacher_cache:
+            problems.append("teacher_server and teacher_cache are two sources of the teacher's signal; pass one")
+        if self.teachers and (self.teacher or self.teacher_cache or self.teacher_server):
+            problems.append("teachers routes every record to its tagged teacher; drop teacher, teacher_cache and "
+                            "teacher_server (or drop teachers)")
+        if self.teachers and self.responses == "teacher":
+            problems.append("responses=teacher with several teachers is not supported; use responses=data")
+        if any(not str(v).strip() for v in self.teachers.values()):
+            problems.append("teachers: every tag needs a checkpoint folder or a server URL")
+        if self.generation_backend not in GENERATION_BACKENDS:
+            problems.append(f"generation_backend must be one of {GENERATION_BACKENDS}, got {self.generation_backend!r}")
+        if self.generation_backend == "vllm" and not self.generation_server:
+            problems.append("generation_backend=vllm samples from a vLLM server of the student: start `taid-vlm "
+                            "teacher-server --teacher STUDENT --allow-weight-updates` and set generation_server=URL")
+        if self.generation_backend == "vllm" and self.on_policy == 0:
+            problems.append("generation_backend=vllm samples on-policy responses: set on_policy > 0")
+        if self.teacher_server_timeout < 0:
+            problems.append(f"teacher_server_timeout must be >= 0 seconds, got {self.teacher_server_timeout}")
+        for name in ("teacher_top_k", "generation_sync_every"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
         return problems
 
     def _scale_problems(self) -> list[str]:
@@ -224,17 +271,32 @@ class DistillConfig:
 
     def make_loss(self) -> Loss:
         """The run's loss object, built from the settings its class declares."""
-        cls = find_loss_class(self.loss)
-        settings = {"temperature": self.temperature, **{key: getattr(self, key) for key in cls.settings}}
-        return cls.from_settings(settings, dict(self.loss_params), self.max_steps)
+        return find_loss_class(self.loss).from_settings(self.settings_of(), temperature=self.temperature,
+                                                        total_steps=self.max_steps)
+
+    def settings_of(self, loss: str | None = None) -> dict[str, Any]:
+        """The resolved settings of ``loss`` (default: the run's): its defaults, updated with those given."""
+        cls = find_loss_class(loss or self.loss)
+        return {**cls.defaults(), **self.loss_settings.get(cls.section(), {})}
 
     def engine_options(self) -> EngineOptions:
         """How the loss engine computes this run's loss (the same on every path and device)."""
         return EngineOptions(chunked=self.chunked, chunk_size=self.chunk_size, chunk_memory_mb=self.chunk_memory_mb,
-                             compile=self.chunk_compile)
+                             compile=self.chunk_compile, chunk_kernel=self.chunk_kernel)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The YAML recipe of this config: fields, with the loss settings as one section per loss."""
+        out: dict[str, Any] = {}
+        for key, value in dataclasses.asdict(self).items():
+            if key != "loss_settings":
+                out[key] = value
+                continue
+            chosen = self.loss_class
+            sections = dict(value)
+            if chosen is not None and chosen.declared():
+                sections[chosen.section()] = self.settings_of()
+            out.update({section: dict(values) for section, values in sections.items() if values})
+        return out
 
     def save(self, path: str | Path) -> None:
         write_text_atomically(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
@@ -265,8 +327,10 @@ def _scalar(text: str) -> Any:
 def coerce(name: str, value: Any, source: str) -> Any:
     """Check (and convert strings of) a value against the field's declared type."""
     kind = field_type(name)
-    optional = _is_optional(kind)
-    base = _without_none(kind)
+    return _convert(_without_none(kind), _is_optional(kind), value, name, source)
+
+
+def _convert(base: Any, optional: bool, value: Any, name: str, source: str) -> Any:
     if value is None or (isinstance(value, str) and value.lower() in ("none", "null") and optional):
         if optional:
             return None
@@ -284,6 +348,9 @@ def coerce(name: str, value: Any, source: str) -> Any:
             return float(value)
     elif base is str:
         return str(value)
+    elif typing.get_origin(base) is dict and typing.get_args(base)[1] is str:
+        if isinstance(value, dict) and all(isinstance(v, str) for v in value.values()):
+            return {str(k): v for k, v in value.items()}
     elif typing.get_origin(base) is dict:
         if isinstance(value, dict) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value.values()):
             return {str(k): float(v) for k, v in value.items()}
@@ -317,6 +384,7 @@ def value_problems(config: "DistillConfig") -> list[str]:
     check("temperature", config.temperature > 0, "> 0 (1.0 = no scaling)")
     check("warmup_steps", config.warmup_steps >= 0, ">= 0")
     check("chunk_size", config.chunk_size is None or config.chunk_size >= 1, ">= 1 or null (automatic)")
+    check("chunk_kernel", config.chunk_kernel in CHUNK_KERNELS, f"one of {', '.join(CHUNK_KERNELS)}")
     check("max_length", config.max_length is None or config.max_length >= 8, ">= 8 tokens or null (no limit)")
     check("data_limit", config.data_limit is None or config.data_limit >= 1, ">= 1 or null (all records)")
     check("generation_max_new_tokens", config.generation_max_new_tokens >= 1, ">= 1")
@@ -333,23 +401,71 @@ def value_problems(config: "DistillConfig") -> list[str]:
 
 
 def _loss_problems(config: "DistillConfig") -> list[str]:
-    """The loss classes' own checks: every registered loss's settings (they are config keys a user
-    may set whatever the loss) and the chosen loss's loss_params."""
+    """The loss classes' own checks on the settings given (every section; the chosen loss's resolved
+    in place, so that config.yaml shows them all)."""
     chosen = config.loss_class
-    classes = list(dict.fromkeys([*LOSSES.values(), *([chosen] if chosen is not None else [])]))
+    sections = loss_sections(chosen)
     problems: list[str] = []
-    for cls in classes:
-        unknown = [key for key in cls.settings if key not in FIELDS]
-        if unknown:
-            problems.append(f"loss {cls.label()!r} reads setting(s) {unknown} that are not config keys; give it "
-                            "numbers through loss_params instead")
+    if chosen is not None and chosen.declared():
+        if chosen.section() in FIELDS:
+            return [f"loss {chosen.label()!r}: its settings section {chosen.section()!r} is a config key too; "
+                    "give the class another name"]
+        config.loss_settings[chosen.section()] = config.settings_of()
+    spelling = getattr(config, "_spelling", {})
+    for section, values in config.loss_settings.items():
+        cls = sections.get(section)
+        if cls is None:
+            problems.append(f"{section} is not the settings section of a loss (sections: {', '.join(sections)})")
             continue
-        for problem in cls.setting_problems({key: getattr(config, key) for key in cls.settings}):
-            if problem not in problems:
-                problems.append(problem)
-    if chosen is not None:
-        problems += chosen.param_problems(config.loss_params)
+        given = spelling.get(section, {})
+        try:
+            values = {key: _setting_value(cls, key, value, given.get(key, f"{section}.{key}"), "loss_settings")
+                      for key, value in values.items()}
+        except ConfigError as e:
+            problems.append(str(e).split(": ", 1)[1])
+            continue
+        resolved = {**cls.defaults(), **values}
+        problems += [p for p in cls.setting_problems(resolved, given) if p not in problems]
     return problems
+
+
+def loss_sections(chosen: type[Loss] | None = None) -> dict[str, type[Loss]]:
+    """Settings sections a config may hold: every registered loss's, and the chosen loss's."""
+    classes = [*LOSSES.values(), *([chosen] if chosen is not None else [])]
+    return {cls.section(): cls for cls in dict.fromkeys(classes)}
+
+
+def loss_aliases(chosen: type[Loss] | None = None) -> dict[str, tuple[type[Loss], str]]:
+    """Flat keys of older configs -> (loss class, setting): ``t_start`` -> (TAID, "t_start")."""
+    return {setting.alias: (cls, key) for cls in loss_sections(chosen).values()
+            for key, setting in cls.declared().items() if setting.alias}
+
+
+def _setting_value(cls: type[Loss], key: str, value: Any, spelled: str, source: str) -> Any:
+    """``value`` of setting ``key`` of ``cls`` checked against (and converted to) its declared type."""
+    declared = cls.declared()
+    if key not in declared:
+        if key in cls.scheduled:
+            raise ConfigError(f"{source}: {spelled} is not a setting of loss {cls.label()!r} ({cls.scheduled[key]})")
+        takes = ", ".join(declared) or "no settings"
+        raise ConfigError(f"{source}: unknown key {spelled!r}: loss {cls.label()!r} takes {takes}")
+    setting = declared[key]
+    optional = setting.default is None and not setting.required
+    return _convert(setting.type, optional, value, spelled, source)
+
+
+def resume_settings(values: dict[str, Any], cls: type[Loss]) -> dict[str, Any]:
+    """The settings of loss ``cls`` that a config dict (a saved config.yaml, of any version) resolves
+    to, as ``section.key``: what a resumed run must share with its checkpoint."""
+    resolved = cls.defaults()
+    for key, setting in cls.declared().items():
+        if setting.alias and setting.alias in values:
+            resolved[key] = values[setting.alias]
+    resolved.update({k: v for k, v in (values.get("loss_params") or {}).items() if k in resolved})
+    section = values.get(cls.section())
+    resolved.update({k: v for k, v in (section if isinstance(section, dict) else {}).items() if k in resolved})
+    return {f"{cls.section()}.{k}": float(v) if isinstance(v, int) and not isinstance(v, bool) else v
+            for k, v in resolved.items()}
 
 
 def _is_optional(kind: Any) -> bool:
@@ -367,21 +483,73 @@ def _type_name(kind: Any) -> str:
     return getattr(kind, "__name__", str(kind))
 
 
-def apply(config: DistillConfig, values: dict[str, Any], source: str) -> DistillConfig:
-    """Set ``values`` on ``config``; ``loss_params.beta`` style keys set one loss parameter."""
+def apply(config: DistillConfig, values: dict[str, Any], source: str, chosen: type[Loss] | None = None) -> DistillConfig:
+    """Set ``values`` on ``config``: fields, loss settings (``taid: {...}``, ``taid.t_start``) and
+    their aliases (``t_start``, ``loss_params.beta``). ``chosen``: the run's loss class, whose
+    section and parameters the keys may name (default: the class ``config.loss`` names now)."""
+    chosen = chosen or config.loss_class
+    sections, aliases = loss_sections(chosen), loss_aliases(chosen)
     for key, value in values.items():
-        if key.startswith("loss_params."):
-            number = _scalar(value) if isinstance(value, str) else value
-            if isinstance(number, bool) or not isinstance(number, (int, float)):
-                raise ConfigError(f"{source}: {key} expects a number, got {value!r}")
-            config.loss_params[key.split(".", 1)[1]] = float(number)
-            continue
-        if key not in FIELDS:
-            close = [f for f in FIELDS if key.replace("-", "_") == f or key in f]
+        head, dot, rest = key.partition(".")
+        if key == "loss_params" or head == "loss_params" and dot:
+            params = {rest: value} if dot else value
+            if not isinstance(params, dict) or any(isinstance(v, bool) or not isinstance(_number(v), (int, float))
+                                                   for v in params.values()):
+                what = f"{key} expects a number" if dot else f"{key} expects dict"
+                raise ConfigError(f"{source}: {what}, got {value!r}")
+            for name, number in params.items():
+                _set_param(config, chosen, str(name), _number(number), f"loss_params.{name}", source)
+        elif key in aliases:
+            cls, name = aliases[key]
+            _set_setting(config, cls, name, value, key, source)
+        elif key in sections:
+            if not isinstance(value, dict):
+                raise ConfigError(f"{source}: {key} holds the settings of loss {sections[key].label()!r} as a mapping "
+                                  f"({key}: {{name: value}}), got {value!r}")
+            for name, item in value.items():
+                _set_setting(config, sections[key], str(name), item, f"{key}.{name}", source)
+        elif dot and head in sections:
+            _set_setting(config, sections[head], rest, value, key, source)
+        elif head == "teachers" and dot:  # teachers.TAG=DIR-or-URL sets one route
+            config.teachers[rest] = str(value)
+        elif key in FIELDS and key != "loss_settings":
+            setattr(config, key, coerce(key, value, source))
+        else:
+            known = [*(f for f in FIELDS if f != "loss_settings"), *sections, *aliases]
+            close = [k for k in known if key.replace("-", "_") == k or key in k]
             hint = f" (did you mean {', '.join(close[:3])}?)" if close else ""
-            raise ConfigError(f"{source}: unknown key {key!r}{hint}; known keys: {', '.join(FIELDS)}")
-        setattr(config, key, coerce(key, value, source))
+            raise ConfigError(f"{source}: unknown key {key!r}{hint}; known keys: {', '.join(known)}")
     return config
+
+
+def _number(value: Any) -> Any:
+    return _scalar(value) if isinstance(value, str) else value
+
+
+def _set_param(config: DistillConfig, cls: type[Loss] | None, name: str, value: float, spelled: str, source: str) -> None:
+    """``loss_params.<name>``: a parameter of the chosen loss's math (not one it schedules itself)."""
+    accepted = [k for k in (cls.params if cls is not None else {}) if k not in cls.scheduled]
+    if cls is None or name not in accepted:
+        label = cls.label() if cls is not None else config.loss
+        takes = ", ".join(accepted) if accepted else "no parameters"
+        extra = f" ({cls.scheduled[name]})" if cls is not None and name in cls.scheduled else ""
+        raise ConfigError(f"{source}: {spelled} is not a parameter of loss {label!r}; it takes {takes}{extra}")
+    _set_setting(config, cls, name, float(value), spelled, source)
+
+
+def _set_setting(config: DistillConfig, cls: type[Loss], name: str, value: Any, spelled: str, source: str) -> None:
+    section = cls.section()
+    config.loss_settings.setdefault(section, {})[name] = _setting_value(cls, name, value, spelled, source)
+    config.__dict__.setdefault("_spelling", {}).setdefault(section, {})[name] = spelled  # for messages only
+
+
+def chosen_loss(layers: list[dict[str, Any]]) -> str:
+    """The loss the last layer that names one chooses (the default otherwise)."""
+    spec = DistillConfig.loss
+    for values in layers:
+        if values.get("loss") is not None:
+            spec = values["loss"]
+    return spec
 
 
 def load_config(
@@ -390,7 +558,7 @@ def load_config(
     overrides: list[str] | None = None,
 ) -> DistillConfig:
     """YAML file, then flags, then ``key=value`` overrides; returns a validated config."""
-    config = DistillConfig()
+    layers: list[tuple[dict[str, Any], str]] = []
     if yaml_path is not None:
         path = Path(yaml_path)
         if not path.is_file():
@@ -403,12 +571,83 @@ def load_config(
             raise ConfigError(f"{path}: not valid YAML: {e}") from None
         if not isinstance(values, dict):
             raise ConfigError(f"{path}: expected a mapping of config keys, got {type(values).__name__}")
-        apply(config, values, str(path))
+        layers.append((values, str(path)))
     if flags:
-        apply(config, {k: v for k, v in flags.items() if v is not None}, "command line")
+        layers.append(({k: v for k, v in flags.items() if v is not None}, "command line"))
     for item in overrides or []:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not key=value")
         key, value = item.split("=", 1)
-        apply(config, {key.strip(): value}, f"override {item!r}")
+        layers.append(({key.strip(): value}, f"override {item!r}"))
+    # The loss first: which settings sections and parameters the keys may name depends on it.
+    spec = chosen_loss([values for values, _ in layers])
+    try:
+        chosen = find_loss_class(spec) if isinstance(spec, str) else None
+    except UnknownLoss as e:
+        raise ConfigError(f"invalid configuration: {e}") from None
+    config = DistillConfig()
+    for values, source in layers:
+        apply(config, values, source, chosen)
     return config.validate()
+
+
+# ---- the loss settings' flags ---------------------------------------------------------------------------
+
+
+def add_loss_setting_arguments(parser: Any, loss: str | None = None) -> tuple[str, ...]:
+    """A flag per setting of every registered loss (and of ``loss``, e.g. a ``module:Class`` the
+    command line names): ``--<section>.<setting>`` with dashes (``--taid.t-start``,
+    ``--scaled-forward-kl.scale``), a switch also as ``--no-<section>.<setting>``, plus each
+    declared alias (``--t-start``). Returns the flags' dests (``taid.t_start``, ``t_start``)."""
+    chosen = None
+    if loss:
+        try:
+            chosen = find_loss_class(loss)
+        except UnknownLoss:
+            pass  # load_config reports it, in one line
+    group = parser.add_argument_group(
+        "loss settings", "each loss's own settings, as --<loss>.<setting> (YAML: <loss>: {<setting>: value}; "
+        "override: <loss>.<setting>=value); a module:Class loss's section is the class name in snake_case")
+    dests = []
+    for section, cls in loss_sections(chosen).items():
+        for key, setting in cls.declared().items():
+            dest = f"{section}.{key}"
+            names = (f"--{section.replace('_', '-')}.{key.replace('_', '-')}",)
+            described = f"{setting.help} " if setting.help else ""
+            add_typed_argument(group, names, dest, setting.type, layered=True,
+                               help=f"{described}(loss {cls.label()}; default {setting.default})")
+            dests.append(dest)
+            if setting.alias:
+                add_typed_argument(group, (f"--{setting.alias.replace('_', '-')}",), setting.alias, setting.type,
+                                   layered=True, help=f"alias of {names[0]}")
+                dests.append(setting.alias)
+    parser.set_defaults(loss_setting_flags=tuple(dests))
+    return tuple(dests)
+
+
+def loss_setting_values(args: Any) -> dict[str, Any]:
+    """The loss-setting flags given on the command line (``add_loss_setting_arguments``'s dests)."""
+    return {dest: getattr(args, dest) for dest in getattr(args, "loss_setting_flags", ()) if getattr(args, dest, None) is not None}
+
+
+def loss_in_command_line(argv: list[str]) -> str | None:
+    """The loss a ``distill`` command line chooses (``loss=`` overrides over ``--loss`` over the
+    ``--config`` recipe's ``loss:``), read before parsing so that its settings get their flags."""
+    found: dict[str, str] = {}
+    for i, word in enumerate(argv):
+        for name in ("--config", "--loss"):
+            if word == name and i + 1 < len(argv):
+                found[name] = argv[i + 1]
+            elif word.startswith(name + "="):
+                found[name] = word.split("=", 1)[1]
+        if word.startswith("loss="):
+            found["loss="] = word.split("=", 1)[1]
+    recipe_loss = None
+    if "--config" in found:
+        try:
+            recipe = yaml.safe_load(Path(found["--config"]).read_text(encoding="utf-8"))
+            recipe_loss = recipe.get("loss") if isinstance(recipe, dict) else None
+        except (OSError, UnicodeDecodeError, yaml.YAMLError):
+            pass  # load_config reports a broken recipe
+    spec = found.get("loss=") or found.get("--loss") or recipe_loss
+    return spec if isinstance(spec, str) else None

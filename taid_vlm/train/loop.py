@@ -6,8 +6,9 @@ to fix:
 - the loss is normalised by the response tokens of the whole optimizer step (every
   micro-batch, every rank), not per micro-batch;
 - the loss is an object (taid_vlm/losses/base.py) that says what it needs and owns its state:
-  the loop asks it, never its name. TAID's t moves once per applied optimizer step, from the
-  all-reduced training loss, so every rank holds the same t; both t and t_linear are logged;
+  the loop asks it, never its name, and reports whatever its ``metrics()`` say (TAID: t and
+  t_linear, which move once per applied optimizer step from the all-reduced training loss, so
+  every rank holds the same values) in the progress bar and metrics.jsonl;
 - the teacher runs in eval mode without gradients, in its own dtype/device, and its outputs are
   dropped right after each micro-batch's loss;
 - records are rendered for student and teacher in DataLoader workers (``num_workers``), off
@@ -56,7 +57,8 @@ from .output import RunOutput
 from .precision import Precision
 from .preflight import check_data, check_devices, check_pair, load_model
 from .responses import on_policy_batch, teacher_responses
-from .teacher import CachedTeacher, LiveTeacher, open_teacher_cache
+from .teacher import CachedTeacher, LiveTeacher, ServedTeacher, open_teacher_cache, routes, select_records
+from .generator import Generator, open_generator, open_served_teacher
 
 VISION_MODULE_NAMES = ("vision_tower", "vision_model", "visual", "vision_encoder", "vision")
 
@@ -69,7 +71,7 @@ class DistillResult:
     student_dir: Path
     steps: int
     final_loss: float | None
-    final_t: float | None
+    final_metrics: dict[str, float]  # the loss's metrics() at the end (TAID: t, t_linear)
     seconds: float
     is_main: bool = True
 
@@ -103,6 +105,9 @@ class Run:
     last_kd: float = float("nan")
     last_ce: float = float("nan")
     steps_this_run: int = 0
+    routed: dict[str, Any] | None = None  # tag -> teacher signal, with ``teachers`` (train/teacher.py routes)
+    teacher_stats: dict[str, list[float]] | None = None  # tag -> [kd sum, tokens] of the current step
+    generator: Generator | None = None  # on-policy samples from a vLLM server (generation_backend=vllm)
     cross_tokenizer: CrossTokenizer | None = None  # a pair with two tokenizers (train/cross_tokenizer.py)
 
 
@@ -139,7 +144,10 @@ def setup(config: DistillConfig, env: Distributed | None = None, run_output: Run
     _seed_everything(config.seed)
 
     teacher, student = _load_models(config, env)
-    check_data(config, records, env.world_size, student, teacher)
+    served = open_served_teacher(config, student)  # teacher_server: checked now (name, vocabulary), before any write
+    routed = _routed_teachers(config, student, records, env)
+    generator = open_generator(config, student, env)
+    check_data(config, records, env.world_size, student, teacher or served)
     cached = cache = None
     if config.teacher_cache:  # the teacher's signal comes from disk; records are checked against it (read-only)
         cache, loaded = open_teacher_cache(config.teacher_cache, config.teacher, config.max_length, config.responses, records)
@@ -147,12 +155,15 @@ def setup(config: DistillConfig, env: Distributed | None = None, run_output: Run
     cross = CrossTokenizer.for_run(config, student, teacher, cache) if config.needs_teacher else None
     run_output.claim()  # the first write: everything above only read
     if config.responses == "teacher" and cached is None:
-        cache = out / "teacher_responses.jsonl"
+        cache, answering = out / "teacher_responses.jsonl", teacher or served
         if env.is_main:
-            teacher_responses(teacher, records, cache, config.batch_size, config.generation_max_new_tokens, config.progress)
+            teacher_responses(answering, records, cache, config.batch_size, config.generation_max_new_tokens, config.progress)
         env.barrier()
-        records = teacher_responses(teacher, records, cache, config.batch_size, config.generation_max_new_tokens, False)
-    teacher_signal = (cached or LiveTeacher(teacher, env.device, return_hidden=config.chunked)) if config.needs_teacher else None
+        records = teacher_responses(answering, records, cache, config.batch_size, config.generation_max_new_tokens, False)
+    teacher_signal = None
+    if config.needs_teacher and routed is None:
+        teacher_signal = cached or (ServedTeacher(served, env.device) if served is not None else None) or \
+            LiveTeacher(teacher, env.device, return_hidden=config.chunked)
     sharded = _place(config, env, student, teacher)
 
     params = [p for p in student.model.parameters() if p.requires_grad]
@@ -184,12 +195,13 @@ def setup(config: DistillConfig, env: Distributed | None = None, run_output: Run
     progress = Progress(config.max_steps, state.step, enabled=config.progress and env.is_main)
     return Run(config, env, out, started, student, teacher, teacher_signal, sharded, precision, params, optimizer,
                lr_scheduler, loss, extra_modules, state, data, collator, log, progress, config_yaml, run_output,
-               cross_tokenizer=cross)
+               routed=routed, generator=generator, cross_tokenizer=cross)
 
 
 def _load_models(config: DistillConfig, env: Distributed) -> tuple[ModelAdapter | None, ModelAdapter]:
     teacher = None
-    if not config.teacher_cache and (config.needs_teacher or config.responses == "teacher"):
+    served = config.teacher_cache or config.teacher_server or config.teachers
+    if not served and (config.needs_teacher or config.responses == "teacher"):
         teacher = load_model("teacher", config.teacher, dtype=None if config.teacher_dtype == "auto" else config.teacher_dtype,
                              device=config.teacher_device or env.device, chat_template=config.teacher_chat_template)
     # A student built from parts shares the teacher's tokenizer (the vocabularies must match).
@@ -203,6 +215,29 @@ def _load_models(config: DistillConfig, env: Distributed) -> tuple[ModelAdapter 
     return teacher, student
 
 
+def _routed_teachers(config: DistillConfig, student: ModelAdapter, records: list, env: Distributed) -> dict[str, Any] | None:
+    """``teachers``: tag -> its signal (a folder loads locally, a URL is a server); every record's tag
+    checked now."""
+    if not config.teachers:
+        return None
+    from ..teacher_server import is_url, open_served
+
+    tags = list(config.teachers)
+    routes(records, tags)  # every record carries a known tag, or one error naming it
+    signals: dict[str, Any] = {}
+    for tag, source in config.teachers.items():
+        if is_url(source):
+            served = open_served(None, source, top_k=config.teacher_top_k, timeout=config.teacher_server_timeout)
+            check_vocab_compatible(served.adapter, student)
+            signals[tag] = ServedTeacher(served, env.device)
+        else:
+            adapter = load_model("teacher", source, dtype=None if config.teacher_dtype == "auto" else config.teacher_dtype,
+                                 device=config.teacher_device or env.device, chat_template=config.teacher_chat_template)
+            check_vocab_compatible(adapter, student)
+            signals[tag] = LiveTeacher(adapter, env.device, return_hidden=config.chunked)
+    return signals
+
+
 def _place(config: DistillConfig, env: Distributed, student: ModelAdapter, teacher: ModelAdapter | None) -> HiddenStates | None:
     """Same weights on every rank, then freezing, checkpointing and (fsdp) sharding; the FSDP root."""
     env.broadcast_parameters(student.model)
@@ -212,7 +247,7 @@ def _place(config: DistillConfig, env: Distributed, student: ModelAdapter, teach
         enable_gradient_checkpointing(student.model)
     student.model.train()
     sharded = None
-    if config.distributed == "fsdp" and env.active:
+    if config.distributed == "fsdp" and env.launched:  # one launched rank too: FSDP2 over a mesh of one
         sharded = shard(student, env)
         if config.teacher_shard and teacher is not None:
             shard(teacher, env)
@@ -226,9 +261,10 @@ def step(run: Run) -> None:
     """One optimizer step: take micro-batches, forward/backward each, reduce, update, record."""
     config, env, state = run.config, run.env, run.state
     step_started = time.perf_counter()
-    before = run.loss.snapshot()  # e.g. TAID's t and t_linear at the start of the step
+    before = run.loss.metrics()  # the loss's values at the start of the step (TAID: t, t_linear)
 
     micro_batches = _take_micro_batches(run)
+    run.teacher_stats = {tag: [0.0, 0.0] for tag in run.routed} if run.routed else None
     global_tokens = int(env.sum(torch.tensor(float(sum(mb.student.num_response_tokens for mb in micro_batches)),
                                              device=env.device)).item())
     temperature = run.loss.temperature(state.step, config.max_steps)
@@ -261,11 +297,12 @@ def step(run: Run) -> None:
                lr=run.lr_scheduler.get_last_lr()[0], grad_norm=grad_norm, tokens=global_tokens, tokens_per_s=tokens_per_s,
                seconds=elapsed)
     row.update(loss.step_metrics(before))
+    row.update(_teacher_metrics(run, global_tokens))
     if run.cross_tokenizer is not None:
         row.update(run.cross_tokenizer.step_metrics(env.sum))
     if state.step % config.log_every == 0 or state.step == config.max_steps or state.step == 1:
         run.log.log(row)
-    run.progress.update(total, before.get("t"), tokens_per_s)
+    run.progress.update(total, before, tokens_per_s)
     if state.step % config.save_every == 0 or state.step == config.max_steps:
         _save_checkpoint(run)
 
@@ -275,8 +312,11 @@ def _take_micro_batches(run: Run) -> list[MicroBatch]:
     config, student, teacher = run.config, run.student, run.teacher
     micro_batches = [run.data.next() for _ in range(config.grad_accum)]
     if config.on_policy > 0 and _on_policy_this_step(config, run.state.step):
-        micro_batches = [run.collator(on_policy_batch(student, mb.records, config.generation_max_new_tokens,
-                                                      config.generation_temperature)) for mb in micro_batches]
+        sampler, seed = student, {}
+        if run.generator is not None:  # vLLM: the server holds the weights of the last sync (train/generator.py)
+            sampler, seed = run.generator.sampler(run.student, run.state.step), {"seed": config.seed * 7_919 + run.state.step}
+        micro_batches = [run.collator(on_policy_batch(sampler, mb.records, config.generation_max_new_tokens,
+                                                      config.generation_temperature, **seed)) for mb in micro_batches]
     teacher_device = teacher.device if teacher is not None else None
     teacher_dtype = teacher.dtype if teacher is not None else None
     return [mb.to(student.device, teacher_device, student.dtype, teacher_dtype) for mb in micro_batches]
@@ -285,6 +325,8 @@ def _take_micro_batches(run: Run) -> list[MicroBatch]:
 def _micro_batch_loss(run: Run, mb: MicroBatch, global_tokens: int, temperature: Any) -> LossParts:
     """Student and teacher forward under autocast, then the loss (normalised by the step's global tokens)."""
     config = run.config
+    if run.routed is not None:
+        return _routed_loss(run, mb, global_tokens, temperature)
     with run.precision.autocast():
         student_out = run.student.response_outputs(mb.student, return_hidden=config.chunked)
         teacher_out = None
@@ -297,6 +339,43 @@ def _micro_batch_loss(run: Run, mb: MicroBatch, global_tokens: int, temperature:
                 teacher_out = check_alignment(teacher_out, student_out, mb.records, tokenizer=run.student.tokenizer)
         return training_loss(run.loss, student_out, teacher_out, num_tokens=max(global_tokens, 1),
                              distil_ratio=config.distil_ratio, options=config.engine_options(), temperature=temperature)
+
+
+def _routed_loss(run: Run, mb: MicroBatch, global_tokens: int, temperature: Any) -> LossParts:
+    """Several teachers: the student runs once over the micro-batch, then each teacher's records
+    are compared with that teacher's signal; the terms add up (each normalised by the step's
+    tokens, so the sum is the loss of the whole micro-batch)."""
+    config, total, kd, ce = run.config, 0, None, None
+    with run.precision.autocast():
+        student_out = run.student.response_outputs(mb.student, return_hidden=config.chunked)
+        for tag, positions in routes(mb.records, list(run.routed)).items():
+            records = [mb.records[i] for i in positions]
+            student_part = select_records(student_out, positions)
+            teacher_out = check_alignment(run.routed[tag].outputs(records), student_part, records,
+                                          tokenizer=run.student.tokenizer)
+            parts = training_loss(run.loss, student_part, teacher_out, num_tokens=max(global_tokens, 1),
+                                  distil_ratio=config.distil_ratio, options=config.engine_options(), temperature=temperature)
+            total = total + parts.total
+            kd = parts.kd if kd is None else (kd + parts.kd if parts.kd is not None else kd)
+            ce = parts.ce if ce is None else (ce + parts.ce if parts.ce is not None else ce)
+            stats = run.teacher_stats[tag]
+            stats[0] += float(_value(parts.kd if parts.kd is not None else parts.total))
+            stats[1] += student_part.num_tokens
+    return LossParts(total=total, kd=kd, ce=ce)
+
+
+def _teacher_metrics(run: Run, global_tokens: int) -> dict[str, float]:
+    """``loss/TAG`` (the distillation loss per token of that teacher's records) and ``tokens/TAG``,
+    summed over micro-batches and ranks."""
+    if not run.teacher_stats:
+        return {}
+    tags = list(run.teacher_stats)
+    sums = run.env.sum(torch.tensor([run.teacher_stats[t] for t in tags], dtype=torch.float64, device=run.env.device))
+    row = {}
+    for tag, (kd_sum, tokens) in zip(tags, sums.tolist()):
+        row[f"loss/{tag}"] = kd_sum * max(global_tokens, 1) / tokens if tokens else None
+        row[f"tokens/{tag}"] = int(tokens)
+    return row
 
 
 def _apply_update(run: Run, kd: float) -> float:
@@ -347,6 +426,8 @@ def finish(run: Run) -> DistillResult:
     """Close logs, check that ranks agree, save the student atomically."""
     run.progress.close()
     run.log.close()
+    if run.generator is not None:
+        run.generator.close()
     if run.steps_this_run and not run.run_output.committed:
         raise nothing_applied(run.config, run.steps_this_run, likely_cause(run.config, run.last_kd, run.last_ce, run.params, 0))
     env = run.env
@@ -356,7 +437,7 @@ def finish(run: Run) -> DistillResult:
     if env.is_main:
         _save_student_atomically(run.student, student_dir, _state_to_save(run, full_state))
     env.barrier()
-    return DistillResult(run.out, student_dir, run.state.step, run.last_loss, run.loss.snapshot().get("t"),
+    return DistillResult(run.out, student_dir, run.state.step, run.last_loss, run.loss.metrics(),
                          time.perf_counter() - run.started, env.is_main)
 
 
@@ -440,18 +521,18 @@ def _state_digest(state: dict[str, torch.Tensor]) -> str:
 
 def _check_ranks_agree(env: Distributed, model: torch.nn.Module, loss: Loss, out: Path,
                        full_state: dict[str, torch.Tensor] | None = None) -> None:
-    """Every rank must end with the same weights and the same t; ``ranks.json`` records it.
+    """Every rank must end with the same weights and the same loss values; ``ranks.json`` records it.
 
     Drifting ranks are the silent failure of data-parallel distillation (the TAID reference
     kept t per GPU); a run that drifted stops here with an error instead of saving a student.
     A sharded (fsdp) student exists once, gathered on rank 0 (``full_state``): its digest is
-    rank 0's alone, and the ranks must agree on the loss's values (TAID's t).
+    rank 0's alone, and the ranks must agree on the loss's ``metrics()`` (TAID's t).
     """
     if full_state is not None:
         digest = _state_digest(full_state) if env.is_main else None
     else:
         digest = _weights_digest(model)
-    mine = {"rank": env.rank, "weights_sha256": digest, **loss.snapshot()}
+    mine = {"rank": env.rank, "sharded": full_state is not None, "weights_sha256": digest, **loss.metrics()}
     everyone = [mine]
     if env.active:
         everyone = [None] * env.world_size

@@ -56,12 +56,15 @@ class Progress:
     def __init__(self, total: int, initial: int, enabled: bool, desc: str = "distill"):
         self.bar = tqdm(total=total, initial=initial, desc=desc, unit="step", disable=not enabled, dynamic_ncols=True)
 
-    def update(self, loss: float, t: float | None, tokens_per_s: float) -> None:
-        post = {"loss": f"{loss:.4f}", "tok/s": f"{tokens_per_s:.0f}"}
-        if t is not None:
-            post["t"] = f"{t:.3f}"
+    def update(self, loss: float, loss_metrics: dict[str, float], tokens_per_s: float) -> None:
+        """One step: its loss, the loss object's own ``metrics()`` (TAID: t, t_linear) and the speed."""
+        post = {"loss": f"{loss:.4f}", **{k: _short(v) for k, v in loss_metrics.items()}, "tok/s": f"{tokens_per_s:.0f}"}
         self.bar.set_postfix(post, refresh=False)
         self.bar.update(1)
 
     def close(self) -> None:
         self.bar.close()
+
+
+def _short(value: float) -> str:
+    return f"{value:.3f}" if isinstance(value, float) else str(value)

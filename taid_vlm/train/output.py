@@ -31,7 +31,7 @@ import yaml
 from ..errors import RunError
 from ..files import write_text_atomically
 from .checkpoint import CHECKPOINT_DIR, list_checkpoints
-from .config import DistillConfig
+from .config import DistillConfig, resume_settings
 
 RUN_FILES = ("config.yaml", "metrics.jsonl", CHECKPOINT_DIR, "student", "ranks.json", "teacher_responses.jsonl",
              "tensorboard")
@@ -39,9 +39,9 @@ RUN_FILES = ("config.yaml", "metrics.jsonl", CHECKPOINT_DIR, "student", "ranks.j
 STARTED_MARKERS = ("config.yaml", CHECKPOINT_DIR, "student")
 ASIDE_PREFIX = ".replaced-"
 # What a resumed run must share with the run that wrote the checkpoint, or the result is neither
-# (plus the settings the loss class declares: TAID's schedule, CTKD's ramp).
+# (plus every setting the loss class declares: TAID's schedule, CTKD's ramp, a loss's parameters).
 RESUME_KEYS = ("teacher", "student", "data", "data_format", "data_split", "data_limit", "max_length", "responses",
-               "loss", "loss_params", "distil_ratio", "temperature", "batch_size", "grad_accum", "seed", "on_policy")
+               "loss", "distil_ratio", "temperature", "batch_size", "grad_accum", "seed", "on_policy")
 
 
 class OutputInUse(RunError, FileExistsError):
@@ -106,10 +106,12 @@ class RunOutput:
         if saved is None or self.config.resume_accept_changes:
             return
         now = self.config.to_dict()
-        loss = self.config.loss_class
-        keys = RESUME_KEYS + tuple(loss.settings if loss is not None else ())
-        changed = [f"{k}: {saved.get(k)!r} -> {now[k]!r}" for k in keys
+        changed = [f"{k}: {saved.get(k)!r} -> {now[k]!r}" for k in RESUME_KEYS
                    if k in saved and _normal(k, saved[k]) != _normal(k, now[k])]
+        loss = self.config.loss_class
+        if loss is not None and saved.get("loss") == now["loss"]:  # any config.yaml version: flat keys are aliases
+            before, after = resume_settings(saved, loss), resume_settings(now, loss)
+            changed += [f"{k}: {before[k]!r} -> {after[k]!r}" for k in after if before[k] != after[k]]
         if changed:
             raise RunError(f"--resume: this run differs from the checkpoint's ({checkpoints[0]}) in "
                            f"{'; '.join(changed)}. Use the original settings, or pass --resume-accept-changes "
@@ -197,6 +199,4 @@ def _normal(key: str, value: Any) -> Any:
     """Paths compare by where they point (a run resumed from another working directory still matches)."""
     if key in ("teacher", "student", "data") and isinstance(value, str) and value and Path(value).exists():
         return str(Path(value).resolve())
-    if key == "loss_params":
-        return {k: float(v) for k, v in (value or {}).items()}
     return value

@@ -50,7 +50,12 @@ class Distributed:
 
     @property
     def active(self) -> bool:
-        return self.world_size > 1 and dist.is_available() and dist.is_initialized()
+        return self.world_size > 1 and self.launched
+
+    @property
+    def launched(self) -> bool:
+        """Started by a launcher (torchrun, accelerate launch): a process group exists, maybe of one rank."""
+        return dist.is_available() and dist.is_initialized()
 
     def sum(self, value: torch.Tensor) -> torch.Tensor:
         if self.active:

@@ -18,6 +18,7 @@ import torch
 from ..data import DataError, Record
 from ..data.records import IMAGE_PLACEHOLDER
 from ..errors import RunError
+from ..losses.triton_chunk import resolve_chunk_kernel
 from ..models import ModelAdapter, load_model  # noqa: F401 - load_model: the loop loads through preflight
 from .config import ConfigError, DistillConfig
 
@@ -38,6 +39,10 @@ def check_devices(config: DistillConfig, default_device: torch.device) -> None:
             raise ConfigError(f"{name}={value} but only {torch.cuda.device_count()} CUDA device(s) are visible")
         if kind == "mps" and not torch.backends.mps.is_available():
             raise ConfigError(f"{name}={value} but MPS is not available here; use cpu")
+    try:  # an explicit chunk_kernel=triton where it cannot run fails now, not at the first loss
+        resolve_chunk_kernel(config.chunk_kernel, default_device)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def check_pair(config: DistillConfig, teacher: ModelAdapter, student: ModelAdapter) -> None:
@@ -46,7 +51,8 @@ def check_pair(config: DistillConfig, teacher: ModelAdapter, student: ModelAdapt
         return
     same_source = str(config.teacher) == str(config.student) or (
         Path(str(config.teacher)).exists() and Path(str(config.teacher)).resolve() == Path(str(config.student)).resolve())
-    if same_source or _same_weights(teacher.model, student.model):
+    weightless = any(p.is_meta for p in teacher.model.parameters())  # a served teacher: its weights are elsewhere
+    if same_source or (not weightless and _same_weights(teacher.model, student.model)):
         raise RunError(f"teacher and student are the same model ({config.teacher}); the distillation loss would be "
                        "zero. Pass a different --student, or --allow-self-distill if this is intended")
 

@@ -74,10 +74,14 @@ def _with_answers(record: Record, answers: list[str]) -> Record:
     return record.with_messages(messages)
 
 
-def on_policy_batch(student: ModelAdapter, records: Sequence[Record], max_new_tokens: int, temperature: float) -> list[Record]:
-    """The batch with each record's LAST assistant turn replaced by a student sample."""
+def on_policy_batch(student: ModelAdapter, records: Sequence[Record], max_new_tokens: int, temperature: float,
+                    seed: int | None = None) -> list[Record]:
+    """The batch with each record's LAST assistant turn replaced by a student sample; ``seed``: a
+    vLLM sampler's (``train/generator.py``), which draws from the server's own generator."""
     prompts = [r.prompt_only() for r in records]
     sampling = dict(do_sample=True, temperature=temperature) if temperature > 0 else {}
+    if seed is not None:
+        sampling["seed"] = seed
     answers = student.generate(prompts, max_new_tokens=max_new_tokens, **sampling)
     out = []
     for r, p, answer in zip(records, prompts, answers):

@@ -29,6 +29,10 @@ still leaves its numbers, marked ``complete: false``; finished runs are reused o
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
+import signal
+import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -37,8 +41,12 @@ from typing import Any, Callable
 
 from tqdm.auto import tqdm
 
-from quality_stats import (SFT_ON_LABELS, SFT_ON_TEACHER_ANSWERS, gap_statements, mean_std, paired_table, xtok_statements,
-                           zoo_statements)
+from ..results import write_result
+from ..runner import Run, child_command, child_env, print_json
+from ..runs import reused_or_distilled
+from . import report
+from .stats import (SFT_ON_LABELS, SFT_ON_TEACHER_ANSWERS, gap_statements, mean_std, paired_table, xtok_statements,
+                    zoo_statements)
 
 # The zoo of the transfer regime: taid_ce is TAID with half of the weight on the labels' cross
 # entropy (distil_ratio 0.5); taid_alpha is TAID's adaptive rule with alpha scaled
@@ -89,7 +97,7 @@ class TransferSettings:
         return self.student_steps if part == "zoo" else self.plateau_steps
 
     def budget(self, steps: int | None = None):
-        from taid_vlm.demo.presets import TrainBudget
+        from ...demo.presets import TrainBudget
 
         steps = steps or self.student_steps
         return TrainBudget(steps=steps, lr=self.student_lr, batch_size=self.student_batch, warmup_steps=max(1, steps // 20))
@@ -113,7 +121,7 @@ def resolve(name: str, variants: dict[str, tuple[str, dict[str, Any]]] | None = 
 def ladder_specs(preset, settings: TransferSettings) -> list[tuple[str, dict, Any]]:
     """Teachers smaller than the preset's (encoder channels and LM width/depth scaled together),
     each with its own step count: the ladder's accuracies must be >= 10 points apart."""
-    from taid_vlm.demo.presets import text_config
+    from ...demo.presets import text_config
 
     base, text = preset.teacher, preset.teacher["text_config"]
     channels = base["vision_kwargs"].get("channels")
@@ -133,9 +141,9 @@ def ladder_specs(preset, settings: TransferSettings) -> list[tuple[str, dict, An
 def build_teacher_cache(directory: Path, teacher_dir: Path, data_dir: Path, responses: str = "data", top_k: int = 64) -> Path:
     """The teacher's top-k over the transfer set, once (with ``responses='teacher'`` the teacher
     first answers every turn itself and the cache scores those answers)."""
-    from taid_vlm.data import load_records
-    from taid_vlm.models import load
-    from taid_vlm.teacher_cache import build_cache
+    from ...data import load_records
+    from ...models import load
+    from ...teacher_cache import build_cache
 
     build_cache(load(str(teacher_dir), role="teacher"), str(teacher_dir), load_records(data_dir / "train.jsonl"), directory,
                 top_k=top_k, responses=responses, progress=False)
@@ -160,7 +168,7 @@ class Context:
 
 
 def student_init(ctx: Context, seed: int) -> Path:
-    from taid_vlm.demo.pipeline import save_initial_model
+    from ...demo.pipeline import save_initial_model
 
     path = ctx.work / f"init-student-{seed}"
     if not (path / "config.json").is_file():
@@ -171,9 +179,9 @@ def student_init(ctx: Context, seed: int) -> Path:
 def xtok_tokenizer(ctx: Context):
     """The cross-tokenizer student's own BPE: the teacher's texts, ``XTOK_VOCAB`` entries, Llama 3
     chat tags (``<|start_header_id|>``... ``<|eot_id|>``) where the teacher writes ChatML."""
-    from taid_vlm.data import load_records
-    from taid_vlm.models.tokenizer import IMAGE_TOKEN, PAD_TOKEN, train_bpe_tokenizer
-    from taid_vlm.testing.tiny import LLAMA3_TEMPLATE
+    from ...data import load_records
+    from ...models.tokenizer import IMAGE_TOKEN, PAD_TOKEN, train_bpe_tokenizer
+    from ...testing.tiny import LLAMA3_TEMPLATE
 
     texts = [m["content"] for r in load_records(ctx.big_data / "train.jsonl") for m in r.messages]
     specials = [PAD_TOKEN, "<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>", IMAGE_TOKEN]
@@ -183,7 +191,7 @@ def xtok_tokenizer(ctx: Context):
 
 def xtok_student_init(ctx: Context, seed: int) -> Path:
     """The plateau's student spec and initial seed, on the student's own tokenizer."""
-    from taid_vlm.demo.pipeline import save_initial_model
+    from ...demo.pipeline import save_initial_model
 
     path = ctx.work / f"init-xtok-student-{seed}"
     if not (path / "config.json").is_file():
@@ -196,7 +204,7 @@ def sweep(ctx: Context, prefix: str, names: list[str], seeds: list[int], teacher
           init: Callable[[Context, int], Path] | None = None, variants: dict | None = None,
           **shared: Any) -> dict[str, dict[int, dict]]:
     """Every (seed, loss) student run, evaluated together per seed; ``on_seed`` sees the rows so far."""
-    from taid_vlm.demo.pipeline import evaluate_models
+    from ...demo.pipeline import evaluate_models
 
     rows: dict[str, dict[int, dict]] = {name: {} for name in names}
     bar = tqdm(total=len(seeds) * len(names), desc=f"{prefix} runs", unit="run", file=sys.stderr)
@@ -221,15 +229,13 @@ def train_run(ctx: Context, prefix: str, name: str, seed: int, teacher_dir: Path
     """One (loss, seed) student, trained or reused (its folder is keyed); a folder another process
     is still writing is waited for. Returns the student's directory. ``init``: the student's
     initial weights (default ``student_init``); ``variants``: what the names mean (default ``VARIANTS``)."""
-    from taid_vlm.demo.pipeline import distil_student
-
     loss, extra = resolve(name, variants)
     config = {**shared, **extra}
     if cache is not None and (loss != "sft" or config.get("responses") == "teacher"):
         config["teacher_cache"] = str(cache)
     wait_for_other_process(ctx.work, [f"{prefix}-{name}-{seed}"])  # a --jobs helper, or the gap reusing the plateau's runs
-    run = distil_student(ctx.work / f"{prefix}-{name}-{seed}", (init or student_init)(ctx, seed), teacher_dir, ctx.data,
-                         loss, budget, seed, ctx.preset.t_start, progress=False, reuse=True, **config)
+    run = reused_or_distilled(ctx.work / f"{prefix}-{name}-{seed}", (init or student_init)(ctx, seed), teacher_dir, ctx.data, loss,
+                              budget, seed, ctx.preset.t_start, progress=False, **config)
     return run / "student"
 
 
@@ -269,15 +275,15 @@ def summarize(rows: dict[str, dict[int, dict]], teacher_vqa: float, majority: fl
 def run_sizing(ctx: Context, header: dict[str, Any]) -> None:
     """A few losses at a few budgets on seed 0: where does a student plateau on the transfer set,
     and does a distilled student stay ahead of sft there?"""
-    from taid_vlm.demo.pipeline import distil_student, evaluate_models
+    from ...demo.pipeline import evaluate_models
 
     points = []
     for steps in ctx.settings.sizing_steps:
         budget = ctx.settings.budget(steps)
         started = time.perf_counter()
-        students = {loss: distil_student(ctx.work / f"sizing-{loss}-{steps}", student_init(ctx, 0), ctx.teacher_dir, ctx.data,
-                                         loss, budget, 0, ctx.preset.t_start, progress=False, reuse=True,
-                                         **({} if loss == "sft" else {"teacher_cache": str(ctx.work / "cache-data")}))
+        students = {loss: reused_or_distilled(ctx.work / f"sizing-{loss}-{steps}", student_init(ctx, 0), ctx.teacher_dir,
+                                              ctx.data, loss, budget, 0, ctx.preset.t_start, progress=False,
+                                              **({} if loss == "sft" else {"teacher_cache": str(ctx.work / "cache-data")}))
                     / "student" for loss in ctx.settings.sizing_losses}
         trained = time.perf_counter() - started
         scores = evaluate_models(ctx.work / f"sizing-eval-{steps}", students, ctx.data, ctx.preset, progress=False)
@@ -319,7 +325,7 @@ def run_noanswer(ctx: Context, names: list[str], seeds: list[int], header: dict[
 
 
 def run_gap(ctx: Context, seeds: list[int], header: dict[str, Any]) -> None:
-    from taid_vlm.demo.pipeline import evaluate_models, save_initial_model, train_teacher
+    from ...demo.pipeline import evaluate_models, save_initial_model, train_teacher
 
     teachers: list[dict[str, Any]] = []
     points: list[dict[str, Any]] = []
@@ -365,7 +371,7 @@ def run_xtok(ctx: Context, seeds: list[int], header: dict[str, Any]) -> None:
     """Cross-tokenizer students (their own tokenizer) from the teacher's cache: taid over span,
     uld and sft at the plateau budget; each distilled method against sft, seed by seed, and how
     many of the student's response tokens were aligned."""
-    from taid_vlm.train.metrics import read_metrics
+    from ...train.metrics import read_metrics
 
     cache = ctx.work / "cache-data"
     steps = ctx.settings.part_steps("xtok")
@@ -402,7 +408,7 @@ def wait_for_other_process(work: Path, runs: list[str], quiet_seconds: float = 3
     """When a zoo running in another process is still writing one of these run folders, wait for it
     rather than train the same folder twice at once (a folder untouched for ``quiet_seconds`` is
     taken as abandoned and retrained here)."""
-    from taid_vlm.demo.pipeline import KEY_FILE
+    from ...demo.pipeline import KEY_FILE
 
     while True:
         busy = [r for r in runs if (work / r).is_dir() and not (work / r / KEY_FILE).is_file()
@@ -444,3 +450,116 @@ def gap_summary(teachers: list[dict[str, Any]], points: list[dict[str, Any]], ma
             curves[loss] = curve
     return {"curves": {k: [list(c) for c in v] for k, v in curves.items()},
             "statements": gap_statements(curves, [(t["name"], t["vqa"]) for t in ordered], majority)}
+
+
+# ---- running the regime ---------------------------------------------------------------------------
+
+
+def render_transfer(out: Path, parts: list[str]) -> None:
+    for part in parts:
+        path = out / f"{part}.json"
+        if not path.is_file():
+            print(f"bench_quality: no {path} yet (part {part!r} has not written results); skipped", file=sys.stderr)
+            continue
+        result = json.loads(path.read_text())
+        refreshed = refresh(part, result)
+        if refreshed != result:
+            write_result(path, refreshed)
+        report.render(part, refreshed, out)
+        print(f"rewrote {out / part}.md and .png from {path}" + (" (statements recomputed)" if refreshed != result else ""))
+
+
+def main(args) -> None:
+    """The transfer regime: teacher first, then the parts in order (``taid_vlm.bench.quality`` parsed
+    the arguments)."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from transformers import AutoTokenizer
+
+    from ...demo import PRESETS
+    from ...demo.pipeline import evaluate_models, initial_models, majority_baseline, prepare_data, train_teacher, transfer_data
+
+    settings = SETTINGS[args.preset]
+    preset = PRESETS[args.preset]
+    preset = preset.with_overrides(caption_backend=args.caption_backend, eval_questions=settings.eval_questions,
+                                   eval_captions=settings.eval_captions)
+    work, out = Path(args.work) / "transfer", Path(args.out) / "transfer"
+    work.mkdir(parents=True, exist_ok=True)
+    run = Run()
+    big = prepare_data(work / "data", preset, False, 0)
+    init = initial_models(work / "init", big, preset, False, 0)
+    tokenizer = AutoTokenizer.from_pretrained(init["teacher"])
+    teacher_dir, _ = train_teacher(work / "teacher", init["teacher"], big, preset.teacher_budget, 0, progress=True)
+    data = transfer_data(work / "transfer-data", big, settings.transfer_records)
+    teacher_row = evaluate_models(work / "eval-teacher", {"teacher": teacher_dir}, data, preset, False)["rows"][0]
+    majority = majority_baseline(data)["overall"] * 100
+    print(f"teacher: VQA {teacher_row['vqa_accuracy']:.2f} (majority-answer baseline {majority:.2f})", flush=True)
+    build_teacher_cache(work / "cache-data", teacher_dir, data, top_k=args.cache_top_k)
+
+    def write(part: str, payload: dict) -> None:
+        payload = run.record(payload, seconds=True)
+        write_result(out / f"{part}.json", payload)
+        report.render(part, payload, out)
+
+    header = {"regime": "transfer", "command": run.command, "preset": preset.name, "settings": dataclasses.asdict(settings),
+              "teacher": teacher_row, "teacher_budget": dataclasses.asdict(preset.teacher_budget),
+              "teacher_data_records": preset.n_train, "transfer_records": settings.transfer_records,
+              "majority": majority, "seeds": list(args.seeds), "teacher_cache_top_k": args.cache_top_k}
+    ctx = Context(preset, settings, work, big, data, tokenizer, teacher_dir, teacher_row, majority, write,
+                           args.cache_top_k)
+    if args.helper:  # a --jobs helper trains its share of the runs; the main process evaluates and reports
+        for part in args.parts:
+            train_zoo_runs(ctx, part, list(args.losses), list(args.seeds))
+        return
+    helpers = start_helpers(args, work)
+    if helpers:  # a plain kill (SIGTERM) must run the cleanup below too, or the helpers outlive us
+        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    try:
+        for part in args.parts:  # in the order given: the most important first
+            print(f"part {part} ...", flush=True)
+            if part == "sizing":
+                run_sizing(ctx, header)
+            elif part in ("zoo", "plateau"):
+                run_zoo(ctx, list(args.losses), list(args.seeds), header, part)
+            elif part == "gap":
+                run_gap(ctx, list(args.gap_seeds), {**header, "seeds": list(args.gap_seeds)})
+            elif part == "xtok":
+                run_xtok(ctx, list(args.seeds), header)
+            else:
+                names = [n for n in args.losses if n in NOANSWER_LOSSES]  # --losses narrows (and orders) it too
+                run_noanswer(ctx, names, list(args.seeds), header)
+            print((out / f"{part}.md").read_text(), flush=True)
+    finally:  # on success a helper's remaining work is already done or reused; on an error or Ctrl-C it must not outlive us
+        for helper in helpers:
+            helper.terminate()
+            helper.wait()
+    print_json({"seconds": round(run.seconds, 1), "out": str(out)})
+
+
+HELPED_PARTS = ("plateau", "zoo", "xtok")  # the parts with many runs; the others build teachers and caches once
+
+
+def start_helpers(args, work: Path) -> list:
+    """``--jobs N``: N - 1 copies of this command that only train the plateau and zoo runs, each with
+    the seeds (rotated) and losses reversed; logs in WORK/helper-I.log. Runs are keyed folders, so a
+    run one process finished is reused by the others, and a run being written is waited for
+    (``wait_for_other_process``); the main process evaluates every seed."""
+    import subprocess
+
+    parts = [p for p in args.parts if p in HELPED_PARTS]
+    if args.jobs <= 1 or not parts:
+        return []
+    helpers = []
+    for i in range(1, args.jobs):
+        seeds = list(reversed(args.seeds))
+        shift = (i - 1) * len(seeds) // (args.jobs - 1)
+        seeds = seeds[shift:] + seeds[:shift]
+        command = child_command("quality", [
+            "--regime", "transfer", "--preset", args.preset, "--parts", *parts, "--seeds", *map(str, seeds),
+            "--losses", *reversed(args.losses), "--caption-backend", args.caption_backend, "--work", args.work,
+            "--cache-top-k", str(args.cache_top_k), "--threads", str(args.threads or 1), "--helper", str(i)])
+        with open(work / f"helper-{i}.log", "w") as log:  # the child keeps its own handle
+            log.write("helper command: " + " ".join(command) + "\n")
+            log.flush()
+            helpers.append(subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=child_env()))
+        print(f"helper {i}: seeds {' '.join(map(str, seeds))} on {' '.join(parts)} (log {work / f'helper-{i}.log'})", flush=True)
+    return helpers

@@ -6,7 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from taid_vlm.files import write_text_atomically
+from ..results import write_table
+from .stats import mean_std, plateau_statements
 
 
 def status_line(result: dict[str, Any]) -> str:
@@ -43,8 +44,6 @@ def gap_markdown(result: dict[str, Any], title: str) -> str:
              "| student loss | " + " | ".join(f"teacher {t['name']} ({t['params'] / 1e6:.2f} M, {t['steps']} steps, VQA {t['vqa']:.1f})"
                                              for t in teachers) + " |",
              "|---|" + "---:|" * len(teachers)]
-    from quality_stats import mean_std
-
     for loss in sorted({p["loss"] for p in result["rows"]}):
         cells = []
         for t in teachers:
@@ -95,13 +94,12 @@ def sizing_markdown(result: dict[str, Any], title: str) -> str:
              "| student steps | loss | VQA accuracy | CIDEr-D |", "|---:|---|---:|---:|"]
     for p in result["points"]:
         lines.append(f"| {p['steps']} | {p['loss']} | {p['vqa']:.2f} | {p['cider']:.2f} |")
-    from quality_stats import plateau_statements
-
     lines += ["", *[f"- {s}" for s in plateau_statements(result["points"])]]
     return "\n".join(lines) + "\n"
 
 
-def _plt():
+def pyplot():
+    """matplotlib's pyplot on the file-only Agg backend."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -110,7 +108,8 @@ def _plt():
     return plt
 
 
-def _save(plt, fig, ax, path: Path) -> None:
+def save_figure(plt, fig, ax, path: Path) -> None:
+    """Legend, tight layout, a 120 dpi PNG at ``path``, figure closed."""
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -118,21 +117,23 @@ def _save(plt, fig, ax, path: Path) -> None:
 
 
 def plot_zoo(result: dict[str, Any], path: Path, title: str) -> None:
-    plt = _plt()
+    """VQA accuracy per loss, mean +- std over seeds, with the teacher (and the majority answer, when known)."""
+    plt = pyplot()
     rows = sorted(result["rows"], key=lambda r: -r["vqa_mean"])
     fig, ax = plt.subplots(figsize=(8, 3.5))
     colors = ["#1f77b4" if r["loss"].startswith("taid") else "#9ecae1" for r in rows]
     ax.bar([r["loss"] for r in rows], [r["vqa_mean"] for r in rows], yerr=[r["vqa_std"] for r in rows], color=colors, capsize=3)
     ax.axhline(result["teacher"]["vqa_accuracy"], color="#555555", linestyle="--", label="teacher")
-    ax.axhline(result["majority"], color="#bbbbbb", linestyle=":", label="majority answer")
+    if result.get("majority") is not None:
+        ax.axhline(result["majority"], color="#bbbbbb", linestyle=":", label="majority answer")
     ax.set_ylabel("VQA accuracy (x100)")
-    ax.set_title(title + ("" if result.get("complete") else " (partial)"))
+    ax.set_title(title + ("" if result.get("complete", True) else " (partial)"))
     ax.tick_params(axis="x", rotation=35)
-    _save(plt, fig, ax, path)
+    save_figure(plt, fig, ax, path)
 
 
 def plot_gap(result: dict[str, Any], path: Path) -> None:
-    plt = _plt()
+    plt = pyplot()
     teachers = sorted(result["teachers"], key=lambda t: t["params"])
     fig, ax = plt.subplots(figsize=(6, 3.5))
     for loss, curve in result["curves"].items():
@@ -141,11 +142,11 @@ def plot_gap(result: dict[str, Any], path: Path) -> None:
     ax.set_xlabel("teacher VQA accuracy (x100)")
     ax.set_ylabel("student VQA accuracy (x100)")
     ax.set_title("Capacity gap, transfer regime" + ("" if result.get("complete") else " (partial)"))
-    _save(plt, fig, ax, path)
+    save_figure(plt, fig, ax, path)
 
 
 def plot_sizing(result: dict[str, Any], path: Path) -> None:
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 3.2))
     for loss in sorted({p["loss"] for p in result["points"]}):
         pts = sorted((p["steps"], p["vqa"]) for p in result["points"] if p["loss"] == loss)
@@ -153,7 +154,7 @@ def plot_sizing(result: dict[str, Any], path: Path) -> None:
     ax.set_xlabel("student steps on the transfer set")
     ax.set_ylabel("VQA accuracy (x100)")
     ax.set_title("Sizing the student budget (seed 0)")
-    _save(plt, fig, ax, path)
+    save_figure(plt, fig, ax, path)
 
 
 TITLES = {"zoo": "Transfer regime: loss zoo", "plateau": "Transfer regime: loss zoo at the plateau budget",
@@ -176,4 +177,4 @@ def render(part: str, result: dict[str, Any], out: Path) -> None:
     else:
         text = sizing_markdown(result, TITLES[part])
         plot_sizing(result, out / "sizing.png")
-    write_text_atomically(out / f"{part}.md", text)
+    write_table(out / f"{part}.md", text)
