@@ -12,7 +12,7 @@ import re
 import sys
 
 from . import __version__
-from .errors import user_message
+from .errors import Stopped, user_message
 from .eval.command import add_eval_parser
 from .flags import add_dataclass_arguments, values_from
 from .teacher_cache.command import add_teacher_cache_parser
@@ -156,6 +156,10 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"{prog}: interrupted. {_resume_hint(args)}", file=sys.stderr)
         return 130
+    except Stopped as e:  # SIGTERM / SIGUSR1: the run saved its step and stopped (train/stopping.py)
+        if str(e):
+            print(f"{prog}: {e}", file=sys.stderr)
+        return e.exit_code
     except Exception as e:  # noqa: BLE001 - the one place every failure becomes one line
         if debug:
             raise

@@ -47,3 +47,13 @@ def user_message(error: BaseException) -> str | None:
 
 def is_disk_full(error: BaseException) -> bool:
     return isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+class Stopped(Exception):
+    """A run that stopped on request (SIGTERM, SIGUSR1) after saving where it was.
+
+    The CLI prints the message (when there is one: only the main process has one) as one line and
+    exits with ``exit_code``, 143 as for a process ended by SIGTERM.
+    """
+
+    exit_code = 143

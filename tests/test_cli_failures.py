@@ -256,11 +256,11 @@ def test_resume_with_other_settings_lists_the_differences(pair, finished, tmp_pa
 
 def test_corrupt_latest_checkpoint_falls_back_and_says_so(pair, finished, tmp_path, capsys):
     run = copy_run(finished, tmp_path / "run")
-    latest = run / "checkpoints" / "step-0000002" / "model.safetensors"
+    latest = run / "checkpoints" / "step-0000002" / "state" / "__0_0.distcp"  # the weights and optimizer shard
     latest.write_bytes(latest.read_bytes()[:100])  # truncated
     # naming that checkpoint explicitly: a clean error naming the damaged file
     before = snapshot(run)
-    line = fails_cleanly(common(pair, run, f"--resume={latest.parent}", "--max-steps=3"), capsys)
+    line = fails_cleanly(common(pair, run, f"--resume={latest.parent.parent}", "--max-steps=3"), capsys)
     assert str(latest) in line and "damaged" in line and snapshot(run) == before
     # --resume: the newest intact checkpoint (step 1), with a warning naming the damaged file
     with pytest.warns(UserWarning, match=r"resuming from .*step-0000001 instead: checkpoint file .*step-0000002"):
@@ -269,23 +269,52 @@ def test_corrupt_latest_checkpoint_falls_back_and_says_so(pair, finished, tmp_pa
     assert steps == [1, 2, 3]
 
 
+def test_a_checkpoint_from_before_dcp_still_resumes_exactly(pair, finished, tmp_path):
+    """The former layout (model.safetensors + optimizer.pt, written by rank 0): the same continuation
+    as the DCP checkpoint it was made from."""
+    import torch
+    from safetensors.torch import load_file, save_model
+
+    from taid_vlm.models import load
+    from taid_vlm.train.checkpoint import load_sharded
+    from taid_vlm.train.config import load_config
+    from taid_vlm.train.loop import _optimizer
+    from taid_vlm.train.parallel import Trainable
+
+    dcp_run, legacy_run = copy_run(finished, tmp_path / "dcp"), copy_run(finished, tmp_path / "legacy")
+    step2 = legacy_run / "checkpoints" / "step-0000002"
+    student = load(pair / "student").model
+    optimizer = _optimizer(student, load_config(None, {"student": "s", "teacher": "t", "data": "d", "output": "o"}), [])
+    assert load_sharded(step2 / "state", Trainable(student, {}), optimizer) == ([], [])
+    save_model(student, str(step2 / "model.safetensors"))  # what the former checkpoints held
+    torch.save(optimizer.state_dict(), step2 / "optimizer.pt")
+    shutil.rmtree(step2 / "state")
+    for run in (dcp_run, legacy_run):
+        assert main(common(pair, run, "--resume", "--max-steps=3")) == 0
+    a, b = (load_file(str(run / "student" / "model.safetensors")) for run in (dcp_run, legacy_run))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 # ---- disk full ---------------------------------------------------------------------------------------------
 
 
 def test_disk_full_names_the_folder_and_leaves_no_partial_checkpoint(pair, tmp_path, capsys, monkeypatch):
-    import taid_vlm.train.checkpoint as checkpoint
+    from torch.distributed.checkpoint import filesystem
 
-    real = checkpoint.save_model
+    real = filesystem._write_item  # where DCP writes each tensor of a shard file
     calls = {"n": 0}
 
-    def full_disk(model, filename, *args, **kwargs):
+    def full_disk(*args, **kwargs):
         calls["n"] += 1
-        if calls["n"] == 1:
-            return real(model, filename, *args, **kwargs)
-        Path(filename).write_bytes(b"\0" * 64)  # a partial file, then the disk is full
-        raise OSError(errno.ENOSPC, "No space left on device", filename)
+        if calls["n"] <= writes_per_checkpoint:
+            return real(*args, **kwargs)
+        raise OSError(errno.ENOSPC, "No space left on device")  # the step-2 shard file is left partial
 
-    monkeypatch.setattr(checkpoint, "save_model", full_disk)
+    writes_per_checkpoint = 0
+    monkeypatch.setattr(filesystem, "_write_item", lambda *a, **k: (calls.__setitem__("n", calls["n"] + 1), real(*a, **k))[1])
+    assert main(common(pair, tmp_path / "probe", "--max-steps=1")) == 0  # counts the writes of one checkpoint
+    writes_per_checkpoint, calls["n"] = calls["n"], 0
+    monkeypatch.setattr(filesystem, "_write_item", full_disk)
     out = tmp_path / "out"
     out.mkdir()
     (out / "notes.txt").write_text("mine")
@@ -360,6 +389,52 @@ def test_sigint_prints_where_the_last_checkpoint_is_and_exits_130(pair, tmp_path
     assert (out / "notes.txt").read_text() == "mine" and not list((out / "checkpoints").glob(".tmp-*"))
 
 
+def test_sigterm_saves_the_step_it_finished_exits_143_and_resume_ends_as_the_whole_run(pair, tmp_path):
+    """SIGTERM (a preemption notice) between periodic saves: the run finishes its step, checkpoints
+    it, says where in one line and exits 143; --resume ends with the uninterrupted run's student."""
+    from safetensors.torch import load_file
+
+    out = tmp_path / "stopped"
+    argv = common(pair, out, "--max-steps=40", "--save-every=5")
+    env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1")
+    proc = subprocess.Popen([sys.executable, "-m", "taid_vlm.cli"] + argv, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+    def logged() -> int:
+        rows = (out / "metrics.jsonl").read_text().splitlines() if (out / "metrics.jsonl").exists() else []
+        return json.loads(rows[-1])["step"] if rows else 0
+
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:  # stop it 1-3 steps after a periodic save
+        if logged() > 5 and logged() % 5 in (1, 2, 3):
+            proc.send_signal(signal.SIGSTOP)
+            if logged() % 5 in (1, 2, 3):
+                break
+            proc.send_signal(signal.SIGCONT)
+        time.sleep(0.005)
+    at = logged()
+    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(signal.SIGCONT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err[-3000:]
+    last = err.rstrip("\n").splitlines()[-1]
+    stop = int(last.split(" after step ")[1].split(":")[0])
+    assert stop in (at, at + 1) and stop % 5 != 0 and 5 < stop < 40, (at, last)
+    named = out / "checkpoints" / f"step-{stop:07d}"
+    assert last == (f"taid-vlm distill: stopped by SIGTERM after step {stop}: checkpoint {named}; continue with "
+                    "the same command plus --resume")
+    assert (named / "trainer_state.json").is_file() and not (out / "student").exists()
+    assert "Traceback" not in err
+
+    assert main(argv + ["--resume"]) == 0
+    assert main(common(pair, tmp_path / "whole", "--max-steps=40", "--save-every=5")) == 0
+    a = load_file(str(out / "student" / "model.safetensors"))
+    b = load_file(str(tmp_path / "whole" / "student" / "model.safetensors"))
+    assert a.keys() == b.keys() and max((a[k] - b[k]).abs().max().item() for k in a) < 1e-6
+    steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 41))
+
+
 # ---- the output directory's life, without models ----------------------------------------------------------
 
 
@@ -399,3 +474,17 @@ def test_a_run_set_aside_by_a_killed_overwrite_is_pointed_out(tmp_path):
     (out / ".replaced-20260101-1" / "student").mkdir(parents=True)
     with pytest.warns(UserWarning, match="killed before its first step"):
         RunOutput(run_config(out))
+
+
+def test_a_ctrl_c_during_a_checkpoint_waits_until_the_checkpoint_is_written():
+    """torch.distributed.checkpoint wraps what is raised inside it: an interrupt there would end as an
+    internal error with a half-written folder, so the save holds it and raises it afterwards."""
+    from taid_vlm.train.stopping import interrupts_deferred
+
+    finished = []
+    with pytest.raises(KeyboardInterrupt):
+        with interrupts_deferred():
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)
+            finished.append(True)  # reached: the interrupt did not cut the block short
+    assert finished == [True] and signal.getsignal(signal.SIGINT) is signal.default_int_handler

@@ -331,3 +331,47 @@ def test_cli_bad_input_prints_one_clear_line_and_returns_2(tmp_path, text_shapes
                    "--output", str(tmp_path), "--column", "answers"])
     assert run_eval(args) == 2
     assert "FIELD=COLUMN" in capsys.readouterr().err
+
+
+# ---- data-parallel evaluation --------------------------------------------------------------------------
+
+
+def test_two_processes_each_answer_half_and_rank_0_writes_what_one_process_writes(tmp_path, vlm):
+    """torchrun with 2 gloo processes on 61 questions (an odd count): the same answers, samples and
+    scores as one process; meta records the split; the files are written once."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    if shutil.which("torchrun", path=str(Path(sys.executable).parent)) is None:
+        pytest.skip("torchrun missing")
+    data = tmp_path / "shapes"
+    generate_shapes(data, 2, 12, seed=3, image_size=32)
+    args = ["--model", str(vlm), "--data", str(data / "test_vqa.jsonl"), "--task", "vqa", "--limit", "61",
+            "--batch-size", "4", "--max-new-tokens", "4", "--quiet"]
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=str(root), HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    two = subprocess.run([str(Path(sys.executable).parent / "torchrun"), "--nproc_per_node", "2", "--master_port",
+                          str(_free_port()), "-m", "taid_vlm.cli", "eval", *args, "--output", str(tmp_path / "two")],
+                         env=env, capture_output=True, text=True, timeout=600)
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert two.stdout.count("wrote results.json") == 1  # rank 0 reports, once
+    assert run_eval(_parse([*args, "--output", str(tmp_path / "one")])) == 0
+
+    one_rows, two_rows = _samples(tmp_path / "one"), _samples(tmp_path / "two")
+    assert len(one_rows) == 61 and two_rows == one_rows
+    assert len({r["prediction"] for r in one_rows}) > 1, "a constant answer would make this test vacuous"
+    one, two_results = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("one", "two"))
+    assert _without_timings(two_results["models"]["student"]) == _without_timings(one["models"]["student"])
+    assert (one["meta"]["processes"], one["meta"]["items_per_process"]) == (1, [61])
+    assert two_results["meta"]["processes"] == 2 and two_results["meta"]["items_per_process"] == [32, 29]
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

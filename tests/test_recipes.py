@@ -16,6 +16,20 @@ def test_there_are_recipes_for_the_paper_pairs():
             "stablelm-zephyr-3b_to_pythia-410m", "qwen2-vl-7b_to_2b"} <= names
 
 
+def test_there_are_recipes_for_the_pairs_distilled_today():
+    """Qwen3-VL-8B -> 2B and Gemma-3-12B -> 4B in full, Qwen3 text, and a LoRA student."""
+    by_name = {p.stem: load_config(p, {"output": "runs/x"}) for p in RECIPES}
+    pairs = {name: (c.teacher, c.student) for name, c in by_name.items()}
+    assert pairs["qwen3-vl-8b_to_2b"] == ("Qwen/Qwen3-VL-8B-Instruct", "Qwen/Qwen3-VL-2B-Instruct")
+    assert pairs["gemma-3-12b_to_4b"] == ("google/gemma-3-12b-it", "google/gemma-3-4b-it")
+    assert pairs["qwen3-8b_to_0.6b"] == ("Qwen/Qwen3-8B", "Qwen/Qwen3-0.6B")
+    lora = by_name["qwen3-vl-8b_to_2b_lora"]
+    assert lora.lora_r > 0 and lora.lora_settings().targets == "all-linear" and not lora.save_adapter_only
+    for name in ("qwen3-vl-8b_to_2b", "gemma-3-12b_to_4b", "qwen3-8b_to_0.6b", "qwen3-vl-8b_to_2b_lora"):
+        text = next(p for p in RECIPES if p.stem == name).read_text()
+        assert "ESTIMATED" in text and "x 2 B" in text, name  # the memory arithmetic, labelled as such
+
+
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.stem)
 def test_recipe_resolves(recipe):
     config = load_config(recipe, {"output": "runs/x"})
@@ -39,5 +53,7 @@ def test_recipe_states_how_it_fits_its_hardware(recipe):
     written = yaml.safe_load(recipe.read_text())
     assert {"mixed_precision", "distributed", "gradient_checkpointing", "teacher_dtype"} <= set(written)
     config = load_config(recipe, {"output": "runs/x"})
-    assert config.mixed_precision == "bf16" and config.student_dtype == "float32"  # fp32 masters under autocast
+    assert config.mixed_precision == "bf16"
+    # fp32 masters under autocast; a LoRA student's trainable masters are its fp32 adapters, over a frozen base
+    assert config.student_dtype == "float32" or (config.lora_r > 0 and config.student_dtype == "bfloat16")
     assert config.teacher_dtype == "bfloat16"

@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 
 from composed_pair import save_composed_pair
 from taid_vlm.train import ConfigError, DistillConfig, distill, load_config
+from taid_vlm.train.checkpoint import checkpoint_weights
 from taid_vlm.train.metrics import read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,6 +36,9 @@ def config_for(root: Path, out: str, **overrides) -> DistillConfig:
 
 
 def weights(path: Path) -> dict[str, torch.Tensor]:
+    """A saved student's weights, or a checkpoint's (DCP)."""
+    if (path / "trainer_state.json").is_file():
+        return checkpoint_weights(path)
     return load_file(str(path / "model.safetensors"))
 
 
@@ -232,9 +236,9 @@ def test_student_built_from_parts_takes_the_teachers_tokenizer(vlm_pair):
 
 
 def test_rank_digest_covers_zero_dim_buffers():
-    from taid_vlm.train.loop import _weights_digest
+    from taid_vlm.train.parallel import state_digest
 
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))  # num_batches_tracked: 0-dim int64
-    before = _weights_digest(model)
+    before = state_digest(model.state_dict())
     model[1].num_batches_tracked += 1
-    assert _weights_digest(model) != before
+    assert state_digest(model.state_dict()) != before

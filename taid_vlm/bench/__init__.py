@@ -11,6 +11,7 @@ through one runner (``runner``) and write through one results writer (``results`
 - ``fused``: the fused-linear loss alone, ours against Liger's fused-linear JSD and TRL's chunked
   divergence, each checked against fp64;
 - ``scale``: precision, checkpointing and sharding at Qwen2-VL-2B widths;
+- ``data_scale``: distill's start-up (time, peak memory) on 20,000 against 200,000 LLaVA records;
 - ``cache``: the offline teacher cache's cost and its students' quality;
 - ``quality``: the loss zoo, the capacity gap and TAID's settings on the synthetic scenes;
 - ``sizing``: one candidate configuration of the demo, measured end to end;

@@ -336,9 +336,10 @@ def cases() -> list[Case]:
                     "loss: 'taid' -> 'fkl'"),
         resume_case("other teacher", lambda run: None, ["--resume", "--max-steps=3", f"--teacher={REPO}"], 2,
                     "teacher:"),
-        resume_case("truncated latest weights", lambda run: truncate(run / "checkpoints/step-0000002/model.safetensors"),
+        resume_case("truncated latest weights and optimizer shard",
+                    lambda run: truncate(run / "checkpoints/step-0000002/state/__0_0.distcp"),
                     ["--resume", "--max-steps=3"], 0, "resuming from"),
-        resume_case("truncated latest optimizer", lambda run: truncate(run / "checkpoints/step-0000002/optimizer.pt"),
+        resume_case("truncated latest checkpoint index", lambda run: truncate(run / "checkpoints/step-0000002/state/.metadata"),
                     ["--resume", "--max-steps=3"], 0, "resuming from"),
         resume_case("garbled latest trainer state", lambda run: (run / "checkpoints/step-0000002/trainer_state.json")
                     .write_text("{not json"), ["--resume", "--max-steps=3"], 0, "resuming from"),

@@ -10,22 +10,37 @@ timed steps:
 
 - fp32, bf16 (autocast over fp32 master weights), bf16_ckpt (+ activation checkpointing):
   one process each, in its own subprocess so a peak is its own;
+- lora_r8, lora_r64, lora_r8_bf16base (``--modes``, not in the default list): a LoRA student
+  (bf16 autocast, adapters on every linear layer but the head; the last with its frozen base in
+  bf16), to set beside bf16 full fine-tuning on the same pair;
 - ddp, fsdp: two processes (torchrun; gloo on CPU, NCCL on GPUs) with the global batch of the
-  single-process runs, figures per rank.
+  single-process runs, figures per rank; ddp is torch DistributedDataParallel (bucketed
+  all-reduce overlapped with backward);
+- ddp_summed: the comparator for ddp, the loop's former data parallelism, kept here only: a whole
+  student per rank whose gradients are summed by hand after backward, in flattened buckets of
+  up to 128 MB (``SummedGradients``), without overlap.
+
+After its timed steps every two-process run also times a checkpoint both ways:
+``dcp_save_s``, the loop's checkpoint (torch.distributed.checkpoint: every rank writes its
+shard), and ``rank0_save_s``, the former one (the whole student and optimizer state gathered on
+rank 0, which writes them alone: ``model.safetensors`` + ``optimizer.pt``).
 
 ``peak_mb``: CUDA ``max_memory_allocated`` over the timed steps; on CPU the peak resident set
 sampled every 2 ms over them (the whole process: libraries, teacher, student, optimizer).
 ``transient_mb``: that peak minus the memory held just before the timed steps (what a step adds
 on top: activations, gradients, gathered shards, loss temporaries). ``saved_activations_mb``:
 what autograd keeps from forward to backward (see ``SavedActivations``). ``param_optim_mb``: bytes of this rank's parameters plus AdamW
-state (local shards under fsdp), counted exactly. ``step_s``: median step wall time.
+state (local shards under fsdp), counted exactly; ``trainable_params``, ``weights_mb`` (every
+parameter, frozen ones included) and ``optimizer_state_mb`` (AdamW's moments alone) likewise.
+``step_s``: median step wall time.
 
 The last line printed is ONE JSON object:
-  {"fp32": {"peak_mb": .., "step_s": ..}, "bf16": {..}, "bf16_ckpt": {..}, "ddp": {..}, "fsdp": {..},
-   "model": .., "device": ..}
+  {"fp32": {"peak_mb": .., "step_s": ..}, "bf16": {..}, "bf16_ckpt": {..}, "ddp": {.., "dcp_save_s": ..,
+   "rank0_save_s": ..}, "ddp_summed": {..}, "fsdp": {..}, "model": .., "device": ..}
 and the whole result, with the machine and its load, goes to ``--out`` (docs/results/bench_scale.json).
 
-Usage: python scripts/bench_scale.py [--device cpu|cuda] [--steps 3] [--out docs/results/bench_scale.json]
+Usage: python scripts/bench_scale.py [--device cpu|cuda] [--steps 3] [--modes ddp,ddp_summed,fsdp]
+       [--out docs/results/bench_scale.json]
 """
 
 from __future__ import annotations
@@ -47,7 +62,11 @@ from .runner import REPO, PeakSampler, Run, child_command, child_env, print_json
 
 SINGLE = {"fp32": dict(mixed_precision="no"), "bf16": dict(mixed_precision="bf16"),
           "bf16_ckpt": dict(mixed_precision="bf16", gradient_checkpointing=True)}
-PARALLEL = ("ddp", "fsdp")
+# LoRA students (taid_vlm/models/lora.py) next to bf16 full fine-tuning: adapters on every linear
+# layer but the head; "_bf16base" also keeps the frozen base in bf16 (QLoRA-style, no 4-bit).
+SINGLE.update({f"lora_r{r}": dict(mixed_precision="bf16", lora_r=r) for r in (8, 64)})
+SINGLE["lora_r8_bf16base"] = dict(mixed_precision="bf16", lora_r=8, student_dtype="bfloat16")
+PARALLEL = ("ddp", "fsdp", "ddp_summed")
 QWEN2_VL_2B = dict(hidden_size=1536, intermediate_size=8960, num_attention_heads=12, num_key_value_heads=2,
                    vision_embed_dim=1280, vision_heads=16, vocab_size=151936)
 DEFAULTS = {  # per device: what fits (layer counts and, on CPU, the vocabulary are the cuts)
@@ -160,16 +179,102 @@ class SavedActivations:
         self.largest, self._step, self._seen = max(self.largest, self._step), 0, set()
 
 
+def _parameter_bytes(run: Any) -> dict[str, Any]:
+    """Trainable parameters, every parameter's bytes (frozen base included) and AdamW's state alone."""
+    import torch
+
+    params = list(run.student.model.parameters())
+    state = [v for s in run.optimizer.state.values() for v in s.values() if isinstance(v, torch.Tensor) and v.dim() > 0]
+    return {"trainable_params": sum(p.numel() for p in params if p.requires_grad),
+            "weights_mb": round(sum(p.numel() * p.element_size() for p in params) / 2**20, 1),
+            "optimizer_state_mb": round(sum(v.numel() * v.element_size() for v in state) / 2**20, 1)}
+
+
+def summed_gradients_strategy(env: Any) -> Any:
+    """The former ddp (the comparator): whole students, gradients summed by hand after backward."""
+    import torch
+    import torch.distributed as dist
+
+    from taid_vlm.train.parallel import Strategy
+
+    class SummedGradients(Strategy):
+        name = "ddp_summed"
+
+        def place(self, student: Any, teacher: Any) -> None:
+            super().place(student, teacher)
+            env.broadcast_parameters(student.model)
+
+        def reduce_gradients(self, extra: list[Any], bucket_elements: int = 1 << 25) -> None:
+            params = [p for p in self.student.model.parameters() if p.requires_grad] + list(extra)
+            for p in params:
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
+            bucket: list[Any] = []
+            for grad in [p.grad for p in params] + [None]:
+                size = sum(g.numel() for g in bucket)
+                if bucket and (grad is None or size + grad.numel() > bucket_elements or grad.dtype != bucket[0].dtype):
+                    flat = torch.cat([g.reshape(-1) for g in bucket])
+                    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+                    offset = 0
+                    for g in bucket:
+                        g.copy_(flat[offset : offset + g.numel()].view_as(g))
+                        offset += g.numel()
+                    bucket = []
+                if grad is not None:
+                    bucket.append(grad)
+
+    return SummedGradients(env)
+
+
+def time_checkpoints(run: Any) -> dict[str, float]:
+    """The loop's DCP checkpoint against the former rank-0 gather-and-write, same state, same disk."""
+    import torch
+    from safetensors.torch import save_file
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
+
+    from taid_vlm.train.loop import _save_checkpoint
+
+    env = run.env
+    env.barrier()
+    start = time.perf_counter()
+    _save_checkpoint(run)
+    env.barrier()
+    dcp_s = time.perf_counter() - start
+    module = run.strategy.state_module(run.loss.modules())
+    target = Path(run.out) / "rank0-checkpoint"
+    env.barrier()
+    start = time.perf_counter()
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    weights = get_model_state_dict(run.student.model, options=options)
+    optim = get_optimizer_state_dict(module, run.optimizer, options=options)
+    if env.is_main:
+        target.mkdir(exist_ok=True)
+        seen: set[int] = set()  # tied weights once
+        unique = {k: v.contiguous() for k, v in weights.items() if not (v.data_ptr() in seen or seen.add(v.data_ptr()))}
+        save_file(unique, str(target / "model.safetensors"))
+        torch.save(optim, target / "optimizer.pt")
+        for f in target.iterdir():
+            with open(f, "rb") as handle:
+                os.fsync(handle.fileno())
+    env.barrier()
+    rank0_s = time.perf_counter() - start
+    return {"dcp_save_s": round(dcp_s, 3), "rank0_save_s": round(rank0_s, 3)}
+
+
 def worker(args: argparse.Namespace) -> None:
     import torch
 
     from taid_vlm.train.config import load_config
     from taid_vlm.train.loop import setup, step
-    from taid_vlm.train.parallel import local_state_bytes
+    from taid_vlm.train.parallel import Distributed, local_state_bytes
 
     work = Path(args.workdir)
     settings = dict(SINGLE.get(args.worker, {}))
-    if args.worker in PARALLEL:
+    strategy = None
+    if args.worker == "ddp_summed":
+        settings["distributed"] = "ddp"
+        strategy = summed_gradients_strategy(Distributed())
+    elif args.worker in PARALLEL:
         settings["distributed"] = args.worker
     rank = int(os.environ.get("RANK", "0"))
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -177,7 +282,7 @@ def worker(args: argparse.Namespace) -> None:
         student=str(work / "student"), teacher=str(work / "teacher"), data=str(work / "data.jsonl"),
         output=str(work / f"run-{args.worker}"), overwrite=True, batch_size=args.batch_size // world, max_steps=1000,
         save_every=100_000, log_every=100_000, progress=False, teacher_dtype="bfloat16", lr=1e-5, **settings))
-    run = setup(config)
+    run = setup(config, strategy=strategy)
     step(run)  # warm-up: allocates AdamW's state
     times = []
     saved = SavedActivations({tuple(p.shape) for p in run.student.model.parameters()})
@@ -192,11 +297,13 @@ def worker(args: argparse.Namespace) -> None:
                 torch.cuda.synchronize()
             times.append(time.perf_counter() - start)
             saved.end_step()
+    checkpoints = time_checkpoints(run) if args.worker in PARALLEL else {}
     run.data.close()
-    result = {"peak_mb": round(peak.peak, 1), "transient_mb": round(peak.peak - peak.start, 1),
+    result = {**checkpoints, "peak_mb": round(peak.peak, 1), "transient_mb": round(peak.peak - peak.start, 1),
               "saved_activations_mb": round(saved.largest / 2**20, 1), "step_s": round(statistics.median(times), 3),
               "all_step_s": [round(t, 3) for t in times],
               "param_optim_mb": round(local_state_bytes(run.params, run.optimizer) / 2**20, 1),
+              **_parameter_bytes(run),
               "torch_threads": torch.get_num_threads(), "records_per_rank": config.batch_size}
     (work / f"result-{args.worker}-rank{rank}.json").write_text(json.dumps(result))
 
@@ -253,7 +360,8 @@ def launch(args: argparse.Namespace, work: Path, mode: str) -> dict[str, Any]:
     return {"per_rank": results, "peak_mb": max(r["peak_mb"] for r in results),
             "transient_mb": max(r["transient_mb"] for r in results),
             "saved_activations_mb": max(r["saved_activations_mb"] for r in results),
-            "param_optim_mb": max(r["param_optim_mb"] for r in results), "step_s": max(r["step_s"] for r in results)}
+            "param_optim_mb": max(r["param_optim_mb"] for r in results), "step_s": max(r["step_s"] for r in results),
+            "dcp_save_s": results[0]["dcp_save_s"], "rank0_save_s": results[0]["rank0_save_s"]}
 
 
 def main() -> None:
@@ -266,7 +374,7 @@ def main() -> None:
     parser.add_argument("--seq", type=int, help="tokens per record (image tokens included)")
     parser.add_argument("--batch-size", type=int, help="records per optimizer step (split over 2 ranks for ddp/fsdp)")
     parser.add_argument("--image-size", type=int)
-    parser.add_argument("--modes", default="fp32,bf16,bf16_ckpt,ddp,fsdp")
+    parser.add_argument("--modes", default="fp32,bf16,bf16_ckpt,ddp,ddp_summed,fsdp")
     parser.add_argument("--out", default=str(REPO / "docs" / "results" / "bench_scale.json"))
     parser.add_argument("--pair-dir", help="build the pair here and keep it (reused when its settings match); default: a temporary folder")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
@@ -289,7 +397,9 @@ def main() -> None:
     finally:
         if not args.pair_dir:
             shutil.rmtree(work, ignore_errors=True)
-    line = {**{m: {k: v for k, v in r.items() if k in ("peak_mb", "transient_mb", "saved_activations_mb", "step_s", "param_optim_mb", "skipped")} for m, r in results.items()},
+    shown = ("peak_mb", "transient_mb", "saved_activations_mb", "step_s", "param_optim_mb", "trainable_params", "weights_mb",
+             "optimizer_state_mb", "dcp_save_s", "rank0_save_s", "skipped")
+    line = {**{m: {k: v for k, v in r.items() if k in shown} for m, r in results.items()},
             "model": model, "device": args.device}
     payload = run.record({**line, "details": results, "steps": args.steps,
                           "notes": ("ddp/fsdp run 2 processes with half the threads each (CPU) and half the records each: "

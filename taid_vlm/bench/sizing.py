@@ -35,7 +35,6 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
-from safetensors.torch import load_model  # noqa: E402
 
 from transformers.utils import logging as hf_logging  # noqa: E402
 
@@ -47,6 +46,7 @@ from ..models import load  # noqa: E402
 from ..models.composed import build_composed_vlm  # noqa: E402
 from ..models.composed.factory import parse_spec  # noqa: E402
 from ..train import distill, load_config  # noqa: E402
+from ..train.checkpoint import checkpoint_weights  # noqa: E402
 from .runner import Run, print_json  # noqa: E402
 
 hf_logging.disable_progress_bar()
@@ -205,7 +205,7 @@ def learning_curve(init_dir: Path, run_dir: Path, vqa, args: argparse.Namespace)
     adapter = load(str(init_dir), role="student", dtype="float32")
     curve = {}
     for checkpoint in sorted((run_dir / "checkpoints").glob("step-*")):
-        load_model(adapter.model, str(checkpoint / "model.safetensors"))
+        adapter.model.load_state_dict(checkpoint_weights(checkpoint), strict=False)
         curve[int(checkpoint.name.split("-")[1])] = evaluate(adapter, vqa, [], args)["vqa"]
     return curve
 

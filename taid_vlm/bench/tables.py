@@ -19,7 +19,7 @@ Blocks: ``summary`` (README.md: a few lines over all the results below, with lin
 ``trl`` (docs/results/bench_vs_trl.json and docs/results/bench_vs_trl_v151936.json),
 ``zoo``, ``gap`` and ``taid`` (docs/results/quality/*.json, the same-data regime), ``transfer-zoo``,
 ``transfer-plateau``, ``transfer-gap``, ``transfer-noanswer`` and ``transfer-sizing`` (docs/results/quality/transfer/*.json;
-a part not run yet renders as the command that runs it).
+a part not run yet renders as the command that runs it), ``lora`` (docs/results/bench_scale_lora.json).
 """
 
 from __future__ import annotations
@@ -454,6 +454,34 @@ def generation_block() -> str:
 FULL = "docs/results/README.md"
 
 
+# ---- LoRA against full fine-tuning -------------------------------------------------------------
+
+LORA_RESULT = "bench_scale_lora.json"
+LORA_MODES = {"bf16": "full fine-tuning", "lora_r8": "LoRA r=8", "lora_r64": "LoRA r=64",
+              "lora_r8_bf16base": "LoRA r=8, bf16 base"}
+
+
+def lora_block() -> str:
+    """What a LoRA student saves per rank next to full fine-tuning, on one pair in one run."""
+    d = load(LORA_RESULT)
+    m = d["model"]
+    lines = ["| student | trainable parameters | weights (all) | AdamW state | params + grads + AdamW | peak (process) | step |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for mode, label in LORA_MODES.items():
+        r = d[mode]
+        lines.append(f"| {label} | {r['trainable_params'] / 1e6:,.2f} M | {r['weights_mb']:,.0f} MB | {r['optimizer_state_mb']:,.1f} MB | "
+                     f"{r['param_optim_mb']:,.1f} MB | {r['peak_mb']:,.0f} MB | {r['step_s']:.1f} s |")
+    full, lora = d["bf16"], d["lora_r8_bf16base"]
+    lines += ["", f"{m['family']}: student {m['student_params'] / 1e6:,.0f} M parameters ({m['student_lm_layers']} LM + "
+              f"{m['vision_layers']} vision layer, a {m['vocab_size']:,}-row tied head), bf16 teacher, {m['records_per_step']} records "
+              f"of {m['tokens_per_record']} tokens a step, bf16 autocast, adapters on every linear layer but the head; one process "
+              f"each on {d['device']} ({_load_text(d['machine'])} at the start: the step times are indicative only). The peak is "
+              f"the whole process (teacher, libraries, data) on CPU: LoRA over a bf16 base peaks {full['peak_mb'] - lora['peak_mb']:,.0f} MB "
+              f"lower. Command: `python scripts/bench_scale.py --steps {d['steps']} --modes {','.join(LORA_MODES)} --out "
+              f"docs/results/{LORA_RESULT}`; [{LORA_RESULT}](docs/results/{LORA_RESULT})."]
+    return "\n".join(lines)
+
+
 def summary_block() -> str:
     """A few lines over every result, each linking to its table and JSON (README.md)."""
     demo = load("demo_default.json")
@@ -483,6 +511,11 @@ def summary_block() -> str:
         f"from the live teacher's, {'within' if cache['within_seed_spread'] else 'outside'} the seed spread "
         f"([table]({FULL}#offline-teacher-cache), [bench_cache.json](docs/results/bench_cache.json)).",
     ]
+    lora, full = (load(LORA_RESULT)[mode] for mode in ("lora_r8", "bf16"))
+    lines.append(f"- **LoRA students** (r=8 against full fine-tuning, one pair at Qwen2-VL-2B widths): "
+                 f"{lora['trainable_params'] / full['trainable_params'] * 100:.1f}% of the parameters trained, AdamW state "
+                 f"{lora['optimizer_state_mb']:,.1f} MB instead of {full['optimizer_state_mb']:,.0f} MB "
+                 f"([table]({FULL}#lora-students-against-full-fine-tuning), [{LORA_RESULT}](docs/results/{LORA_RESULT})).")
     plateau, gap = _transfer("plateau"), _transfer("gap")
     if plateau is not None:
         vqa = {r["loss"]: r["vqa_mean"] for r in plateau["rows"]}
@@ -503,7 +536,7 @@ RENDERERS: dict[str, Callable[[], str]] = {
     "summary": summary_block, "generation": generation_block, "demo": demo_block, "loss": loss_block, "loss_ce": loss_ce_block, "cache": cache_block, "trl": trl_block,
     "zoo": zoo_block, "gap": gap_block, "taid": taid_block,
     "transfer-zoo": transfer_zoo_block, "transfer-gap": transfer_gap_block, "transfer-noanswer": transfer_noanswer_block,
-    "transfer-sizing": transfer_sizing_block, "transfer-plateau": transfer_plateau_block,
+    "transfer-sizing": transfer_sizing_block, "transfer-plateau": transfer_plateau_block, "lora": lora_block,
 }
 
 

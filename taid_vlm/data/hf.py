@@ -45,15 +45,29 @@ def iter_hf_records(
     require_response: bool = True,
     check_images: str = "exists",
     image_dir: str | Path | None = None,
+    shuffle_seed: int | None = None,
+    shuffle_buffer: int = 10_000,
+    skip: int = 0,
 ) -> Iterator[Record]:
     """Records from a saved dataset folder, a parquet/arrow/csv file, an imagefolder or a hub name.
 
     ``task`` is one of vqa, caption, chat, llava, or auto (guessed from the column names).
     ``columns`` maps our field names to the dataset's columns; a field or column that does not
     exist is an error that lists what does. Image paths stored as text resolve against
-    ``image_dir`` (default: the dataset's folder).
+    ``image_dir`` (default: the dataset's folder). ``shuffle_seed``: the rows in a seeded order (a
+    streamed set through a ``shuffle_buffer``-row buffer, a saved folder, memory-mapped, by a full
+    permutation); ``skip``: the first rows of that order are passed over before any is decoded (how
+    a training stream resumes).
     """
+    source = str(source).removeprefix("hf:") if str(source).startswith("hf:") else source
     dataset, base_dir = _open(source, split, streaming, cache_dir, config)
+    if shuffle_seed is not None:
+        import datasets
+
+        streamed = isinstance(dataset, datasets.IterableDataset)
+        dataset = dataset.shuffle(seed=shuffle_seed, buffer_size=shuffle_buffer) if streamed else dataset.shuffle(seed=shuffle_seed)
+    if skip:
+        dataset = dataset.skip(skip)
     base_dir = Path(image_dir) if image_dir is not None else base_dir
     names = _column_names(dataset, source)
     task = _task(task, names, columns or {}, source)
@@ -67,13 +81,13 @@ def iter_hf_records(
         row = _rename(row, mapping)
         return builder(row, ctx, require_response) if task in ("chat", "llava") else builder(row, ctx)
 
-    return guarded(_numbered(dataset), build, label, skip_bad)
+    return guarded(_numbered(dataset, skip), build, label, skip_bad)
 
 
-def _numbered(dataset: Any) -> Iterator[tuple[int, dict]]:
+def _numbered(dataset: Any, start: int = 0) -> Iterator[tuple[int, dict]]:
     rows = iter(dataset)
     try:
-        yield from enumerate(rows)
+        yield from enumerate(rows, start=start)
     finally:
         close = getattr(rows, "close", None)
         if close is not None:

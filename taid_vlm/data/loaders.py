@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from .errors import DataError, guarded
-from .jsonl import iter_json_rows, read_json_object
+from .jsonl import _starts_with_array, iter_json_rows, read_json_object
 from .parse import CHECK_IMAGES, RowContext, caption_record, chat_record, llava_record, vqa_record
 from .records import Record
 
@@ -110,13 +110,21 @@ def detect_format(source: str | Path) -> str:
         raise DataError(str(source), "file not found", "check the path")
     if _is_coco_annotations(path):
         return "coco"
-    for where, row in iter_json_rows(path):
-        return _format_of_row(row, where)
+    if _starts_with_array(path):  # the first element only (LLaVA's 665k-row array is a gigabyte)
+        from .table import _array_rows
+
+        for _, _, index, row in _array_rows(path):
+            return _format_of_row(row, f"{path}[{index}]")
+    else:
+        for where, row in iter_json_rows(path):
+            return _format_of_row(row, where)
     raise DataError(str(path), "the file holds no rows", "check that it is the right file")
 
 
 def _is_hf_source(source: str | Path) -> bool:
-    """A folder, a parquet/arrow/csv file, or a name that is no local path (a hub dataset)."""
+    """``hf:NAME``, a folder, a parquet/arrow/csv file, or a name that is no local path (a hub dataset)."""
+    if str(source).startswith("hf:"):
+        return True
     path = Path(source)
     if path.is_dir() or path.suffix in _HF_SUFFIXES:
         return True
@@ -141,7 +149,7 @@ def _format_of_row(row: Any, where: str) -> str:
 
 def _is_coco_annotations(path: Path) -> bool:
     """A single JSON object with ``images`` and ``annotations`` (one line or pretty-printed)."""
-    if not path.is_file() or path.suffix != ".json":
+    if not path.is_file() or path.suffix != ".json" or _starts_with_array(path):  # an array is no COCO file
         return False
     with open(path, "rb") as f:
         first = f.readline().decode("utf-8", errors="replace")

@@ -7,6 +7,7 @@ the command runs so ``taid-vlm --help`` stays instant.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -46,6 +47,8 @@ def run_eval(args: argparse.Namespace) -> int:
     except (EvalError, DataError) as e:
         print(f"taid-vlm eval: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0  # data-parallel: rank 0 wrote the files and reports them
     print(Path(config.output, "results.md").read_text(encoding="utf-8"), end="")
     submissions = [m["extra"]["submission"] for m in results["models"].values() if m["extra"].get("submission")]
     extra = f" and {', '.join(submissions)}" if submissions else ""

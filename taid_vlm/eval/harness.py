@@ -9,16 +9,24 @@ its students need not fit in memory together.
 Outputs in ``output``: ``results.json`` (per model: metrics, n, prompt, decoding settings,
 normaliser version, timings, breakdowns), ``samples.jsonl`` (one row per model and item) and
 ``results.md`` (models as rows).
+
+Data-parallel under ``torchrun`` / ``accelerate launch``: each process loads the model on its own
+device and answers its share of the items, whole batches of the one-process order (so every
+batch, and therefore every answer, is the one a single process computes); rank 0 gathers the
+answers in item order, scores them once and writes the three files once. ``meta.processes`` and
+``meta.items_per_process`` record the split; generation time is the slowest rank's.
 """
 
 from __future__ import annotations
 
 import gc
 import json
+import os
 import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence
@@ -56,52 +64,156 @@ def run_evaluation(config: EvalConfig) -> dict[str, Any]:
     config.validate()
     names = model_names(config.models, config.labels)
     _preflight(config.models, names)
+    group = Processes.from_environment()
+    if group.world_size > 1 and config.backend == "vllm":
+        raise EvalError("--backend vllm runs in one process (the server batches the items itself); start it "
+                        "without torchrun / accelerate launch")
+    if group.world_size > 1 and config.device is None:
+        config.device = str(group.env.device)  # each process its own device
     if config.benchmark is not None:
         eval_set = load_benchmark_set(config.benchmark, config.data, config.limit, config.data_options)
     else:
         eval_set = load_eval_set(config.data, config.task, config.limit, config.data_options)
-    _log(config, f"{config.task}: {len(eval_set.items)} items from {eval_set.source}, {len(names)} model(s)")
+    shares = group.shares(len(eval_set.items), config.batch_size)
+    if group.is_main:
+        split = f" over {group.world_size} processes ({', '.join(map(str, shares))} items each)" if group.world_size > 1 else ""
+        _log(config, f"{config.task}: {len(eval_set.items)} items from {eval_set.source}, {len(names)} model(s){split}")
     results, samples = [], []
     for model, name in zip(config.models, names):
-        result, rows = _evaluate_one(model, name, eval_set, config)
+        result, rows = _evaluate_one(model, name, eval_set, config, group)
         if not isinstance(model, ModelAdapter):
             _release_memory()  # the model this call loaded is gone; hand its memory back
+        if not group.is_main:
+            continue
         results.append(result)
         samples.extend({"model": name, **row} for row in rows)
         numbers = (f"{k} {_fmt(v)}" for k, v in result.metrics.items() if not isinstance(v, str))
         _log(config, f"{name}: " + ", ".join(numbers))
-    return write_outputs(config.output, eval_set, config, results, samples)
+    written = None
+    if group.is_main:
+        written = write_outputs(config.output, eval_set, config, results, samples,
+                                {"processes": group.world_size, "items_per_process": shares})
+    return group.from_main(written)
+
+
+@dataclass
+class _Failure:
+    message: str
+
+
+class Processes:
+    """The processes an evaluation runs on: one, or those ``torchrun`` / ``accelerate launch`` started."""
+
+    def __init__(self, env: Any = None):
+        self.env = env
+        self.world_size = env.world_size if env is not None else 1
+        self.rank = env.rank if env is not None else 0
+        self.is_main = self.rank == 0
+
+    @classmethod
+    def from_environment(cls) -> "Processes":
+        if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+            return cls()
+        from ..train.parallel import Distributed
+
+        return cls(Distributed())
+
+    def shares(self, n_items: int, batch_size: int) -> list[int]:
+        """Items per process: contiguous runs of whole batches, as even as whole batches allow."""
+        n_batches = -(-n_items // batch_size)
+        edges = [min(n_items, (r * n_batches // self.world_size) * batch_size) for r in range(self.world_size + 1)]
+        return [b - a for a, b in zip(edges, edges[1:])]
+
+    def mine(self, items: Sequence[Any], batch_size: int) -> Sequence[Any]:
+        start = sum(self.shares(len(items), batch_size)[: self.rank])
+        return items[start : start + self.shares(len(items), batch_size)[self.rank]]
+
+    def gather(self, value: Any) -> list[Any]:
+        """Every process's ``value`` in rank order; a failure (an exception as ``value``) on any process is
+        raised on all of them: its own error where it happened, an EvalError naming it elsewhere."""
+        if self.env is None:
+            if isinstance(value, BaseException):
+                raise value
+            return [value]
+        failed = isinstance(value, BaseException)
+        everyone = self.env.gather_objects(_Failure(" ".join(str(value).split())) if failed else value)
+        if failed:
+            raise value
+        for rank, other in enumerate(everyone):
+            if isinstance(other, _Failure):
+                raise EvalError(f"process {rank} of {self.world_size} failed: {other.message}")
+        return everyone
+
+    def from_main(self, value: Any) -> Any:
+        if self.env is None or not self.env.active:
+            return value
+        import torch.distributed as dist
+
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
 
 
 # ---- one model ---------------------------------------------------------------------------------------
 
 
-def _evaluate_one(model: ModelLike, name: str, eval_set: EvalSet, config: EvalConfig) -> tuple[ModelResult, list]:
+def _evaluate_one(model: ModelLike, name: str, eval_set: EvalSet, config: EvalConfig,
+                  group: Processes | None = None) -> tuple[ModelResult | None, list]:
+    """Load, answer this process's share, gather; the main process scores (others get (None, []))."""
+    group = group or Processes()
     if config.backend == "vllm":
         with served_model(model, name, config) as served:
-            return _evaluate_loaded(served, model, name, eval_set, config, served.load_s)
-    start = time.perf_counter()
-    adapter = model if isinstance(model, ModelAdapter) else _load(model, name, config)
-    return _evaluate_loaded(adapter, model, name, eval_set, config, time.perf_counter() - start)
+            return _scored(served, model, name, eval_set, config, [_answer(served, name, eval_set, config, group,
+                                                                           served.load_s)])
+    adapter = None
+    try:
+        start = time.perf_counter()
+        adapter = model if isinstance(model, ModelAdapter) else _load(model, name, config)
+        shared: Any = _answer(adapter, name, eval_set, config, group, time.perf_counter() - start)
+    except Exception as e:  # noqa: BLE001 - raised on every process by gather, so none waits for the others
+        shared = e
+    everyone = group.gather(shared)
+    if not group.is_main:
+        return None, []
+    return _scored(adapter, model, name, eval_set, config, everyone)
 
 
-def _evaluate_loaded(adapter: ModelAdapter, model: ModelLike, name: str, eval_set: EvalSet, config: EvalConfig,
-                     load_s: float) -> tuple[ModelResult, list]:
+def _answer(adapter: ModelAdapter, name: str, eval_set: EvalSet, config: EvalConfig, group: Processes,
+            load_s: float) -> tuple[GenerationRun, list | None, float, float]:
+    """This process's share: (answers, reference NLLs for the text task, their seconds, load seconds)."""
     _check_can_answer(adapter, name, eval_set)
-    items = eval_set.items
+    items = group.mine(eval_set.items, config.batch_size)
     run = generate_answers(adapter, [i.prompt for i in items], name, config.batch_size, config.new_tokens,
-                           _progress(config, name))
-    timings = {"load_s": load_s, "generate_s": run.seconds, "items_per_s": run.items_per_s,
-               "tokens_per_s": run.tokens_per_s}
-    nll = None
+                           _progress(config, name) if group.is_main else None)
+    nll, nll_s = None, 0.0
     if eval_set.task == "text":
         start = time.perf_counter()
         nll = reference_nll(adapter, [i.target for i in items], name, config.batch_size)
-        timings["perplexity_s"] = time.perf_counter() - start
+        nll_s = time.perf_counter() - start
+    return run, nll, nll_s, load_s
+
+
+def _scored(adapter: Any, model: ModelLike, name: str, eval_set: EvalSet, config: EvalConfig,
+            everyone: list[tuple[GenerationRun, list | None, float, float]]) -> tuple[ModelResult, list]:
+    """Every process's answers joined in item order, scored once."""
+    run = _joined([r for r, *_ in everyone])
+    nll = [x for _, part, *_ in everyone for x in part] if eval_set.task == "text" else None
+    timings = {"load_s": max(t for *_, t in everyone), "generate_s": run.seconds, "items_per_s": run.items_per_s,
+               "tokens_per_s": run.tokens_per_s}
+    if nll is not None:
+        timings["perplexity_s"] = max(s for _, _, s, _ in everyone)
     start = time.perf_counter()
     scores = _score(eval_set, run.predictions, nll, config.caption_backend, config.vqa_rules)
     timings["score_s"] = time.perf_counter() - start
     return _model_result(adapter, model, name, eval_set, config, run, scores, timings), scores.samples
+
+
+def _joined(runs: list[GenerationRun]) -> GenerationRun:
+    """The processes' answers in item order; time is the slowest process's (they ran side by side)."""
+    counted = all(r.generated_tokens is not None for r in runs)
+    return GenerationRun([p for r in runs for p in r.predictions], max(r.seconds for r in runs),
+                         sum(r.generated_tokens for r in runs) if counted else None,
+                         sum(r.n_hit_limit for r in runs) if counted else None)
 
 
 def _preflight(models: Sequence[ModelLike], names: Sequence[str]) -> None:
@@ -247,9 +359,11 @@ def _default_name(model: ModelLike, index: int, depth: int) -> str:
 
 
 def write_outputs(
-    out_dir: str | Path, eval_set: EvalSet, config: EvalConfig, results: list[ModelResult], samples: list[dict]
+    out_dir: str | Path, eval_set: EvalSet, config: EvalConfig, results: list[ModelResult], samples: list[dict],
+    split: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """samples.jsonl first, then results.json and results.md; returns results.json's content."""
+    """samples.jsonl first, then results.json and results.md; returns results.json's content.
+    ``split``: how the items were shared among processes (default: one did all)."""
     source = Path(eval_set.source)
     meta = {
         "task": eval_set.task, "data": str(source.absolute()) if source.exists() else eval_set.source,
@@ -257,6 +371,7 @@ def write_outputs(
         "batch_size": config.batch_size, "max_new_tokens": config.new_tokens,
         "prompt_template": eval_set.prompt_template, "instructions": eval_set.instructions,
         "sample_score": SAMPLE_SCORE[eval_set.task], "models": [r.model for r in results],
+        **(split or {"processes": 1, "items_per_process": [len(eval_set.items)]}),
         "taid_vlm_version": __version__, "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }  # fmt: skip
     if eval_set.task == "caption":

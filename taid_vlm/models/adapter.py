@@ -39,6 +39,7 @@ from .families import (
     Family, final_hidden_states, head_is_linear, head_softcap, image_token_ids, prefix_and_suffix, template_messages,
     uses_content_parts,
 )  # fmt: skip
+from .lora import effective_head
 from .outputs import ResponseOutputs
 from .tokenizer import PLAIN_TEMPLATE
 
@@ -107,9 +108,11 @@ class ModelAdapter:
         )
         self._linear_head = head_is_linear(model)
         self.softcap = head_softcap(model)  # applied by the loss engine inside each chunk
-        # What computes the final hidden states: the model itself, or a module wrapping it (an
-        # FSDP root must be called for its parameters to be gathered; train/parallel.py sets it).
-        self.hidden_module: torch.nn.Module | None = None
+        # What runs the forward: the model itself, or a module wrapping it (a DDP wrapper or an FSDP
+        # root must be called for gradients to be reduced or parameters gathered; train/parallel.py
+        # sets it): ``forward_module(inputs)`` -> (hidden, head weight, head bias), and
+        # ``forward_module(inputs, keep)`` -> logits.
+        self.forward_module: torch.nn.Module | None = None
         if role == "teacher":
             model.eval()
             model.requires_grad_(False)
@@ -336,18 +339,21 @@ class ModelAdapter:
         grad = torch.no_grad() if self.role == "teacher" else nullcontext()
         with grad:
             if return_hidden and self._linear_head:
-                if self.hidden_module is not None:
-                    hidden = self.hidden_module(batch.inputs)[predicting]
+                if self.forward_module is not None:
+                    hidden, weight, bias = self.forward_module(batch.inputs)
                 else:
-                    hidden = final_hidden_states(self.model, batch.inputs, self.family_info)[predicting]
-                head = self.lm_head()
-                weight, bias = head.weight, head.bias
+                    hidden = final_hidden_states(self.model, batch.inputs, self.family_info)
+                    weight, bias = effective_head(self.lm_head())  # W + scale * B @ A under a LoRA head
+                hidden = hidden[predicting]
                 if self.role == "teacher":
                     weight, bias = weight.detach(), (bias.detach() if bias is not None else None)
                 return ResponseOutputs(token_ids, record_index, hidden=hidden, head_weight=weight, head_bias=bias,
                                        softcap=self.softcap)
             keep = predicting.any(dim=0).nonzero().squeeze(1)  # only positions some row needs
-            logits = self.model(**batch.inputs, use_cache=False, logits_to_keep=keep).logits
+            if self.forward_module is not None:
+                logits = self.forward_module(batch.inputs, keep)
+            else:
+                logits = self.model(**batch.inputs, use_cache=False, logits_to_keep=keep).logits
         return ResponseOutputs(token_ids, record_index, logits=logits[predicting[:, keep]])
 
     # ---- generation -----------------------------------------------------------------------------------

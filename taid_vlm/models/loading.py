@@ -19,6 +19,7 @@ from ..data.records import Record
 from ..errors import UserError
 from .adapter import ROLES, ModelAdapter
 from .families import detect_family
+from .lora import adapter_base, merge_adapter_folder
 from .outputs import ResponseOutputs
 from .tokenizer import CHATML_TEMPLATE, PLAIN_TEMPLATE
 
@@ -133,6 +134,12 @@ def _from_pretrained(path: str, dtype: torch.dtype | None, trust_remote_code: bo
                      device_map: str | None = None, weights: bool = True) -> tuple[torch.nn.Module, Any]:
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
 
+    base = adapter_base(path)  # a peft adapter folder (save_adapter_only): its base, the adapter merged in
+    if base is not None:
+        model, processor = _from_pretrained(base, dtype, trust_remote_code, device_map, weights)
+        if (Path(path) / "tokenizer_config.json").is_file():  # the run saved its processor and template beside it
+            processor = type(processor).from_pretrained(path, trust_remote_code=trust_remote_code)
+        return (merge_adapter_folder(model, path) if weights else model), processor
     try:
         config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as e:

@@ -33,18 +33,21 @@ from typing import Any
 
 import yaml
 
+from ..data.table import VALIDATE_IMAGES
 from ..errors import UserError
 from ..files import write_text_atomically
 from ..flags import add_typed_argument, flag
 from ..losses import LOSSES, EngineOptions, Loss, UnknownLoss
 from ..losses import loss_class as find_loss_class
 from ..losses.triton_chunk import CHUNK_KERNELS
+from ..models.lora import LoraSettings
 
 RESPONSE_SOURCES = ("data", "teacher")
 CROSS_TOKENIZER = ("off", "span", "uld")
 MIXED_PRECISION = ("no", "bf16", "fp16")
 DISTRIBUTED = ("ddp", "fsdp")
 LR_SCHEDULERS = ("cosine", "linear", "constant")
+LIST_KEYS = ("lora_target_modules",)  # str keys that also take a YAML list (stored comma-separated)
 GENERATION_BACKENDS = ("hf", "vllm")
 
 
@@ -75,7 +78,14 @@ class DistillConfig:
     data_split: str = "train"  # for Hugging Face datasets (e.g. "train_sft" for UltraChat-200k)
     data_limit: int | None = None  # use only the first N records
     max_length: int | None = None  # tokens per rendered sequence; prompts are trimmed, never responses
-    skip_bad: bool = False
+    skip_bad: bool = False  # skip bad records (named in a warning) instead of stopping; also those met mid-run
+    # What is checked before training (taid_vlm/data/table.py): "sample" stats every image file and
+    # builds and decodes 256 records spread over the set (seconds on LLaVA-665k); "all" builds every
+    # record and decodes every image (minutes on large sets); "none" checks only the JSON.
+    validate_images: str = "sample"
+    # Hugging Face datasets read as a stream (hub name, hf:NAME, parquet/arrow files, a saved folder):
+    # nothing downloaded or decoded ahead; each epoch in a seeded shuffle-buffer order (train/data.py)
+    streaming: bool = False
     responses: str = "data"  # "data": the data set's responses; "teacher": generated once by the teacher
     on_policy: float = 0.0  # probability that a batch's responses are replaced by student samples (GKD)
     generation_max_new_tokens: int = 64
@@ -119,6 +129,17 @@ class DistillConfig:
     teacher_shard: bool = False  # with distributed=fsdp: shard the teacher's layers too (inference only)
     num_workers: int = 0  # DataLoader workers rendering records for student and teacher off the step
     save_dtype: str | None = None  # dtype of the saved student (e.g. bfloat16); default: the training dtype
+
+    # --- LoRA student (taid_vlm/models/lora.py, through peft): lora_r > 0 trains adapters only ---
+    lora_r: int = field(default=0, metadata=flag(help="LoRA adapter rank; 0 (default) trains the whole student"))
+    lora_alpha: float | None = field(default=None, metadata=flag(
+        help="LoRA scale = lora_alpha / lora_r (default: lora_r, scale 1)"))
+    lora_dropout: float = field(default=0.0, metadata=flag(
+        help="dropout on each adapted layer's input (refused on the LM head with the chunked loss)"))
+    lora_target_modules: str = field(default="all-linear", metadata=flag(
+        help="all-linear (every linear layer but the head) or module names, e.g. q_proj,k_proj,v_proj,o_proj,lm_head"))
+    save_adapter_only: bool = field(default=False, metadata=flag(
+        help="student/ holds peft's adapter folder instead of the merged student"))
 
     # --- run --------------------------------------------------------------------------------
     output: str = ""
@@ -234,11 +255,18 @@ class DistillConfig:
         problems = []
         if self.mixed_precision not in MIXED_PRECISION:
             problems.append(f"mixed_precision must be one of {MIXED_PRECISION}, got {self.mixed_precision!r}")
-        elif self.mixed_precision != "no" and self.student_dtype not in ("float32", "fp32", "float"):
+        elif self.mixed_precision != "no" and self.student_dtype not in ("float32", "fp32", "float") and not self.lora_r:
             problems.append(f"mixed_precision={self.mixed_precision} keeps fp32 master weights: set student_dtype=float32 "
                             f"(got {self.student_dtype}), or mixed_precision=no to train in {self.student_dtype} alone")
         if self.distributed not in DISTRIBUTED:
             problems.append(f"distributed must be one of {DISTRIBUTED}, got {self.distributed!r}")
+        if self.validate_images not in VALIDATE_IMAGES:
+            problems.append(f"validate_images must be one of {VALIDATE_IMAGES}, got {self.validate_images!r}")
+        if self.streaming:
+            unsupported = [(self.num_workers > 0, "num_workers=0 (a stream is rendered in the main process)"),
+                           (self.responses == "teacher", "responses=data"), (bool(self.teacher_cache), "no teacher_cache"),
+                           (self.data_limit is not None, "no data_limit")]
+            problems += [f"streaming=true needs {need}" for bad, need in unsupported if bad]
         if self.distributed == "fsdp" and self.on_policy > 0:
             problems.append("on_policy sampling needs the whole student on every rank: use distributed=ddp")
         if self.distributed == "fsdp" and self.mixed_precision == "fp16":
@@ -255,7 +283,20 @@ class DistillConfig:
             problems.append(f"num_workers must be >= 0, got {self.num_workers}")
         if self.save_dtype is not None and self.save_dtype not in ("float32", "bfloat16", "float16"):
             problems.append(f"save_dtype must be float32, bfloat16 or float16, got {self.save_dtype!r}")
+        if self.lora_r:
+            problems += self.lora_settings().problems()
+        if self.save_adapter_only and not self.lora_r:
+            problems.append("save_adapter_only=true keeps a LoRA adapter: set lora_r > 0 (or save_adapter_only=false)")
+        if self.lora_r and self.generation_backend == "vllm":
+            problems.append("generation_backend=vllm syncs whole checkpoints of the student to the server, not LoRA "
+                            "adapters: use generation_backend=hf with lora_r > 0")
         return problems
+
+    def lora_settings(self) -> LoraSettings | None:
+        """The LoRA student's settings; None for full fine-tuning (lora_r = 0)."""
+        if not self.lora_r:
+            return None
+        return LoraSettings(self.lora_r, self.lora_alpha, self.lora_dropout, self.lora_target_modules)
 
     @property
     def loss_class(self) -> type[Loss] | None:
@@ -347,6 +388,8 @@ def _convert(base: Any, optional: bool, value: Any, name: str, source: str) -> A
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
     elif base is str:
+        if name in LIST_KEYS and isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return ",".join(value)  # a YAML list of names
         return str(value)
     elif typing.get_origin(base) is dict and typing.get_args(base)[1] is str:
         if isinstance(value, dict) and all(isinstance(v, str) for v in value.values()):

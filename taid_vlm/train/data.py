@@ -14,17 +14,20 @@ prefetched, so a checkpoint's position never counts batches that were rendered b
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+import itertools
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, replace
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from ..data import Record
+from ..data import DataError, Record, SkippedRecordsWarning, load_image
 from ..data.truncate import fit_prompt
 from ..models import ModelAdapter
 from ..models.adapter import RenderedBatch
 from .batches import BatchStream
+from .stopping import ignore_stop_signals
 
 
 @dataclass
@@ -42,14 +45,51 @@ class MicroBatch:
 
 
 class RecordDataset(Dataset):
-    def __init__(self, records: Sequence[Record]):
-        self.records = records
+    """Record ``index`` with its images opened (decoded here, in the worker that renders it).
+
+    A record that cannot be built or whose image cannot be read (a table builds records only now,
+    data/table.py): with ``skip_bad`` a warning names it and the next good record of the set takes its
+    place (the same one on every run, so a resume stays exact); without, a ``BadRecord`` carries the
+    error to the loop, which stops with it.
+    """
+
+    def __init__(self, records: Sequence[Record], skip_bad: bool = False):
+        self.records, self.skip_bad = records, skip_bad
 
     def __len__(self) -> int:
         return len(self.records)
 
-    def __getitem__(self, index: int) -> Record:
-        return self.records[index]
+    def __getitem__(self, index: int) -> "Record | BadRecord":
+        for offset in range(len(self.records)):
+            try:
+                record = self.records[(index + offset) % len(self.records)]
+                images = [load_image(image) for image in record.images]
+            except DataError as e:
+                error = e
+            except OSError as e:  # load_image names the file
+                error = DataError(f"{record.meta.get('source', '<memory>')} (record {record.id!r})", str(e), BAD_IMAGE_FIX)
+            else:
+                return replace(record, images=images) if images else record
+            if not self.skip_bad:
+                return BadRecord(error.where, error.problem, error.fix)
+            warnings.warn(f"skipped a bad record: {error}; the next record takes its place", SkippedRecordsWarning,
+                          stacklevel=2)
+        return BadRecord(str(getattr(self.records, "path", "the data")), "every record is bad", "check the data")
+
+
+BAD_IMAGE_FIX = "replace the file, or pass --skip-bad to skip such records (the run continues with --resume)"
+
+
+@dataclass
+class BadRecord:
+    """A record that failed in a DataLoader worker, carried to the loop to be raised there."""
+
+    where: str
+    problem: str
+    fix: str
+
+    def error(self) -> DataError:
+        return DataError(self.where, self.problem, self.fix)
 
 
 @dataclass
@@ -90,7 +130,10 @@ class RenderCollator:
     def __init__(self, student: ModelAdapter, teacher: ModelAdapter | None, max_length: int | None = None):
         self.student, self.teacher, self.max_length = student, teacher, max_length
 
-    def __call__(self, records: list[Record]) -> MicroBatch:
+    def __call__(self, records: list[Record]) -> "MicroBatch | BadRecord":
+        bad = next((r for r in records if isinstance(r, BadRecord)), None)
+        if bad is not None:
+            return bad
         if self.max_length:
             records = [fit_prompt(r, self._longest, self.max_length) for r in records]
         student = self.student.render(records, max_length=self.max_length, on_device=False)
@@ -109,13 +152,15 @@ class MicroBatches:
     are those of the micro-batches taken so far (what a checkpoint stores)."""
 
     def __init__(self, records: Sequence[Record], collator: RenderCollator, batch_size: int, seed: int,
-                 rank: int = 0, world_size: int = 1, epoch: int = 0, position: int = 0, num_workers: int = 0):
+                 rank: int = 0, world_size: int = 1, epoch: int = 0, position: int = 0, num_workers: int = 0,
+                 skip_bad: bool = False):
         sampler = StepSampler(len(records), batch_size, seed, rank, world_size, epoch, position)
         self._taken = StreamPosition(epoch, position)
         self._num_records, self._global_batch = len(records), batch_size * world_size
-        self.loader = DataLoader(RecordDataset(records), batch_sampler=sampler, collate_fn=collator,
+        self.loader = DataLoader(RecordDataset(records, skip_bad), batch_sampler=sampler, collate_fn=collator,
                                  num_workers=num_workers, persistent_workers=num_workers > 0,
-                                 prefetch_factor=2 if num_workers > 0 else None)
+                                 prefetch_factor=2 if num_workers > 0 else None,
+                                 worker_init_fn=ignore_stop_signals if num_workers > 0 else None)
         self._iterator: Iterator[MicroBatch] | None = None
 
     @property
@@ -130,6 +175,8 @@ class MicroBatches:
         if self._iterator is None:
             self._iterator = iter(self.loader)
         batch = next(self._iterator)
+        if isinstance(batch, BadRecord):
+            raise batch.error()
         self._taken.advance(self._num_records, self._global_batch)
         return batch
 
@@ -138,3 +185,45 @@ class MicroBatches:
         iterator, self._iterator = self._iterator, None
         if iterator is not None and hasattr(iterator, "_shutdown_workers"):
             iterator._shutdown_workers()
+
+
+class StreamBatches:
+    """The loop's view of a streamed set (no length, no random access), with ``MicroBatches``' interface.
+
+    ``open_stream(epoch, position)`` gives the records of an epoch's order (a seeded shuffle buffer,
+    ``seed + epoch``) from ``position`` on. A global batch is the next ``batch_size * world_size``
+    records of that order and rank r renders its slice; an incomplete tail starts the next epoch, as
+    for a map-style set, and ``epoch``/``position`` are what a checkpoint stores. Rendering runs in
+    this process (a stream has no index a DataLoader worker could be given).
+    """
+
+    def __init__(self, open_stream: Callable[[int, int], Iterator[Record]], collator: RenderCollator,
+                 batch_size: int, rank: int = 0, world_size: int = 1, epoch: int = 0, position: int = 0,
+                 skip_bad: bool = False):
+        self._open, self.collator, self.skip_bad = open_stream, collator, skip_bad
+        self.batch_size, self.rank, self.global_batch = batch_size, rank, batch_size * world_size
+        self.epoch, self.position = epoch, position
+        self._rows: Iterator[Record] | None = None
+
+    def next(self) -> MicroBatch:
+        if self._rows is None:
+            self._rows = self._open(self.epoch, self.position)
+        chunk = list(itertools.islice(self._rows, self.global_batch))
+        if len(chunk) < self.global_batch:  # the epoch's end
+            if self.position == 0:
+                raise DataError("the stream", f"{len(chunk)} records cannot fill one global batch of "
+                                f"{self.global_batch}", "lower batch_size or add data")
+            self.close()
+            self.epoch, self.position = self.epoch + 1, 0
+            return self.next()
+        self.position += self.global_batch
+        mine = RecordDataset(chunk[self.rank * self.batch_size : (self.rank + 1) * self.batch_size], self.skip_bad)
+        batch = self.collator([mine[i] for i in range(len(mine))])
+        if isinstance(batch, BadRecord):
+            raise batch.error()
+        return batch
+
+    def close(self) -> None:
+        rows, self._rows = self._rows, None
+        if rows is not None and hasattr(rows, "close"):
+            rows.close()

@@ -14,49 +14,55 @@ to fix:
 - records are rendered for student and teacher in DataLoader workers (``num_workers``), off
   the step, and the data position in checkpoints counts only batches the loop trained on;
 - mixed precision is autocast over fp32 master weights (train/precision.py); several
-  processes either replicate the student (ddp) or shard it with FSDP2 (train/parallel.py);
+  processes either replicate the student (torch DDP) or shard it (FSDP2), behind one strategy
+  object (train/parallel.py) that the loop never asks which it is;
 - a non-finite loss skips the step (logged with its record ids) and the run stops with a clear
   message after ``max_bad_steps`` of them;
-- checkpoints are atomic and complete, and a resumed run continues exactly.
+- checkpoints are atomic, complete and sharded (DCP, every rank writes its part), and a resumed
+  run continues exactly; SIGTERM or SIGUSR1 ends the run after the current step with a
+  checkpoint of it (train/stopping.py).
 """
 
 from __future__ import annotations
 
-import hashlib
+import itertools
 import json
 import math
 import random
 import shutil
 import time
 import warnings
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
 import yaml
 from transformers import get_scheduler
 
-from ..data import detect_format, load_records
-from ..errors import RunError, is_disk_full
+from ..data import Record, detect_format, iter_hf_records, load_records, open_records
+from ..data.table import SAMPLE_ROWS, TABLE_FORMATS
+from ..errors import RunError, Stopped, is_disk_full
 from ..losses import Loss
 from ..models import ModelAdapter, check_alignment, check_vocab_compatible, is_composed_spec
 from ..models.checkpointing import enable_gradient_checkpointing
+from ..models.lora import LoraStudent, apply_lora
 from ..models.loading import resolve_dtype
-from .checkpoint import TrainerState, load_newest_intact, save_checkpoint
+from .checkpoint import CHECKPOINT_DIR, TrainerState, load_newest_intact, save_checkpoint
 from .config import ConfigError, DistillConfig
 from .cross_tokenizer import CrossTokenizer
-from .data import MicroBatch, MicroBatches, RenderCollator
+from .data import MicroBatch, MicroBatches, RenderCollator, StreamBatches
 from .diagnose import likely_cause, nothing_applied, too_many_bad_steps
 from .metrics import MetricsLog, Progress
 from .objective import LossParts, training_loss
-from .parallel import Distributed, HiddenStates, full_model_state, full_optimizer_state, load_full_state, shard
+from .parallel import Distributed, Strategy, strategy_for
 from .output import RunOutput
 from .precision import Precision
 from .preflight import check_data, check_devices, check_pair, load_model
 from .responses import on_policy_batch, teacher_responses
+from .stopping import StopRequests, interrupts_deferred
 from .teacher import CachedTeacher, LiveTeacher, ServedTeacher, open_teacher_cache, routes, select_records
 from .generator import Generator, open_generator, open_served_teacher
 
@@ -87,7 +93,7 @@ class Run:
     student: ModelAdapter
     teacher: ModelAdapter | None
     teacher_signal: Any  # a TeacherSignal (train/teacher.py) or None for sft
-    sharded: HiddenStates | None  # the FSDP root when distributed=fsdp
+    strategy: Strategy  # one process, ddp or fsdp: placement, gradient reduction, state (train/parallel.py)
     precision: Precision
     params: list[torch.nn.Parameter]
     optimizer: torch.optim.Optimizer
@@ -95,16 +101,18 @@ class Run:
     loss: Loss  # the loss object: per-chunk math, per-step hook, its own state and modules
     extra_modules: dict[str, Any]
     state: TrainerState
-    data: MicroBatches
+    data: Any  # MicroBatches, or StreamBatches for a streamed set (train/data.py)
     collator: RenderCollator
     log: MetricsLog
     progress: Progress
     config_yaml: str
     run_output: RunOutput  # the output directory's life: claimed, committed at the first applied step (train/output.py)
+    lora: LoraStudent | None = None  # a LoRA student (lora_r > 0): its adapters, merge and saving
     last_loss: float | None = None
     last_kd: float = float("nan")
     last_ce: float = float("nan")
     steps_this_run: int = 0
+    saved_step: int = -1  # the step of the newest checkpoint this run wrote
     routed: dict[str, Any] | None = None  # tag -> teacher signal, with ``teachers`` (train/teacher.py routes)
     teacher_stats: dict[str, list[float]] | None = None  # tag -> [kd sum, tokens] of the current step
     generator: Generator | None = None  # on-policy samples from a vLLM server (generation_backend=vllm)
@@ -117,42 +125,61 @@ def distill(config: DistillConfig) -> DistillResult:
     env = Distributed()
     run_output = RunOutput(config, is_main=env.is_main, barrier=env.barrier)  # looks only
     try:
-        run = setup(config, env, run_output)
-        try:
-            while run.state.step < config.max_steps:
-                step(run)
-        finally:
-            run.data.close()
+        with StopRequests() as stop:
+            run = setup(config, env, run_output)
+            try:
+                while run.state.step < config.max_steps:
+                    step(run)
+                    if stop.requested(env) and run.state.step < config.max_steps:
+                        _stop(run, stop.name)
+            finally:
+                run.data.close()
         return finish(run)
     except BaseException:
         run_output.abandon()
         raise
 
 
+def _stop(run: Run, signal_name: str) -> None:
+    """A stop signal: checkpoint the step just finished (unless it was saved) and end the run."""
+    if run.saved_step != run.state.step:
+        _save_checkpoint(run)
+    run.progress.close()
+    run.log.close()
+    where = run.out / CHECKPOINT_DIR / f"step-{run.state.step:07d}"
+    message = (f"stopped by {signal_name} after step {run.state.step}: checkpoint {where}; continue with the same "
+               "command plus --resume") if run.env.is_main else ""
+    raise Stopped(message)
+
+
 # ---- setup ----------------------------------------------------------------------------------------
 
 
-def setup(config: DistillConfig, env: Distributed | None = None, run_output: RunOutput | None = None) -> Run:
+def setup(config: DistillConfig, env: Distributed | None = None, run_output: RunOutput | None = None,
+          strategy: Strategy | None = None) -> Run:
     """Inputs first (devices, records, models, data against the models), all read-only; only then
-    the output directory is claimed, and the run built."""
+    the output directory is claimed, and the run built. ``strategy``: how the processes share the
+    student (default: ``config.distributed``; a benchmark may bring its own)."""
     started = time.perf_counter()
     env = env or Distributed()
     run_output = run_output or RunOutput(config, is_main=env.is_main, barrier=env.barrier)
     out = Path(config.output)
     check_devices(config, env.device)
-    records = _training_records(config)  # before the models: a broken data file fails in seconds
+    # before the models: a broken data file fails in seconds (a stream: its first records are checked)
+    records, stream = _training_stream(config) if config.streaming else (_training_records(config), None)
     _seed_everything(config.seed)
 
     teacher, student = _load_models(config, env)
+    lora = _apply_lora(config, student)
     served = open_served_teacher(config, student)  # teacher_server: checked now (name, vocabulary), before any write
     routed = _routed_teachers(config, student, records, env)
     generator = open_generator(config, student, env)
-    check_data(config, records, env.world_size, student, teacher or served)
     cached = cache = None
     if config.teacher_cache:  # the teacher's signal comes from disk; records are checked against it (read-only)
         cache, loaded = open_teacher_cache(config.teacher_cache, config.teacher, config.max_length, config.responses, records)
         cached, records = CachedTeacher(cache, records, env.device), loaded
     cross = CrossTokenizer.for_run(config, student, teacher, cache) if config.needs_teacher else None
+    check_data(config, records, env.world_size, student, teacher or served)  # after the pair's tokenizers are checked
     run_output.claim()  # the first write: everything above only read
     if config.responses == "teacher" and cached is None:
         cache, answering = out / "teacher_responses.jsonl", teacher or served
@@ -164,7 +191,8 @@ def setup(config: DistillConfig, env: Distributed | None = None, run_output: Run
     if config.needs_teacher and routed is None:
         teacher_signal = cached or (ServedTeacher(served, env.device) if served is not None else None) or \
             LiveTeacher(teacher, env.device, return_hidden=config.chunked)
-    sharded = _place(config, env, student, teacher)
+    strategy = strategy or strategy_for(config, env)
+    _place(config, strategy, student, teacher)
 
     params = [p for p in student.model.parameters() if p.requires_grad]
     loss = config.make_loss().to(env.device)
@@ -175,10 +203,11 @@ def setup(config: DistillConfig, env: Distributed | None = None, run_output: Run
 
     state = TrainerState()
     if run_output.resume_candidates:
-        load_state = (lambda m, o: load_full_state(sharded, optimizer, m, o)) if sharded is not None else None
-        _, state = load_newest_intact(run_output.resume_candidates, model=student.model, optimizer=optimizer,
-                                      lr_scheduler=lr_scheduler, extra_modules=extra_modules, rank=env.rank,
-                                      world_size=env.world_size, load_state=load_state)
+        _, state = load_newest_intact(run_output.resume_candidates, module=strategy.state_module(loss.modules()),
+                                      optimizer=optimizer, lr_scheduler=lr_scheduler, extra_modules=extra_modules,
+                                      rank=env.rank, world_size=env.world_size,
+                                      other_world_size=config.resume_accept_changes, seed=config.seed,
+                                      trainable_only=lora is not None)
         if state.loss_state:
             loss.load_state_dict(state.loss_state)
     else:
@@ -188,14 +217,18 @@ def setup(config: DistillConfig, env: Distributed | None = None, run_output: Run
     config_yaml = yaml.safe_dump(config.to_dict(), sort_keys=False)  # written once the first step is applied
     renders_teacher = getattr(teacher_signal, "adapter", None)  # a live teacher: render its inputs in workers too
     collator = RenderCollator(student, renders_teacher, config.max_length)
-    data = MicroBatches(records, collator, config.batch_size, config.seed, env.rank, env.world_size, state.epoch,
-                        state.position, num_workers=config.num_workers)
+    if stream is not None:
+        data: MicroBatches | StreamBatches = StreamBatches(stream, collator, config.batch_size, env.rank, env.world_size,
+                                                           state.epoch, state.position, config.skip_bad)
+    else:
+        data = MicroBatches(records, collator, config.batch_size, config.seed, env.rank, env.world_size, state.epoch,
+                            state.position, num_workers=config.num_workers, skip_bad=config.skip_bad)
     log = MetricsLog(out / "metrics.jsonl", resume_step=state.step, enabled=env.is_main,
                      tensorboard_dir=out / "tensorboard" if config.tensorboard else None)
     progress = Progress(config.max_steps, state.step, enabled=config.progress and env.is_main)
-    return Run(config, env, out, started, student, teacher, teacher_signal, sharded, precision, params, optimizer,
+    return Run(config, env, out, started, student, teacher, teacher_signal, strategy, precision, params, optimizer,
                lr_scheduler, loss, extra_modules, state, data, collator, log, progress, config_yaml, run_output,
-               routed=routed, generator=generator, cross_tokenizer=cross)
+               routed=routed, generator=generator, lora=lora, cross_tokenizer=cross)
 
 
 def _load_models(config: DistillConfig, env: Distributed) -> tuple[ModelAdapter | None, ModelAdapter]:
@@ -213,6 +246,16 @@ def _load_models(config: DistillConfig, env: Distributed) -> tuple[ModelAdapter 
             check_vocab_compatible(teacher, student)
         check_pair(config, teacher, student)
     return teacher, student
+
+
+def _apply_lora(config: DistillConfig, student: ModelAdapter) -> LoraStudent | None:
+    """lora_r > 0: peft adapters injected into the student (before any placement: every rank
+    starts from rank 0's adapters too); only they train."""
+    settings = config.lora_settings()
+    if settings is None:
+        return None
+    base = str(Path(config.student).resolve()) if Path(config.student).is_dir() else config.student
+    return apply_lora(student, settings, base=base, chunked=config.chunked)
 
 
 def _routed_teachers(config: DistillConfig, student: ModelAdapter, records: list, env: Distributed) -> dict[str, Any] | None:
@@ -238,20 +281,15 @@ def _routed_teachers(config: DistillConfig, student: ModelAdapter, records: list
     return signals
 
 
-def _place(config: DistillConfig, env: Distributed, student: ModelAdapter, teacher: ModelAdapter | None) -> HiddenStates | None:
-    """Same weights on every rank, then freezing, checkpointing and (fsdp) sharding; the FSDP root."""
-    env.broadcast_parameters(student.model)
+def _place(config: DistillConfig, strategy: Strategy, student: ModelAdapter, teacher: ModelAdapter | None) -> None:
+    """Freezing and activation checkpointing, then the strategy's placement (the same weights on
+    every rank, wrapped or sharded)."""
     if config.freeze_vision:
         _freeze_vision(student.model)
     if config.gradient_checkpointing:
         enable_gradient_checkpointing(student.model)
     student.model.train()
-    sharded = None
-    if config.distributed == "fsdp" and env.launched:  # one launched rank too: FSDP2 over a mesh of one
-        sharded = shard(student, env)
-        if config.teacher_shard and teacher is not None:
-            shard(teacher, env)
-    return sharded
+    strategy.place(student, teacher)
 
 
 # ---- one optimizer step ---------------------------------------------------------------------------
@@ -269,9 +307,10 @@ def step(run: Run) -> None:
                                              device=env.device)).item())
     temperature = run.loss.temperature(state.step, config.max_steps)
     sums = torch.zeros(3, dtype=torch.float64, device=env.device)  # total, kd, ce
-    for mb in micro_batches:
-        parts = _micro_batch_loss(run, mb, global_tokens, temperature)
-        run.precision.backward(parts.total)
+    for i, mb in enumerate(micro_batches):
+        with run.strategy.micro_batch(last=i == len(micro_batches) - 1):  # ddp: reduce on the last only
+            parts = _micro_batch_loss(run, mb, global_tokens, temperature)
+            run.precision.backward(parts.total)
         sums += torch.stack([_value(parts.total), _value(parts.kd), _value(parts.ce)]).to(sums.device)
         del parts
     total, kd, ce = env.sum(sums).tolist()
@@ -379,15 +418,13 @@ def _teacher_metrics(run: Run, global_tokens: int) -> dict[str, float]:
 
 
 def _apply_update(run: Run, kd: float) -> float:
-    """Reduce gradients (ddp: summed by hand; fsdp: already reduce-scattered), clip, step; the grad norm."""
+    """Finish the reduction (the student's gradients were reduced during backward), clip, step; the grad norm."""
     config = run.config
-    if run.sharded is None:
-        run.env.sum_gradients(run.params + _loss_parameters(run.loss))
+    run.strategy.reduce_gradients(_loss_parameters(run.loss))
     run.precision.unscale(run.optimizer)
     grad_norm = float("nan")
     if config.grad_clip > 0:
-        norm = torch.nn.utils.clip_grad_norm_(run.params, config.grad_clip)
-        grad_norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
+        grad_norm = run.strategy.clip(run.params, config.grad_clip)
     run.precision.step(run.optimizer)
     run.lr_scheduler.step()
     run.optimizer.zero_grad(set_to_none=True)
@@ -411,12 +448,14 @@ def _skip_step(run: Run, total: float, micro_batches: list[MicroBatch], row: dic
 
 
 def _save_checkpoint(run: Run) -> None:
-    full: dict[str, Any] = {}
-    if run.sharded is not None:  # collective: every rank takes part in the gather
-        full = dict(model_state=full_model_state(run.sharded), optimizer_state=full_optimizer_state(run.sharded, run.optimizer))
-    save_checkpoint(run.out, model=run.student.model, optimizer=run.optimizer, lr_scheduler=run.lr_scheduler,
-                    state=run.state, extra_modules=run.extra_modules, config_yaml=run.config_yaml, rank=run.env.rank,
-                    world_size=run.env.world_size, barrier=run.env.barrier, keep=run.config.keep_checkpoints, **full)
+    """Collective: every rank writes its part of the weights and optimizer state; a Ctrl-C waits for it."""
+    with interrupts_deferred():
+        save_checkpoint(run.out, module=run.strategy.state_module(run.loss.modules()), optimizer=run.optimizer,
+                        lr_scheduler=run.lr_scheduler, state=run.state, extra_modules=run.extra_modules,
+                        config_yaml=run.config_yaml, rank=run.env.rank, world_size=run.env.world_size,
+                        barrier=run.env.barrier, keep=run.config.keep_checkpoints,
+                        trainable_only=run.lora is not None)
+        run.saved_step = run.state.step
 
 
 # ---- finish ---------------------------------------------------------------------------------------
@@ -431,19 +470,30 @@ def finish(run: Run) -> DistillResult:
     if run.steps_this_run and not run.run_output.committed:
         raise nothing_applied(run.config, run.steps_this_run, likely_cause(run.config, run.last_kd, run.last_ce, run.params, 0))
     env = run.env
-    full_state = full_model_state(run.sharded) if run.sharded is not None else None
-    _check_ranks_agree(env, run.student.model, run.loss, run.out, full_state)
+    full_state = run.strategy.full_state()  # collective: a sharded student is gathered on rank 0
+    _check_ranks_agree(env, run.strategy, run.strategy.weights_digest(full_state), run.loss, run.out)
     student_dir = run.out / "student"
     if env.is_main:
-        _save_student_atomically(run.student, student_dir, _state_to_save(run, full_state))
+        _save_student_atomically(student_dir, _student_saver(run, full_state))
     env.barrier()
     return DistillResult(run.out, student_dir, run.state.step, run.last_loss, run.loss.metrics(),
                          time.perf_counter() - run.started, env.is_main)
 
 
+def _student_saver(run: Run, full_state: dict[str, torch.Tensor] | None) -> Callable[[Path], None]:
+    """What writes the student folder: the model (a LoRA student merged), or peft's adapter folder."""
+    lora, state = run.lora, _state_to_save(run, full_state)
+    if lora is not None and run.config.save_adapter_only:
+        return lambda out: lora.save_adapter(out, run.student, state)
+    return lambda out: run.student.save(out, state_dict=state)
+
+
 def _state_to_save(run: Run, full_state: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor] | None:
-    """The student's weights to ship: gathered (fsdp) and/or cast to ``save_dtype``; None = as is."""
+    """The student's weights to ship: gathered (fsdp), a LoRA student merged (unless only its
+    adapter ships), and/or cast to ``save_dtype``; None = as is."""
     dtype = resolve_dtype(run.config.save_dtype)
+    if run.lora is not None and not run.config.save_adapter_only:
+        full_state = run.lora.merged_state(full_state)
     if dtype is None:
         return full_state
     state = full_state if full_state is not None else run.student.model.state_dict()
@@ -470,12 +520,36 @@ def _on_policy_this_step(config: DistillConfig, step: int) -> bool:
     return random.Random(config.seed * 7_919 + step).random() < config.on_policy
 
 
-def _training_records(config: DistillConfig) -> list:
+def _training_records(config: DistillConfig) -> Sequence[Record]:
+    """The training set: a ``RecordTable`` (read on access, data/table.py) for LLaVA and chat files,
+    a list otherwise; checked per ``validate_images`` before the output is touched."""
     fmt = detect_format(config.data) if config.data_format == "auto" else config.data_format
+    if fmt in TABLE_FORMATS:
+        return open_records(config.data, fmt, skip_bad=config.skip_bad, validate_images=config.validate_images,
+                            limit=config.data_limit)
     hf_options = {"split": config.data_split} if fmt == "hf" else {}
-    # check_images="open": a corrupt image fails here, naming its record, before the output is touched
+    check = {"all": "open", "sample": "exists", "none": "none"}[config.validate_images]
     return load_records(config.data, format=fmt, skip_bad=config.skip_bad, limit=config.data_limit,
-                        check_images="open", **hf_options)
+                        check_images=check, **hf_options)
+
+
+def _training_stream(config: DistillConfig) -> tuple[list[Record], Callable[[int, int], Iterator[Record]]]:
+    """A streamed Hugging Face set: its first records (checked like a table's sample) and how to open an
+    epoch from a position. Epoch e is the set through a shuffle buffer seeded by (seed, e); resuming skips
+    the rows already taken before decoding any (with skip_bad, rows that were dropped count too, so the
+    records taken are counted from the epoch's start instead)."""
+    options: dict[str, Any] = dict(split=config.data_split, streaming=True, skip_bad=config.skip_bad)
+    check = "none" if config.validate_images == "none" else "open"
+    sample = list(itertools.islice(iter_hf_records(config.data, check_images=check, **options), SAMPLE_ROWS))
+
+    def open_stream(epoch: int, position: int) -> Iterator[Record]:
+        seed = config.seed * 1_000_003 + epoch
+        if config.skip_bad:
+            rows = iter_hf_records(config.data, check_images="none", shuffle_seed=seed, **options)
+            return itertools.islice(rows, position, None)
+        return iter_hf_records(config.data, check_images="none", shuffle_seed=seed, skip=position, **options)
+
+    return sample, open_stream
 
 
 def _optimizer(model: torch.nn.Module, config: DistillConfig, loss_parameters: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
@@ -507,36 +581,16 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _weights_digest(model: torch.nn.Module) -> str:
-    return _state_digest(model.state_dict())
-
-
-def _state_digest(state: dict[str, torch.Tensor]) -> str:
-    digest = hashlib.sha256()
-    for name, tensor in sorted(state.items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
-
-
-def _check_ranks_agree(env: Distributed, model: torch.nn.Module, loss: Loss, out: Path,
-                       full_state: dict[str, torch.Tensor] | None = None) -> None:
+def _check_ranks_agree(env: Distributed, strategy: Strategy, digest: str | None, loss: Loss, out: Path) -> None:
     """Every rank must end with the same weights and the same loss values; ``ranks.json`` records it.
 
     Drifting ranks are the silent failure of data-parallel distillation (the TAID reference
     kept t per GPU); a run that drifted stops here with an error instead of saving a student.
-    A sharded (fsdp) student exists once, gathered on rank 0 (``full_state``): its digest is
-    rank 0's alone, and the ranks must agree on the loss's ``metrics()`` (TAID's t).
+    A sharded (fsdp) student exists once, gathered on rank 0: its digest is rank 0's alone, and
+    the ranks must agree on the loss's ``metrics()`` (TAID's t).
     """
-    if full_state is not None:
-        digest = _state_digest(full_state) if env.is_main else None
-    else:
-        digest = _weights_digest(model)
-    mine = {"rank": env.rank, "sharded": full_state is not None, "weights_sha256": digest, **loss.metrics()}
-    everyone = [mine]
-    if env.active:
-        everyone = [None] * env.world_size
-        dist.all_gather_object(everyone, mine)
+    mine = {"rank": env.rank, "sharded": strategy.sharded, "weights_sha256": digest, **loss.metrics()}
+    everyone = env.gather_objects(mine)
     if env.is_main:
         (out / "ranks.json").write_text(json.dumps(everyone, indent=1))
     loss_values = [{k: v for k, v in r.items() if k not in ("rank", "weights_sha256")} for r in everyone]
@@ -544,11 +598,11 @@ def _check_ranks_agree(env: Distributed, model: torch.nn.Module, loss: Loss, out
         raise RuntimeError(f"ranks disagree at the end of the run (see {out / 'ranks.json'}): {everyone}")
 
 
-def _save_student_atomically(student: ModelAdapter, target: Path, state_dict: dict[str, torch.Tensor] | None = None) -> None:
+def _save_student_atomically(target: Path, save: Callable[[Path], None]) -> None:
     tmp = target.parent / f".tmp-{target.name}"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        student.save(tmp, state_dict=state_dict)
+        save(tmp)
     except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
         if is_disk_full(e):

@@ -41,7 +41,8 @@ ASIDE_PREFIX = ".replaced-"
 # What a resumed run must share with the run that wrote the checkpoint, or the result is neither
 # (plus every setting the loss class declares: TAID's schedule, CTKD's ramp, a loss's parameters).
 RESUME_KEYS = ("teacher", "student", "data", "data_format", "data_split", "data_limit", "max_length", "responses",
-               "loss", "distil_ratio", "temperature", "batch_size", "grad_accum", "seed", "on_policy")
+               "loss", "distil_ratio", "temperature", "batch_size", "grad_accum", "seed", "on_policy",
+               "streaming")
 
 
 class OutputInUse(RunError, FileExistsError):

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
+import numpy as np
 import torch
 
 from ..data import DataError, Record
@@ -85,10 +86,7 @@ def check_data(config: DistillConfig, records: Sequence[Record], world_size: int
     if limit >= 10**9:
         return
     per_image = _tokens_per_image(records, student)
-    for record in records:
-        estimate = _utf8_bytes(record) + per_image * len(record.images) + _TEMPLATE_SLACK
-        if estimate <= limit:
-            continue  # a byte-level token is at least one byte: this record surely fits
+    for record in _may_not_fit(records, per_image, limit):
         for model in models:
             length = model.render([record]).input_ids.shape[1]
             if length > limit:
@@ -108,15 +106,43 @@ def max_positions(model: ModelAdapter) -> int | None:
     return None
 
 
+def _may_not_fit(records: Sequence[Record], per_image: int, limit: int) -> Iterator[Record]:
+    """The records whose size estimate exceeds ``limit`` (a byte-level token is at least one byte, so the
+    others surely fit). A table (data/table.py) is estimated from its index without building a record."""
+    estimates = getattr(records, "size_estimates", None)
+    if estimates is not None:
+        row_bytes, images = estimates()
+        for index in np.nonzero(row_bytes + per_image * images + _TEMPLATE_SLACK > limit)[0].tolist():
+            yield records[index]
+        return
+    for record in records:
+        if _utf8_bytes(record) + per_image * len(record.images) + _TEMPLATE_SLACK > limit:
+            yield record
+
+
+def _with_images(records: Sequence[Record], n: int) -> list[Record]:
+    estimates = getattr(records, "size_estimates", None)
+    if estimates is not None:
+        return [records[i] for i in np.nonzero(estimates()[1])[0][:n].tolist()]
+    return [r for r in records if r.images][:n]
+
+
 def _utf8_bytes(record: Record) -> int:
     return sum(len(m["content"].encode("utf-8")) for m in record.messages)
 
 
 def _tokens_per_image(records: Sequence[Record], student: ModelAdapter) -> int:
-    """Tokens one image takes, measured on a few records (twice the largest seen, to be safe)."""
-    seen = 0
-    for record in [r for r in records if r.images][:4]:
+    """Tokens one image takes, measured on a few records (twice the largest seen, to be safe); a record
+    whose image cannot be read is passed over here (the run meets it later, per skip_bad)."""
+    seen, measured = 0, 0
+    sample = _with_images(records, 16)
+    for record in sample:
         bare = Record(record.id, [{**m, "content": m["content"].replace(IMAGE_PLACEHOLDER, "")} for m in record.messages])
-        extra = student.render([record]).input_ids.shape[1] - student.render([bare]).input_ids.shape[1]
-        seen = max(seen, extra // len(record.images))
-    return 2 * seen + 64 if any(r.images for r in records) else 0
+        try:
+            extra = student.render([record]).input_ids.shape[1] - student.render([bare]).input_ids.shape[1]
+        except OSError:
+            continue
+        seen, measured = max(seen, extra // len(record.images)), measured + 1
+        if measured == 4:
+            break
+    return 2 * seen + 64 if sample else 0
