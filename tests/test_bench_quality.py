@@ -267,3 +267,24 @@ def test_a_part_outside_the_regime_is_refused_with_one_line():
 
     done = subprocess.run([sys.executable, str(SCRIPT), "--parts", "taid"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and "--parts taid not in the transfer regime" in done.stderr
+
+
+def test_cross_tokenizer_part_pairs_every_method_with_sft_and_says_when_none_beats_it(tmp_path):
+    sft = {0: 40.0, 1: 42.0, 2: 41.0}
+    ahead = {s: v + 4.0 + 0.1 * s for s, v in sft.items()}
+    pairs, lines = stats.xtok_statements({"sft": sft, "taid_span": ahead, "uld": dict(sft)}, 60.0, 31.8)
+    assert [p["method"] for p in pairs] == ["taid_span", "uld"] and pairs[0]["verdict"] == "beats"
+    assert lines[0].startswith("taid_span beats sft: paired difference +4.10") and lines[-2].endswith(": taid_span.")
+    _, lines = stats.xtok_statements({"sft": sft, "uld": {s: v - 1.0 for s, v in sft.items()}}, 60.0, None)
+    assert lines[-2].startswith("Cross-tokenizer distillation does not beat sft here: the best method, uld, is -1.00")
+    rows = {name: {s: {"vqa_accuracy": v, "CIDEr": 0.5, "vqa_n": 600, "caption_backend": "pycocoevalcap"}
+                   for s, v in values.items()} for name, values in (("sft", sft), ("taid_span", ahead))}
+    result = {**transfer.xtok_summary(rows, 60.0, 31.8), "complete": True, "command": "c", "majority": 31.8,
+              "teacher": {"vqa_accuracy": 60.0, "vqa_n": 600}, "transfer_records": 300, "student_steps": 600,
+              "settings": {"student_batch": 16}, "teacher_cache_top_k": 64, "teacher_vocabulary": 578,
+              "student_vocabulary": 384, "methods": {k: {"loss": v[0], **v[1]} for k, v in transfer.XTOK.items()},
+              "alignment": {"taid_span": {"aligned_fraction/0": 0.75, "mapped_mass/0": 0.9}}}
+    report.render("xtok", result, tmp_path)
+    text = (tmp_path / "xtok.md").read_text()
+    assert "| taid_span | loss taid, cross_tokenizer span | 45.10 +- 1.05 | 3 |" in text
+    assert "| +4.10 +- 0.10 | 3/3 | 75.0% | 90.0% |" in text and "- taid_span beats sft" in text

@@ -6,7 +6,7 @@ import torch
 from taid_vlm.losses import LOSSES, CTKDTemperature, EngineOptions, Head, divergence, topk_of_logits
 
 PARAMS = {"taid": {"t": 0.6}, "gjsd": {"beta": 0.3}, "akl": {"mu": 0.4}, "dkd": {"alpha": 1.0, "beta": 4.0}}
-DISTILLATION = [name for name, cls in LOSSES.items() if cls.needs_teacher]
+DISTILLATION = [name for name, cls in LOSSES.items() if cls.needs_teacher and not cls.ranked]
 N, H, V = 29, 12, 40
 
 

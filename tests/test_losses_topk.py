@@ -6,7 +6,7 @@ import torch
 from taid_vlm.losses import LOSSES, EngineOptions, Head, TopK, divergence, topk_of_logits
 from taid_vlm.losses.topk import bucket_labels
 
-ZOO = [name for name, cls in LOSSES.items() if cls.needs_teacher]
+ZOO = [name for name, cls in LOSSES.items() if cls.needs_teacher and not cls.ranked]
 
 
 def _params(name: str) -> dict:

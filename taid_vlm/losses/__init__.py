@@ -13,10 +13,13 @@ from .registry import LOSSES, UnknownLoss, build_loss, loss_class, register_loss
 from .schedule import TAIDSchedule
 from .signals import BucketSignal, FullSignal, Head, Logits, TeacherSignal, TopK
 from .topk import topk_of_logits
-from .zoo import CTKD, TAID, CrossEntropy
+from .uld import Ranks
+from .zoo import CTKD, TAID, ULD, CrossEntropy
 
-LOSS_NAMES = tuple(LOSSES)
+# The token-by-token losses (any teacher signal); a ranked loss (uld) reads a ``Ranks`` teacher only.
+LOSS_NAMES = tuple(name for name, cls in LOSSES.items() if not cls.ranked)
 
 __all__ = ["divergence", "EngineOptions", "LossTerms", "TeacherSignal", "FullSignal", "BucketSignal", "Head", "Logits",
            "TopK", "topk_of_logits", "TAIDSchedule", "CTKDTemperature", "LOSS_NAMES", "LOSSES", "Loss", "DivergenceLoss",
-           "Param", "Range", "Setting", "register_loss", "loss_class", "build_loss", "UnknownLoss", "TAID", "CTKD", "CrossEntropy"]
+           "Param", "Range", "Setting", "register_loss", "loss_class", "build_loss", "UnknownLoss", "TAID", "CTKD", "CrossEntropy",
+           "ULD", "Ranks"]

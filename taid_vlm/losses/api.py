@@ -74,6 +74,10 @@ def divergence(
     name = loss.label()
     if loss.needs_teacher and teacher is None:
         raise ValueError(f"loss {name!r} needs the teacher: its logits, a Head (hidden states + LM head) or TopK")
+    if loss.needs_teacher and loss.ranked != getattr(teacher, "ranked", False):
+        raise ValueError(f"loss {name!r} compares sorted probabilities: give the teacher as losses.uld.Ranks"
+                         if loss.ranked else f"a teacher given by its ranks (losses.uld.Ranks) needs a ranked loss "
+                         f"(uld), not {name!r}")
     if options.ce_weight and not loss.needs_teacher:
         raise ValueError(f"ce_weight mixes cross entropy into a distillation loss; loss {name!r} is the student's own loss already")
     if isinstance(student, Logits):

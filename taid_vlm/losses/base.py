@@ -97,6 +97,9 @@ class Loss:
     name: ClassVar[str] = ""
     needs_teacher: ClassVar[bool] = True  # False: the student's own loss (sft); no teacher is loaded
     needs_labels: ClassVar[bool] = False  # the per-token math reads the target token ids
+    # compares sorted probabilities (ULD): the student's own top-k against a teacher known by its
+    # ranks (losses/uld.py ``Ranks``), not the student at the teacher's ids
+    ranked: ClassVar[bool] = False
     params: ClassVar[dict[str, Setting]] = {}  # numbers of the per-token math (keywords of the functional API)
     # params that the loss sets itself during a run (TAID's t): refused in a config, with why
     scheduled: ClassVar[dict[str, str]] = {}

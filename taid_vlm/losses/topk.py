@@ -23,6 +23,11 @@ and the result equals the full-vocabulary loss (up to float summation order). Wi
 - a temperature divides the bucket logits, i.e. the tail is tempered as if it were one token
   (exact at temperature 1, the TAID paper's setting).
 
+A slot whose id is negative is empty: it is no bucket on either side (the student's logit there
+is -inf, nothing is taken out of its rest), so a teacher may carry fewer than k entries in a row
+(a cross-tokenizer mapping, docs/CROSS-TOKENIZER.md); a row of empty slots only (all its mass
+in the tail) scores 0 with a zero gradient under every loss. Empty slots need a tail (k < V).
+
 The teacher is a ``BucketSignal`` (``signals.TopK``: a cache, a server's top-k logprobs); on
 the plain path ``bucket_divergence`` maps full student logits onto its buckets, in the chunked
 engine ``BucketStep`` is the per-chunk step. Pure tensor math: no model code, no I/O.
@@ -36,6 +41,7 @@ from .base import Loss
 from .chunked import ROWS_BUCKETS, ChunkStep, KLKernel, autograd_step
 from .common import upcast
 from .signals import BucketSignal, TopK
+from .uld import rank_ids
 
 Tensor = torch.Tensor
 
@@ -58,16 +64,29 @@ def topk_of_logits(logits: Tensor, k: int) -> TopK:
     return TopK(ids, top, tail)
 
 
+def _slots(ids: Tensor) -> tuple[Tensor, Tensor | None]:
+    """Ids safe to gather and scatter at (an empty slot repeats a valid id of its row, which
+    excludes nothing more from the rest), and the empty slots (None when there are none)."""
+    empty = ids < 0
+    if not bool(empty.any()):
+        return ids, None
+    filler = ids.amax(-1, keepdim=True).clamp_min(0).expand_as(ids)  # a row of empty slots only: any id will do
+    return torch.where(empty, filler, ids), empty
+
+
 def student_buckets(logits: Tensor, ids: Tensor) -> Tensor:
     """The student's logits on the teacher's buckets: k gathered logits + logsumexp of the rest.
 
     Differentiable. With k = V the tail is empty and dropped (its logsumexp would be -inf, whose
-    gradient is NaN).
+    gradient is NaN). Empty slots (negative ids) get -inf.
     """
-    gathered = logits.gather(-1, ids)
+    safe, empty = _slots(ids)
+    gathered = logits.gather(-1, safe)
+    if empty is not None:
+        gathered = gathered.masked_fill(empty, -torch.inf)
     if ids.shape[-1] >= logits.shape[-1]:
         return gathered
-    rest = logits.scatter(-1, ids, -torch.inf).logsumexp(-1, keepdim=True)
+    rest = logits.scatter(-1, safe, -torch.inf).logsumexp(-1, keepdim=True)
     return torch.cat([gathered, rest], dim=-1)
 
 
@@ -75,10 +94,13 @@ def split_student(logits: Tensor, ids: Tensor) -> tuple[Tensor, Tensor | None]:
     """``student_buckets`` without autograd, plus the log-softmax over the rest of the
     vocabulary (-inf on the top-k ids; None when k = V), which ``rest_gradient`` reuses: the
     chunked engine then touches the ``[c, V]`` logits twice instead of four times."""
-    gathered = logits.gather(-1, ids)
+    safe, empty = _slots(ids)
+    gathered = logits.gather(-1, safe)
+    if empty is not None:
+        gathered.masked_fill_(empty, -torch.inf)
     if ids.shape[-1] >= logits.shape[-1]:
         return gathered, None
-    rest = logits.scatter(-1, ids, -torch.inf)
+    rest = logits.scatter(-1, safe, -torch.inf)
     lse = rest.logsumexp(-1, keepdim=True)
     return torch.cat([gathered, lse], dim=-1), rest.sub_(lse)
 
@@ -88,14 +110,16 @@ def rest_gradient(grad_buckets: Tensor, rest_logprobs: Tensor | None, ids: Tenso
 
     d bucket_i / d z_j is 1 for the gathered entry i = position of j, and for the tail bucket it
     is the softmax over the rest (``exp(rest_logprobs)``, 0 on the top-k ids). Consumes
-    ``rest_logprobs`` in place.
+    ``rest_logprobs`` in place. An empty slot's bucket is a constant (-inf): it passes nothing on.
     """
     k = ids.shape[-1]
+    safe, empty = _slots(ids)
     if rest_logprobs is None:
         out = torch.zeros((ids.shape[0], vocab), dtype=grad_buckets.dtype, device=grad_buckets.device)
     else:
         out = rest_logprobs.exp_().mul_(grad_buckets[:, k:k + 1])
-    return out.scatter_add_(-1, ids, grad_buckets[:, :k])
+    slots = grad_buckets[:, :k] if empty is None else grad_buckets[:, :k].masked_fill(empty, 0.0)
+    return out.scatter_add_(-1, safe, slots)
 
 
 def bucket_labels(labels: Tensor, ids: Tensor) -> Tensor:
@@ -107,12 +131,33 @@ def bucket_labels(labels: Tensor, ids: Tensor) -> Tensor:
 
 def bucket_divergence(loss: Loss, student: Tensor, teacher: BucketSignal, labels: Tensor | None,
                       temperature: float | Tensor) -> Tensor:
-    """Per-token loss of fp32 student logits ``[n, V]`` against the teacher's buckets (plain path)."""
+    """Per-token loss of fp32 student logits ``[n, V]`` against the teacher's buckets (plain path).
+    A ranked loss (ULD) compares the student's own top-k with the teacher's, rank by rank."""
     ids, teacher_buckets = teacher.buckets(0, student.shape[0], student.shape[-1])
     ids = ids.to(student.device)
+    if loss.ranked:
+        ids = rank_ids(student.detach(), ids)
+    live = _live_rows(ids)
+    if live is not None:  # rows of empty slots only score 0: the loss sees the others
+        out = torch.zeros(student.shape[0], dtype=student.dtype, device=student.device)
+        chosen = labels[live] if labels is not None else None
+        kept = _bucket_rows(loss, student[live], ids[live], teacher_buckets[live.to(teacher_buckets.device)], chosen,
+                            temperature)
+        return out.masked_scatter(live, kept)
+    return _bucket_rows(loss, student, ids, teacher_buckets, labels, temperature)
+
+
+def _bucket_rows(loss: Loss, student: Tensor, ids: Tensor, teacher_buckets: Tensor, labels: Tensor | None,
+                 temperature: float | Tensor) -> Tensor:
     bucketed = bucket_labels(labels, ids) if labels is not None else None
     return loss.per_token(student_buckets(student, ids), teacher_buckets.to(student.device), temperature=temperature,
                           labels=bucketed)
+
+
+def _live_rows(ids: Tensor) -> Tensor | None:
+    """Rows with at least one bucket besides the tail, or None when every row has one."""
+    live = (ids >= 0).any(-1)
+    return None if bool(live.all()) else live
 
 
 class BucketStep(ChunkStep):
@@ -130,14 +175,29 @@ class BucketStep(ChunkStep):
 
     def __call__(self, logits, start, end, temperature, want_t, need_grad):
         ids, teacher_buckets = self.teacher.buckets(start, end, self.kd_vocab)
+        if self.loss.ranked:  # ULD: the student's own top-k, largest first, against the teacher's ranks
+            ids = rank_ids(logits, ids)
         student, rest = split_student(logits, ids)
-        if self.interpolation is not None:
-            per_token = self.kernel(student, teacher_buckets.to(student.dtype), self.interpolation, temperature)
-            kd, grad_buckets, grad_t = per_token.sum(), student, None
-        else:
-            labels = bucket_labels(self.labels[start:end], ids) if self.labels is not None else None
-            kd, grad_buckets, grad_t = autograd_step(self.loss, student, teacher_buckets, labels, temperature, want_t,
-                                                     need_grad)
+        labels = self.labels[start:end] if self.labels is not None else None
+        live = _live_rows(ids)
+        if live is None:
+            kd, grad_buckets, grad_t = self._buckets_step(student, teacher_buckets, ids, labels, temperature, want_t,
+                                                          need_grad)
+        else:  # rows of empty slots only (all the teacher's mass in the tail) score 0 with no gradient
+            chosen = labels[live] if labels is not None else None
+            kd, live_grad, grad_t = self._buckets_step(student[live], teacher_buckets[live], ids[live], chosen,
+                                                       temperature, want_t, need_grad)
+            grad_buckets = None
+            if live_grad is not None:
+                grad_buckets = torch.zeros_like(student)
+                grad_buckets[live] = live_grad
         if grad_buckets is None:
             return kd, None, grad_t
         return kd, rest_gradient(grad_buckets, rest, ids, self.kd_vocab), grad_t
+
+    def _buckets_step(self, student, teacher_buckets, ids, labels, temperature, want_t, need_grad):
+        if self.interpolation is not None:
+            per_token = self.kernel(student, teacher_buckets.to(student.dtype), self.interpolation, temperature)
+            return per_token.sum(), student, None
+        bucketed = bucket_labels(labels, ids) if labels is not None else None
+        return autograd_step(self.loss, student, teacher_buckets, bucketed, temperature, want_t, need_grad)

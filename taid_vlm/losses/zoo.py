@@ -19,6 +19,7 @@ from .divergences import (CTKDTemperature, adaptive_kl, cross_entropy, ctkd_kl, 
 from .registry import register_loss
 from .schedule import SETTINGS as TAID_SETTINGS
 from .schedule import TAIDSchedule
+from .uld import uld_per_token
 
 Tensor = torch.Tensor
 UNIT = Range(0.0, 1.0)
@@ -197,10 +198,28 @@ class CrossEntropy(DivergenceLoss):
     needs_labels = True
 
 
+@register_loss("uld")
+class ULD(Loss):
+    """Universal Logit Distillation (Boizard et al. 2024) over aligned tokens of a cross-tokenizer
+    pair (``cross_tokenizer: uld``; the math and why TAID does not apply: ``uld.py``).
+
+    ``ranked``: the engine compares the student's own top-k (largest first) with the teacher's
+    ``Ranks``, rank by rank, instead of gathering the student at the teacher's ids. The CE term
+    beside it comes from ``distil_ratio``: ``ratio * ULD + (1 - ratio) * CE`` is the paper's
+    ``CE + lambda * ULD`` up to a global scale, with ``lambda = ratio / (1 - ratio)``.
+    """
+
+    ranked = True
+
+    def per_token(self, student: Tensor, teacher: Tensor | None, *, temperature: float | Tensor = 1.0,
+                  labels: Tensor | None = None) -> Tensor:
+        return uld_per_token(student, teacher, temperature)
+
+
 def cosine_ramp(step: int, total: int) -> float:
     """CTKD's cosine ramp of the gradient-reversal strength from 0 to 1."""
     return 0.5 * (1 - math.cos(math.pi * min(step / max(total, 1), 1.0)))
 
 
 __all__ = ["Loss", "ForwardKL", "ReverseKL", "TotalVariation", "GeneralizedJSD", "SkewForwardKL", "SkewReverseKL",
-           "AdaptiveKL", "DecoupledKD", "CrossEntropy", "TAID", "CTKD", "cosine_ramp"]
+           "AdaptiveKL", "DecoupledKD", "CrossEntropy", "TAID", "CTKD", "ULD", "cosine_ramp"]

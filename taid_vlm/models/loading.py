@@ -206,8 +206,8 @@ def check_vocab_compatible(teacher: Any, student: Any, sample: int | None = None
         if a != b:
             raise UserError(
                 f"teacher and student vocabularies differ at id {i}: teacher {a!r}, student {b!r} "
-                f"(sizes {len(tok_t)} and {len(tok_s)}); distillation needs one tokenizer over the shared range "
-                "(cross-tokenizer distillation is not supported yet)"
+                f"(sizes {len(tok_t)} and {len(tok_s)}): the two tokenizers differ. Set cross_tokenizer: span (any "
+                "loss, taid included) or uld (loss=uld) to distil across tokenizers (docs/CROSS-TOKENIZER.md)"
             )
 
 
@@ -255,7 +255,7 @@ def _misalignment(t_ids, s_ids, t_rec, s_rec, record_ids: list[str], tokenizer: 
             f"teacher and student response tokens differ in record {record_id!r} at response position {pos}: "
             f"teacher {shown(a)}, student {shown(b)} (lengths {len(a)} and {len(b)}). The two chat templates or "
             "tokenizers split the answer differently; use templates that write the answer the same way "
-            "(e.g. both ChatML), cross-tokenizer distillation is not supported yet"
+            "(e.g. both ChatML), or set cross_tokenizer: span to align the two by their text"
         )
     return "teacher and student returned different numbers of records"
 

@@ -56,14 +56,25 @@ def train_bpe_tokenizer(
     vocab_size: int = 1024,
     chat_template: str = CHATML_TEMPLATE,
     extra_special_tokens: Iterable[str] = (),
+    *,
+    special_tokens: Iterable[str] = SPECIAL_TOKENS,
+    bos_token: str = BOS_TOKEN,
+    eos_token: str = TURN_END,
 ) -> PreTrainedTokenizerFast:
     """Train a byte-level BPE on ``texts`` (plus BASE_CORPUS) and wrap it for transformers.
 
     Special tokens (pad, bos, ChatML turn markers, ``<image>``) get the first ids, so two
     tokenizers trained on the same text with the same size are identical: that is how a
-    teacher and a student built offline share a vocabulary.
+    teacher and a student built offline share a vocabulary. Another size, other
+    ``special_tokens`` (in another order) or other bos/eos give a tokenizer of another family on
+    the same text, as a cross-tokenizer pair has (docs/CROSS-TOKENIZER.md); ``special_tokens``
+    must hold the pad token, ``bos_token``, ``eos_token`` and ``<image>``.
     """
-    specials = SPECIAL_TOKENS + [t for t in extra_special_tokens if t not in SPECIAL_TOKENS]
+    base = list(special_tokens)
+    missing = [t for t in (PAD_TOKEN, bos_token, eos_token, IMAGE_TOKEN) if t not in base]
+    if missing:
+        raise ValueError(f"train_bpe_tokenizer: special_tokens must include {missing}")
+    specials = base + [t for t in extra_special_tokens if t not in base]
     core = Tokenizer(models.BPE())
     core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     core.decoder = decoders.ByteLevel()
@@ -76,8 +87,8 @@ def train_bpe_tokenizer(
     core.train_from_iterator(_with_base_corpus(texts), trainer)
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=core,
-        bos_token=BOS_TOKEN,
-        eos_token=TURN_END,
+        bos_token=bos_token,
+        eos_token=eos_token,
         pad_token=PAD_TOKEN,
         extra_special_tokens={"image_token": IMAGE_TOKEN},
     )

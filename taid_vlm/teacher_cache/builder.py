@@ -24,13 +24,14 @@ from tqdm.auto import tqdm
 
 from ..data.records import Record
 from ..data.truncate import fit_prompt
-from ..losses.topk import topk_of_logits
+from ..losses import TopK
 from ..models import ModelAdapter
+from ..models.cross_tokenizer import TextSide, teacher_topk
 from ..models.outputs import ResponseOutputs
 from .fingerprint import record_hash, teacher_fingerprint
 from .store import (
-    LOGIT_DTYPES, META_FILE, RESPONSE_SOURCES, CacheError, CacheSettings, RecordRows, read_meta, shard_path, shard_records,
-    write_json_atomically, write_shard,
+    LOGIT_DTYPES, META_FILE, RESPONSE_SOURCES, TEACHER_TEXT_DIR, CacheError, CacheSettings, RecordRows, read_meta, shard_path,
+    shard_records, write_json_atomically, write_shard,
 )  # fmt: skip
 
 # Rows of [rows, V] fp32 logits formed at once when taking the top-k (32 MiB at V = 128k).
@@ -82,6 +83,7 @@ def build_cache(
                              record_ids_sha256=_ids_digest(records))
     if state.is_main_process:
         _start_or_resume(root, settings)
+        TextSide.of(teacher, f"teacher={teacher_name}").save(root / TEACHER_TEXT_DIR)  # for cross-tokenizer students
     state.wait_for_everyone()
 
     mine = [s for s in range(settings.num_shards) if s % world == rank]
@@ -189,23 +191,8 @@ def _teacher_answers(teacher: ModelAdapter, batch: list[Record], max_new_tokens:
     return out
 
 
-def _topk(out: ResponseOutputs, k: int):
+def _topk(out: ResponseOutputs, k: int) -> TopK:
     """Top-k over the teacher's logits, TOPK_ROWS tokens at a time (never [N, V] at once); a served
     teacher's outputs already are its top-k + tail."""
-    from ..losses import Head, TopK
-
-    if out.topk is not None:
-        return out.topk
-
-    parts = []
-    for start in range(0, out.num_tokens, TOPK_ROWS):
-        end = min(start + TOPK_ROWS, out.num_tokens)
-        if out.logits is not None:
-            logits = out.logits[start:end]
-        else:  # the head's final logits, softcapped where the family caps them
-            logits = Head(out.hidden[start:end], out.head_weight, out.head_bias, softcap=out.softcap).full_logits()
-        parts.append(topk_of_logits(logits, k))
-    if not parts:
-        empty = torch.empty(0, k)
-        return TopK(empty.long(), empty, torch.empty(0))
-    return TopK(*(torch.cat([getattr(p, f).cpu() for p in parts]) for f in ("ids", "logprobs", "tail")))
+    topk = teacher_topk(out, torch.arange(out.num_tokens), k, block=TOPK_ROWS)
+    return TopK(topk.ids.cpu(), topk.logprobs.cpu(), topk.tail.cpu())

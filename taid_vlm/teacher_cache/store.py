@@ -4,6 +4,8 @@ Layout of a cache directory::
 
     cache.json                       settings + teacher fingerprint; "complete" once every shard exists
     shards/shard-00000.safetensors   one shard per ``records_per_shard`` consecutive records
+    teacher_text/                    the teacher's tokenizer, chat template and family: what a student
+                                     with another tokenizer aligns the cached rows by (cross_tokenizer)
 
 A shard holds, for each response token of its records in (record, turn, token) order:
 ``token_ids [N]`` (the response token, to check the student tokenizes alike), ``ids [N, k]`` the
@@ -33,11 +35,13 @@ from ..data.records import Record
 from ..errors import UserError
 from ..files import atomic_path, write_text_atomically
 from ..losses.topk import TopK
+from ..models.cross_tokenizer import SIDE_FILE, TextSide
 from .fingerprint import record_hash, teacher_name
 
 FORMAT_VERSION = 1
 META_FILE = "cache.json"
 SHARD_DIR = "shards"
+TEACHER_TEXT_DIR = "teacher_text"
 LOGIT_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 RESPONSE_SOURCES = ("data", "teacher")
 
@@ -239,6 +243,15 @@ class TeacherCache:
             tails.append(f.get_slice("tail")[entry.start:entry.end])
             record_index.append(torch.full((entry.end - entry.start,), i, dtype=torch.long))
         return torch.cat(token_ids), torch.cat(record_index), TopK(torch.cat(ids), torch.cat(logprobs), torch.cat(tails))
+
+    def teacher_text(self) -> TextSide:
+        """The teacher's side of a cross-tokenizer alignment, saved with the cache by the builder."""
+        directory = self.root / TEACHER_TEXT_DIR
+        if not (directory / SIDE_FILE).is_file():
+            raise CacheError(f"teacher cache {self.root} has no {TEACHER_TEXT_DIR}/ (it was built before cross-tokenizer "
+                             "distillation existed); rebuild it with `taid-vlm teacher-cache` to distil a student with "
+                             "another tokenizer from it")
+        return TextSide.load(directory, f"teacher cache {self.root}")
 
     def _handle(self, shard: int):
         if shard not in self._handles:

@@ -7,15 +7,19 @@ here is built from transformers ``*Config`` classes with tiny dimensions and ran
 All tiny tokenizers share ONE vocabulary (a BPE trained once on the project's base corpus with
 the union of every family's special tokens), so any two tiny models, of the same family or not,
 are vocabulary-compatible: what differs between families is only which tokens the processor
-and chat template use. Chat templates are faithful, shortened versions of each family's real
-one, so the adapter meets the same quirks (default system prompts, "Assistant: " spacing,
-image-first parts, Qwen3's empty thinking block, Gemma's "model" role and system-in-user turn)
-that it meets on real checkpoints. PaliGemma's processor appends its <loc>/<seg> tokens after the
-shared ids, which leaves the shared range as it is.
+and chat template use. ``build_tiny(..., vocabulary="other")`` builds on a second, genuinely
+different BPE (fewer merges over the same texts, the special tokens in another order, so other
+ids and other splits): the pair a cross-tokenizer distillation needs (docs/CROSS-TOKENIZER.md).
+Chat templates are faithful, shortened versions of each family's real one, so the adapter meets
+the same quirks (default system prompts, "Assistant: " spacing, image-first parts, Qwen3's empty
+thinking block, Gemma's "model" role and system-in-user turn) that it meets on real checkpoints.
+PaliGemma's processor appends its <loc>/<seg> tokens after the shared ids, which leaves the shared
+range as it is.
 """
 
 from __future__ import annotations
 
+from contextvars import ContextVar
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -271,10 +275,29 @@ TEMPLATES = {
 # ---- tokenizers ------------------------------------------------------------------------------
 
 
-@lru_cache(maxsize=1)
-def _shared_vocabulary() -> str:
-    """Train the one tiny BPE (about a second) and keep it serialised for cheap copies."""
-    tokenizer = train_bpe_tokenizer(_TINY_CORPUS, vocab_size=1024, extra_special_tokens=TINY_SPECIAL_TOKENS)
+VOCABULARIES = ("shared", "other")
+_VOCABULARY: ContextVar[str] = ContextVar("tiny_vocabulary", default="shared")
+
+
+OTHER_FEWER_MERGES = 180  # the "other" vocabulary: this many merges fewer than "shared", over the same texts
+
+
+@lru_cache(maxsize=2)
+def _vocabulary(name: str = "shared") -> str:
+    """Train a tiny BPE (about a second) and keep it serialised for cheap copies.
+
+    ``shared``: the one vocabulary of every tiny model. ``other``: the same texts with
+    ``OTHER_FEWER_MERGES`` fewer merges and the family special tokens in reverse order, so ids,
+    merges and splits differ from ``shared`` ("blue" is "blu" + "e"; ``check_vocab_compatible``
+    refuses the pair).
+    """
+    if name not in VOCABULARIES:
+        raise ValueError(f"tiny vocabulary must be one of {VOCABULARIES}, got {name!r}")
+    if name == "shared":
+        tokenizer = train_bpe_tokenizer(_TINY_CORPUS, vocab_size=1024, extra_special_tokens=TINY_SPECIAL_TOKENS)
+    else:
+        size = Tokenizer.from_str(_vocabulary("shared")).get_vocab_size() - OTHER_FEWER_MERGES
+        tokenizer = train_bpe_tokenizer(_TINY_CORPUS, vocab_size=size, extra_special_tokens=TINY_SPECIAL_TOKENS[::-1])
     return tokenizer.backend_tokenizer.to_str()
 
 
@@ -283,14 +306,16 @@ def tiny_tokenizer(
     bos_token: str = "<|begin|>",
     eos_token: str = "<|im_end|>",
     named_tokens: dict[str, str] | None = None,
+    vocabulary: str | None = None,
 ) -> PreTrainedTokenizerFast:
-    """A fresh copy of the shared tiny vocabulary with this family's named special tokens.
+    """A fresh copy of a tiny vocabulary with this family's named special tokens.
 
     ``named_tokens`` become tokenizer attributes (``tokenizer.image_token``...), which is how
-    transformers processors find their placeholders.
+    transformers processors find their placeholders. ``vocabulary``: "shared" (default) or
+    "other" (see ``_vocabulary``); ``build_tiny(vocabulary=...)`` sets it for every builder.
     """
     return PreTrainedTokenizerFast(
-        tokenizer_object=Tokenizer.from_str(_shared_vocabulary()),
+        tokenizer_object=Tokenizer.from_str(_vocabulary(vocabulary or _VOCABULARY.get())),
         bos_token=bos_token,
         eos_token=eos_token,
         pad_token="<|pad|>",
@@ -811,6 +836,7 @@ def build_tiny(
     seed: int = 0,
     pad_vocab_to: int = 1,
     template: str | None = None,
+    vocabulary: str = "shared",
     **options: Any,
 ) -> tuple[torch.nn.Module, Any]:
     """A tiny random ``(model, processor)`` of ``family``; text families return the tokenizer.
@@ -819,17 +845,24 @@ def build_tiny(
     ``image_size`` (all VLMs; mllama: the tile), ``vision_tower`` ("clip" | "siglip", llava),
     ``patch_size``, ``tokens_per_image`` (gemma3), ``max_tiles`` (mllama),
     ``final_logit_softcapping`` (gemma3_text, gemma3; paligemma defaults to Gemma 2's 30).
-    ``pad_vocab_to`` rounds the model's vocabulary rows up like real checkpoints do. Weights
-    depend on ``seed`` only; the global random state is left untouched.
+    ``pad_vocab_to`` rounds the model's vocabulary rows up like real checkpoints do.
+    ``vocabulary="other"`` builds on the second tiny BPE (a cross-tokenizer partner of every
+    ``shared`` model). Weights depend on ``seed`` only; the global random state is left untouched.
     """
     if family not in _BUILDERS:
         raise ValueError(f"no tiny builder for family {family!r}; choose one of {', '.join(TINY_FAMILIES)}")
     if template is not None and template not in TEMPLATES:
         raise ValueError(f"unknown tiny template {template!r}; choose one of {', '.join(TEMPLATES)}")
+    if vocabulary not in VOCABULARIES:
+        raise ValueError(f"unknown tiny vocabulary {vocabulary!r}; choose one of {', '.join(VOCABULARIES)}")
     size = _Size(hidden_size, num_layers, pad_vocab_to, template)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model, processor = _BUILDERS[family](family, size, **options)
+    chosen = _VOCABULARY.set(vocabulary)
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model, processor = _BUILDERS[family](family, size, **options)
+    finally:
+        _VOCABULARY.reset(chosen)
     return _with_generation_defaults(model, getattr(processor, "tokenizer", processor)), processor
 
 

@@ -43,6 +43,7 @@ from ..losses.triton_chunk import CHUNK_KERNELS
 from ..models.lora import LoraSettings
 
 RESPONSE_SOURCES = ("data", "teacher")
+CROSS_TOKENIZER = ("off", "span", "uld")
 MIXED_PRECISION = ("no", "bf16", "fp16")
 DISTRIBUTED = ("ddp", "fsdp")
 LR_SCHEDULERS = ("cosine", "linear", "constant")
@@ -102,6 +103,13 @@ class DistillConfig:
     chunk_memory_mb: float | None = None  # budget for a chunk's [chunk, V] buffers (None: device default)
     chunk_compile: bool = False  # torch.compile the taid/fkl chunk kernel (pays a one-off compile)
     chunk_kernel: str = "torch"  # taid/fkl chunk kernel: torch, triton (CUDA) or auto (triton on CUDA, else torch); torch until measured on a GPU
+
+    # --- cross-tokenizer distillation (docs/CROSS-TOKENIZER.md) -----------------------------
+    # off: one tokenizer (a padded vocabulary over a shared range included); span: the teacher's
+    # top-k mapped onto the student's vocabulary, any loss; uld: sorted probabilities (loss=uld)
+    cross_tokenizer: str = field(default="off", metadata=flag(choices=CROSS_TOKENIZER, help=(
+        "distil across tokenizers: span (any loss, taid included) or uld (loss=uld); off: one tokenizer")))
+    cross_tokenizer_top_k: int = 64  # teacher entries per aligned token, below the student's vocabulary (a cache: its own)
 
     # --- optimisation -----------------------------------------------------------------------
     lr: float = 1e-4
@@ -182,6 +190,7 @@ class DistillConfig:
         if self.lr_scheduler not in LR_SCHEDULERS:
             problems.append(f"lr_scheduler must be one of {LR_SCHEDULERS}, got {self.lr_scheduler!r}")
         problems += self._scale_problems()
+        problems += self._cross_tokenizer_problems()
         for name in ("batch_size", "grad_accum", "max_steps", "save_every", "log_every"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -194,6 +203,34 @@ class DistillConfig:
         if problems:
             raise ConfigError("invalid configuration: " + "; ".join(problems))
         return self
+
+    def _cross_tokenizer_problems(self) -> list[str]:
+        mode, cls = self.cross_tokenizer, self.loss_class
+        if mode not in CROSS_TOKENIZER:
+            return [f"cross_tokenizer must be one of {CROSS_TOKENIZER}, got {mode!r}"]
+        problems = []
+        if self.cross_tokenizer_top_k < 1:
+            problems.append(f"cross_tokenizer_top_k must be >= 1, got {self.cross_tokenizer_top_k}")
+        if mode != "off" and (self.teacher_server or self.teachers):
+            problems.append(f"cross_tokenizer={mode} aligns a live teacher or a teacher cache with the student; a "
+                            "teacher_server or several teachers are not supported with it yet")
+        if cls is None:
+            return problems
+        if mode != "off" and not cls.uses_kd(self.distil_ratio):
+            problems.append(f"cross_tokenizer={mode} aligns a teacher with the student, but loss={self.loss} with "
+                            f"distil_ratio={self.distil_ratio} uses none: drop cross_tokenizer")
+        elif mode == "uld" and not cls.ranked:
+            why = (" (TAID's interpolation of two sorted vectors is their displacement interpolant, whose distance to "
+                   "the student is exactly t * ULD: it would only rescale the loss)") if "t" in cls.params else ""
+            problems.append(f"cross_tokenizer=uld compares the two models' sorted probabilities, so the distillation term "
+                            f"is ULD itself: set loss=uld, or cross_tokenizer=span to distil with loss={self.loss}{why}")
+        elif cls.ranked and mode != "uld":
+            problems.append(f"loss={self.loss} compares sorted probabilities of aligned tokens: set cross_tokenizer=uld "
+                            "(it also serves a pair that shares a tokenizer)")
+        elif mode == "uld" and self.distil_ratio >= 1:
+            problems.append("cross_tokenizer=uld trains ULD beside the student's cross entropy (CE + lambda * ULD, "
+                            "Boizard et al. 2024): set distil_ratio below 1, e.g. 0.5 (lambda = ratio / (1 - ratio) = 1)")
+        return problems
 
     def _served_problems(self) -> list[str]:
         problems = []

@@ -55,6 +55,7 @@ from ..models.lora import LoraStudent, apply_lora
 from ..models.loading import resolve_dtype
 from .checkpoint import CHECKPOINT_DIR, TrainerState, load_newest_intact, save_checkpoint
 from .config import ConfigError, DistillConfig
+from .cross_tokenizer import CrossTokenizer
 from .data import MicroBatch, MicroBatches, RenderCollator, StreamBatches
 from .diagnose import likely_cause, nothing_applied, too_many_bad_steps
 from .metrics import MetricsLog, Progress
@@ -118,6 +119,7 @@ class Run:
     routed: dict[str, Any] | None = None  # tag -> teacher signal, with ``teachers`` (train/teacher.py routes)
     teacher_stats: dict[str, list[float]] | None = None  # tag -> [kd sum, tokens] of the current step
     generator: Generator | None = None  # on-policy samples from a vLLM server (generation_backend=vllm)
+    cross_tokenizer: CrossTokenizer | None = None  # a pair with two tokenizers (train/cross_tokenizer.py)
 
 
 def distill(config: DistillConfig) -> DistillResult:
@@ -176,12 +178,13 @@ def setup(config: DistillConfig, env: Distributed | None = None, run_output: Run
     served = open_served_teacher(config, student)  # teacher_server: checked now (name, vocabulary), before any write
     routed = _routed_teachers(config, student, records, env)
     generator = open_generator(config, student, env)
-    check_data(config, records, env.world_size, student, teacher or served)
-    check_packing(config, student, teacher)
-    cached = None
+    cached = cache = None
     if config.teacher_cache:  # the teacher's signal comes from disk; records are checked against it (read-only)
         cache, loaded = open_teacher_cache(config.teacher_cache, config.teacher, config.max_length, config.responses, records)
         cached, records = CachedTeacher(cache, records, env.device), loaded
+    cross = CrossTokenizer.for_run(config, student, teacher, cache) if config.needs_teacher else None
+    check_data(config, records, env.world_size, student, teacher or served)  # after the pair's tokenizers are checked
+    check_packing(config, student, teacher)
     run_output.claim()  # the first write: everything above only read
     if config.responses == "teacher" and cached is None:
         cache, answering = out / "teacher_responses.jsonl", teacher or served
@@ -236,7 +239,7 @@ def setup(config: DistillConfig, env: Distributed | None = None, run_output: Run
     progress = Progress(config.max_steps, state.step, enabled=config.progress and env.is_main)
     return Run(config, env, out, started, student, teacher, teacher_signal, strategy, precision, params, optimizer,
                lr_scheduler, loss, extra_modules, state, data, collator, log, progress, config_yaml, run_output,
-               routed=routed, generator=generator, lora=lora)
+               routed=routed, generator=generator, lora=lora, cross_tokenizer=cross)
 
 
 def _load_models(config: DistillConfig, env: Distributed) -> tuple[ModelAdapter | None, ModelAdapter]:
@@ -250,7 +253,8 @@ def _load_models(config: DistillConfig, env: Distributed) -> tuple[ModelAdapter 
     student = load_model("student", config.student, dtype=config.student_dtype, device=env.device,
                          chat_template=config.student_chat_template, **shared_tokenizer)
     if teacher is not None:
-        check_vocab_compatible(teacher, student)
+        if config.cross_tokenizer == "off":
+            check_vocab_compatible(teacher, student)
         check_pair(config, teacher, student)
     return teacher, student
 
@@ -344,6 +348,8 @@ def step(run: Run) -> None:
                seconds=elapsed)
     row.update(loss.step_metrics(before))
     row.update(_teacher_metrics(run, global_tokens))
+    if run.cross_tokenizer is not None:
+        row.update(run.cross_tokenizer.step_metrics(env.sum))
     if state.step % config.log_every == 0 or state.step == config.max_steps or state.step == 1:
         run.log.log(row)
     run.progress.update(total, before, tokens_per_s)
@@ -377,7 +383,10 @@ def _micro_batch_loss(run: Run, mb: MicroBatch, global_tokens: int, temperature:
         if run.teacher_signal is not None:
             pre_rendered = {"batch": mb.teacher} if mb.teacher is not None else {}
             teacher_out = run.teacher_signal.outputs(mb.records, **pre_rendered)
-            teacher_out = check_alignment(teacher_out, student_out, mb.records, tokenizer=run.student.tokenizer)
+            if run.cross_tokenizer is not None:
+                teacher_out = run.cross_tokenizer.teacher_outputs(student_out, teacher_out, mb.records)
+            else:
+                teacher_out = check_alignment(teacher_out, student_out, mb.records, tokenizer=run.student.tokenizer)
         return training_loss(run.loss, student_out, teacher_out, num_tokens=max(global_tokens, 1),
                              distil_ratio=config.distil_ratio, options=config.engine_options(), temperature=temperature)
 

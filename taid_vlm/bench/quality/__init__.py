@@ -7,8 +7,9 @@ they run by default: ``plateau`` (every loss, 5 seeds, at the budget where the s
 rise; taid's per-seed paired difference against each), ``gap`` (three teachers of growing size,
 taid vs fkl vs skew_fkl, same budget), ``noanswer`` (the transfer set's answers withheld: the
 teacher answers it once and students learn from that), and on request ``zoo`` (the plateau zoo
-at a third of the budget: which loss learns fastest from the teacher) and ``sizing`` (a few
-losses at a few budgets, how the student budget was chosen).
+at a third of the budget: which loss learns fastest from the teacher), ``sizing`` (a few
+losses at a few budgets, how the student budget was chosen) and ``xtok`` (a student on its own
+tokenizer: taid over span, uld and sft; docs/CROSS-TOKENIZER.md).
 Outputs go to ``OUT/transfer/{part}.{json,md,png}``; each JSON is rewritten after every
 finished seed (``complete: false`` until the part ends) and carries the sentences the numbers
 support (taid_vlm/bench/quality/stats.py).
@@ -44,6 +45,7 @@ Usage:
   python scripts/bench_quality.py --jobs 2 --threads 1               # the same, a helper sharing the plateau runs
   python scripts/bench_quality.py --jobs 2 --threads 1 --parts zoo   # the 200-step zoo (learning speed)
   python scripts/bench_quality.py --parts sizing --seeds 0           # how the student budget was sized
+  python scripts/bench_quality.py --parts xtok --seeds 0 1 2 --threads 1   # cross-tokenizer students vs sft
   python scripts/bench_quality.py --regime same-data --preset default --seeds 0 1 2 --parts zoo gap
   python scripts/bench_quality.py --preset quick --seeds 0 --losses sft taid --parts zoo   # a smoke run
 """

@@ -55,6 +55,40 @@ def gap_markdown(result: dict[str, Any], title: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def xtok_markdown(result: dict[str, Any], title: str) -> str:
+    """Cross-tokenizer methods against sft: one student on its own tokenizer, the teacher on another."""
+    backends = sorted({b for r in result["rows"] for b in r["caption_backend"]})
+    teacher, methods = result["teacher"], result["methods"]
+    lines = [f"## {title}", "", status_line(result), "",
+             f"Command: `{result['command']}`. Teacher VQA accuracy {teacher['vqa_accuracy']:.2f} on {teacher['vqa_n']:,} "
+             f"questions, its tokenizer {result['teacher_vocabulary']} entries with ChatML turns; the student's own "
+             f"tokenizer {result['student_vocabulary']} entries (a BPE on the same texts) with Llama 3 turns. Students "
+             f"see {result['transfer_records']:,} scenes for {result['student_steps']} steps, batch "
+             f"{result['settings']['student_batch']}, the teacher through its top-{result['teacher_cache_top_k']} cache; "
+             f"majority-answer baseline {result['majority']:.2f}; captions scored by {', '.join(backends) or 'n/a'}.", "",
+             "| method | loss, settings | VQA accuracy (mean +- std) | seeds | CIDEr-D (mean +- std) | method - sft, paired "
+             "| ahead of sft | aligned tokens | teacher mass on shared entries |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    pairs = {p["method"]: p for p in result["paired"]}
+    for r in sorted(result["rows"], key=lambda r: -r["vqa_mean"]):
+        p, name = pairs.get(r["loss"]), r["loss"]
+        settings = ", ".join(f"{k} {v}" for k, v in methods.get(name, {}).items())
+        diff = "" if p is None else f"{p['mean_diff']:+.2f} +- {p['std_diff']:.2f}"
+        wins = "" if p is None else f"{p['wins']}/{p['n']}"
+        logged = result.get("alignment", {}).get(name, {})
+        cells = []
+        for key in ("aligned_fraction", "mapped_mass"):
+            values = [v for k, v in logged.items() if k.startswith(key + "/")]
+            cells.append(f"{100 * sum(values) / len(values):.1f}%" if values else "")
+        lines.append(f"| {name} | {settings} | {r['vqa_mean']:.2f} +- {r['vqa_std']:.2f} | {len(r['seeds'])} | "
+                     f"{r['cider_mean']:.2f} +- {r['cider_std']:.2f} | {diff} | {wins} | {cells[0]} | {cells[1]} |")
+    lines += ["", "Aligned tokens: the share of the student's response tokens with a teacher token starting at the same "
+              "character (the others meet only the cross entropy), averaged over steps and seeds; teacher mass on shared "
+              "entries: the share of the aligned teacher's top-k mass that the student's vocabulary holds (span only).", "",
+              *[f"- {s}" for s in result["statements"]]]
+    return "\n".join(lines) + "\n"
+
+
 def sizing_markdown(result: dict[str, Any], title: str) -> str:
     lines = [f"## {title}", "", status_line(result), "", f"Command: `{result['command']}` (seed 0).", "",
              "| student steps | loss | VQA accuracy | CIDEr-D |", "|---:|---|---:|---:|"]
@@ -125,7 +159,8 @@ def plot_sizing(result: dict[str, Any], path: Path) -> None:
 
 TITLES = {"zoo": "Transfer regime: loss zoo", "plateau": "Transfer regime: loss zoo at the plateau budget",
           "noanswer": "Transfer regime, no answers: the teacher answers the transfer set",
-          "gap": "Transfer regime: capacity gap", "sizing": "Transfer regime: student budget sizing"}
+          "gap": "Transfer regime: capacity gap", "sizing": "Transfer regime: student budget sizing",
+          "xtok": "Transfer regime: cross-tokenizer distillation (the student on its own tokenizer)"}
 
 
 def render(part: str, result: dict[str, Any], out: Path) -> None:
@@ -133,6 +168,9 @@ def render(part: str, result: dict[str, Any], out: Path) -> None:
     if part in ("zoo", "plateau", "noanswer"):
         text = zoo_markdown(result, TITLES[part])
         plot_zoo(result, out / f"{part}.png", TITLES[part])
+    elif part == "xtok":
+        text = xtok_markdown(result, TITLES[part])
+        plot_zoo(result, out / "xtok.png", "Cross-tokenizer students")
     elif part == "gap":
         text = gap_markdown(result, TITLES[part])
         plot_gap(result, out / "gap.png")

@@ -93,6 +93,31 @@ def zoo_statements(rows: list[dict[str, Any]], pairs: list[dict[str, Any]], teac
     return lines
 
 
+def xtok_statements(per_seed: dict[str, dict[int, float]], teacher_vqa: float,
+                    majority: float | None) -> tuple[list[dict[str, Any]], list[str]]:
+    """Cross-tokenizer methods against sft on the same student (same tokenizer, data, budget and
+    seeds): each one's paired difference, and whether cross-tokenizer distillation beats sft at all."""
+    if "sft" not in per_seed:
+        return [], []
+    pairs, lines = [], []
+    for name, values in per_seed.items():
+        diff = paired(values, per_seed["sft"]) if name != "sft" else None
+        if diff is not None:
+            pairs.append({"method": name, "baseline": "sft", **diff, "verdict": verdict(diff)})
+            lines.append(diff_sentence(name, pairs[-1]))
+    winners = [p["method"] for p in pairs if p["verdict"] == "beats"]
+    sft = statistics.fmean(per_seed["sft"].values())
+    if winners:
+        lines.append(f"Cross-tokenizer distillation beats sft here: {', '.join(winners)}.")
+    elif pairs:
+        best = max(pairs, key=lambda p: p["mean_diff"])
+        lines.append(f"Cross-tokenizer distillation does not beat sft here: the best method, {best['method']}, is "
+                     f"{best['mean_diff']:+.2f} points from sft ({best['verdict'].replace('is ', '')} it).")
+    lines.append(f"Teacher {teacher_vqa:.2f}, sft {sft:.2f}" + (f", majority-answer baseline {majority:.2f}." if majority
+                                                                   is not None else "."))
+    return pairs, lines
+
+
 def _share(value: float, floor: float, ceiling: float) -> str:
     return "none" if ceiling <= floor else f"{(value - floor) / (ceiling - floor) * 100:.0f}%"
 

@@ -16,7 +16,11 @@ teacher's data is 13x larger), and is scored on the preset's held-out test scene
   plateau budget;
 - ``zoo``: the plateau zoo at ``student_steps`` (200), a third of the budget, where every student
   is still rising: which loss learns fastest from the teacher;
-- ``sizing``: a few losses at a few budgets on seed 0 (how ``plateau_steps`` was chosen).
+- ``sizing``: a few losses at a few budgets on seed 0 (how ``plateau_steps`` was chosen);
+- ``xtok``: cross-tokenizer distillation (docs/CROSS-TOKENIZER.md): the same student on a
+  second BPE of its own (``XTOK_VOCAB`` entries on the same texts, Llama 3 chat tags) learns from
+  the ChatML teacher with taid over ``span`` (alone and with half CE), with ``uld`` and with sft,
+  at the plateau budget; each method against sft, seed by seed.
 
 Each part's JSON is rewritten after every finished seed (or teacher), so an interrupted run
 still leaves its numbers, marked ``complete: false``; finished runs are reused on a rerun.
@@ -41,7 +45,8 @@ from ..results import write_result
 from ..runner import Run, child_command, child_env, print_json
 from ..runs import reused_or_distilled
 from . import report
-from .stats import SFT_ON_LABELS, SFT_ON_TEACHER_ANSWERS, gap_statements, mean_std, paired_table, zoo_statements
+from .stats import (SFT_ON_LABELS, SFT_ON_TEACHER_ANSWERS, gap_statements, mean_std, paired_table, xtok_statements,
+                    zoo_statements)
 
 # The zoo of the transfer regime: taid_ce is TAID with half of the weight on the labels' cross
 # entropy (distil_ratio 0.5); taid_alpha is TAID's adaptive rule with alpha scaled
@@ -53,7 +58,20 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
 }
 GAP_LOSSES = ("taid", "fkl", "skew_fkl")
 NOANSWER_LOSSES = ("sft", "fkl", "skew_fkl", "dkd", "taid")
-PARTS = ("sizing", "zoo", "plateau", "gap", "noanswer")
+PARTS = ("sizing", "zoo", "plateau", "gap", "noanswer", "xtok")
+
+# The cross-tokenizer part: a student whose tokenizer is not the teacher's. ULD is trained beside
+# CE as its paper does (distil_ratio 0.5: CE + 1 * ULD up to scale); taid_span_ce gives taid the
+# same CE share, so the two differ in the distillation term only.
+XTOK: dict[str, tuple[str, dict[str, Any]]] = {
+    "sft": ("sft", {}),
+    "taid_span": ("taid", {"cross_tokenizer": "span"}),
+    "taid_span_ce": ("taid", {"cross_tokenizer": "span", "distil_ratio": 0.5}),
+    "uld": ("uld", {"cross_tokenizer": "uld", "distil_ratio": 0.5}),
+}
+# The student's vocabulary: the shapes texts saturate a BPE at about 580 entries (the teacher's);
+# at 384 a quarter of the student's response tokens start inside a teacher token (unaligned).
+XTOK_VOCAB = 384
 
 
 @dataclass(frozen=True)
@@ -95,8 +113,9 @@ SETTINGS = {
 SETTINGS["full"] = SETTINGS["default"]
 
 
-def resolve(name: str) -> tuple[str, dict[str, Any]]:
-    return VARIANTS.get(name, (name, {}))
+def resolve(name: str, variants: dict[str, tuple[str, dict[str, Any]]] | None = None) -> tuple[str, dict[str, Any]]:
+    """What a zoo (or ``variants``) name means: the loss and its config settings."""
+    return (variants or VARIANTS).get(name, (name, {}))
 
 
 def ladder_specs(preset, settings: TransferSettings) -> list[tuple[str, dict, Any]]:
@@ -157,8 +176,32 @@ def student_init(ctx: Context, seed: int) -> Path:
     return path
 
 
+def xtok_tokenizer(ctx: Context):
+    """The cross-tokenizer student's own BPE: the teacher's texts, ``XTOK_VOCAB`` entries, Llama 3
+    chat tags (``<|start_header_id|>``... ``<|eot_id|>``) where the teacher writes ChatML."""
+    from ...data import load_records
+    from ...models.tokenizer import IMAGE_TOKEN, PAD_TOKEN, train_bpe_tokenizer
+    from ...testing.tiny import LLAMA3_TEMPLATE
+
+    texts = [m["content"] for r in load_records(ctx.big_data / "train.jsonl") for m in r.messages]
+    specials = [PAD_TOKEN, "<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>", IMAGE_TOKEN]
+    return train_bpe_tokenizer(texts, vocab_size=XTOK_VOCAB, chat_template=LLAMA3_TEMPLATE, special_tokens=specials,
+                               bos_token="<|begin_of_text|>", eos_token="<|eot_id|>")
+
+
+def xtok_student_init(ctx: Context, seed: int) -> Path:
+    """The plateau's student spec and initial seed, on the student's own tokenizer."""
+    from ...demo.pipeline import save_initial_model
+
+    path = ctx.work / f"init-xtok-student-{seed}"
+    if not (path / "config.json").is_file():
+        save_initial_model(path, ctx.preset.student, xtok_tokenizer(ctx), False, ctx.preset.image_size, 202 + seed)
+    return path
+
+
 def sweep(ctx: Context, prefix: str, names: list[str], seeds: list[int], teacher_dir: Path, cache: Path | None,
           budget, on_seed: Callable[[dict[str, dict[int, dict]]], None], eval_prefix: str | None = None,
+          init: Callable[[Context, int], Path] | None = None, variants: dict | None = None,
           **shared: Any) -> dict[str, dict[int, dict]]:
     """Every (seed, loss) student run, evaluated together per seed; ``on_seed`` sees the rows so far."""
     from ...demo.pipeline import evaluate_models
@@ -168,7 +211,8 @@ def sweep(ctx: Context, prefix: str, names: list[str], seeds: list[int], teacher
     for seed in seeds:
         students = {}
         for name in names:
-            students[name] = train_run(ctx, prefix, name, seed, teacher_dir, cache, budget, **shared)
+            students[name] = train_run(ctx, prefix, name, seed, teacher_dir, cache, budget, init=init, variants=variants,
+                                       **shared)
             bar.update(1)
         scores = evaluate_models(ctx.work / f"{eval_prefix or prefix}-eval-{seed}", students, ctx.data, ctx.preset, progress=False)
         for row in scores["rows"]:
@@ -181,15 +225,16 @@ def sweep(ctx: Context, prefix: str, names: list[str], seeds: list[int], teacher
 
 
 def train_run(ctx: Context, prefix: str, name: str, seed: int, teacher_dir: Path, cache: Path | None, budget,
-              **shared: Any) -> Path:
+              init: Callable[[Context, int], Path] | None = None, variants: dict | None = None, **shared: Any) -> Path:
     """One (loss, seed) student, trained or reused (its folder is keyed); a folder another process
-    is still writing is waited for. Returns the student's directory."""
-    loss, extra = resolve(name)
+    is still writing is waited for. Returns the student's directory. ``init``: the student's
+    initial weights (default ``student_init``); ``variants``: what the names mean (default ``VARIANTS``)."""
+    loss, extra = resolve(name, variants)
     config = {**shared, **extra}
     if cache is not None and (loss != "sft" or config.get("responses") == "teacher"):
         config["teacher_cache"] = str(cache)
     wait_for_other_process(ctx.work, [f"{prefix}-{name}-{seed}"])  # a --jobs helper, or the gap reusing the plateau's runs
-    run = reused_or_distilled(ctx.work / f"{prefix}-{name}-{seed}", student_init(ctx, seed), teacher_dir, ctx.data, loss,
+    run = reused_or_distilled(ctx.work / f"{prefix}-{name}-{seed}", (init or student_init)(ctx, seed), teacher_dir, ctx.data, loss,
                               budget, seed, ctx.preset.t_start, progress=False, **config)
     return run / "student"
 
@@ -198,9 +243,12 @@ def train_zoo_runs(ctx: Context, part: str, names: list[str], seeds: list[int]) 
     """A ``bench_quality --jobs`` helper's share of a zoo part: the runs, trained or reused, and
     nothing else; the main process evaluates every seed and writes the results."""
     budget = ctx.settings.budget(ctx.settings.part_steps(part))
+    init, variants = (xtok_student_init, XTOK) if part == "xtok" else (None, None)
+    if part == "xtok":
+        names = list(reversed(XTOK))
     for seed in tqdm(seeds, desc=f"{part} seeds (helper)", unit="seed", file=sys.stderr):
         for name in names:
-            train_run(ctx, part, name, seed, ctx.teacher_dir, ctx.work / "cache-data", budget)
+            train_run(ctx, part, name, seed, ctx.teacher_dir, ctx.work / "cache-data", budget, init=init, variants=variants)
 
 
 def summarize(rows: dict[str, dict[int, dict]], teacher_vqa: float, majority: float | None,
@@ -319,6 +367,43 @@ def run_gap(ctx: Context, seeds: list[int], header: dict[str, Any]) -> None:
     save(complete=True)
 
 
+def run_xtok(ctx: Context, seeds: list[int], header: dict[str, Any]) -> None:
+    """Cross-tokenizer students (their own tokenizer) from the teacher's cache: taid over span,
+    uld and sft at the plateau budget; each distilled method against sft, seed by seed, and how
+    many of the student's response tokens were aligned."""
+    from ...train.metrics import read_metrics
+
+    cache = ctx.work / "cache-data"
+    steps = ctx.settings.part_steps("xtok")
+    tokenizer = xtok_tokenizer(ctx)
+    header = {**header, "student_steps": steps, "methods": {k: {"loss": v[0], **v[1]} for k, v in XTOK.items()},
+              "student_vocabulary": len(tokenizer), "teacher_vocabulary": len(ctx.tokenizer),
+              "student_chat_template": "llama3", "teacher_chat_template": "chatml"}
+    alignment: dict[str, dict[str, float]] = {}
+
+    def save(rows, complete=False):
+        for name, by_seed in rows.items():
+            for seed in by_seed:
+                logged = read_metrics(ctx.work / f"xtok-{name}-{seed}" / "metrics.jsonl")
+                for key in ("aligned_fraction", "mapped_mass"):
+                    values = [r[key] for r in logged if key in r]
+                    if values:
+                        alignment.setdefault(name, {})[f"{key}/{seed}"] = sum(values) / len(values)
+        ctx.write("xtok", {**header, **xtok_summary(rows, ctx.teacher_row["vqa_accuracy"], ctx.majority),
+                           "alignment": alignment, "complete": complete})
+
+    rows = sweep(ctx, "xtok", list(XTOK), seeds, ctx.teacher_dir, cache, ctx.settings.budget(steps), save,
+                 init=xtok_student_init, variants=XTOK)
+    save(rows, complete=True)
+
+
+def xtok_summary(rows: dict[str, dict[int, dict]], teacher_vqa: float, majority: float | None) -> dict[str, Any]:
+    table = summarize(rows, teacher_vqa, majority)["rows"]
+    per_seed = {r["loss"]: {int(s): v for s, v in r["per_seed_vqa"].items()} for r in table}
+    pairs, statements = xtok_statements(per_seed, teacher_vqa, majority)
+    return {"rows": table, "paired": pairs, "statements": statements}
+
+
 def wait_for_other_process(work: Path, runs: list[str], quiet_seconds: float = 300.0) -> None:
     """When a zoo running in another process is still writing one of these run folders, wait for it
     rather than train the same folder twice at once (a folder untouched for ``quiet_seconds`` is
@@ -339,6 +424,10 @@ def refresh(part: str, result: dict[str, Any]) -> dict[str, Any]:
     with the current rules, so ``--render-only`` never shows sentences an older version chose."""
     if part == "gap":
         return {**result, **gap_summary(result["teachers"], result["rows"], result.get("majority"))}
+    if part == "xtok":
+        per_seed = {r["loss"]: {int(s): v for s, v in r["per_seed_vqa"].items()} for r in result["rows"]}
+        pairs, statements = xtok_statements(per_seed, result["teacher"]["vqa_accuracy"], result["majority"])
+        return {**result, "paired": pairs, "statements": statements}
     if part in ("zoo", "plateau", "noanswer"):
         per_seed = {r["loss"]: {int(s): v for s, v in r["per_seed_vqa"].items()} for r in result["rows"]}
         pairs = paired_table(per_seed)
@@ -433,6 +522,8 @@ def main(args) -> None:
                 run_zoo(ctx, list(args.losses), list(args.seeds), header, part)
             elif part == "gap":
                 run_gap(ctx, list(args.gap_seeds), {**header, "seeds": list(args.gap_seeds)})
+            elif part == "xtok":
+                run_xtok(ctx, list(args.seeds), header)
             else:
                 names = [n for n in args.losses if n in NOANSWER_LOSSES]  # --losses narrows (and orders) it too
                 run_noanswer(ctx, names, list(args.seeds), header)
@@ -444,7 +535,7 @@ def main(args) -> None:
     print_json({"seconds": round(run.seconds, 1), "out": str(out)})
 
 
-HELPED_PARTS = ("plateau", "zoo")  # the parts with many runs; the others build teachers and caches once
+HELPED_PARTS = ("plateau", "zoo", "xtok")  # the parts with many runs; the others build teachers and caches once
 
 
 def start_helpers(args, work: Path) -> list:
