@@ -190,3 +190,12 @@ def test_two_processes_ddp_match_one_process_and_fsdp_runs(pair, tmp_path):
     assert logged[0] == pytest.approx(logged[1])  # summed over ranks: the global batch's fraction
     fsdp = read_metrics(tmp_path / "fsdp" / "metrics.jsonl")
     assert all(torch.isfinite(torch.tensor(r["loss"])) and r["aligned_fraction"] > 0.5 for r in fsdp)
+
+
+def test_packed_rows_align_as_padded_ones(pair, tmp_path):
+    """packing: each side packs its own tokens; aligned in the canonical (record, token) order, the
+    loss and the aligned share of every step are the padded run's."""
+    rows = [read_metrics(distill(_config(pair, tmp_path / str(pack), max_steps=3, loss="taid", packing=pack)).output
+                         / "metrics.jsonl") for pack in (False, True)]
+    assert [r["loss"] for r in rows[1]] == pytest.approx([r["loss"] for r in rows[0]], rel=1e-5)
+    assert [r["aligned_fraction"] for r in rows[1]] == [r["aligned_fraction"] for r in rows[0]]
