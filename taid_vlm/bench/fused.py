@@ -37,7 +37,7 @@ import statistics
 import time
 
 from .results import write_result
-from .runner import Run, distribution_version, peak_baseline, peak_since, print_json, side_in_process, sync
+from .runner import Run, distribution_version, peak_baseline, peak_since, print_json, run_sides, sync
 
 SIDES = ("plain", "ours_torch", "ours_triton", "liger_fljsd", "trl_chunked")
 
@@ -139,13 +139,6 @@ def run_side(args: argparse.Namespace) -> dict:
             "peak_mb": round(peak, 1), **accuracy}
 
 
-def run_subprocess(args: argparse.Namespace, side: str) -> dict:
-    argv = ["--device", args.device, "--tokens", str(args.tokens),
-            "--hidden", str(args.hidden), "--vocab", str(args.vocab), "--dtype", args.dtype, "--repeats", str(args.repeats),
-            "--check-tokens", str(args.check_tokens), "--logit-scale", str(args.logit_scale), "--seed", str(args.seed)]
-    return side_in_process("fused", side, argv, required=False)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
@@ -167,14 +160,12 @@ def main() -> None:
         print_json(run_side(args))
         return
     run = Run()
-    sides = {}
-    for side in args.sides:
-        sides[side] = r = run_subprocess(args, side)
-        if r["ran"]:
-            print(f"{side:12s} {r['seconds']:9.4f} s  peak {r['peak_mb']:10.1f} MB  loss rel err {r['loss_rel_err']:.1e}  "
-                  f"grad h {r['grad_hidden_rel_err']:.1e}  grad W {r['grad_head_rel_err']:.1e}", flush=True)
-        else:
-            print(f"{side:12s} could not run here: {r['error']}", flush=True)
+    argv = ["--device", args.device, "--tokens", str(args.tokens),
+            "--hidden", str(args.hidden), "--vocab", str(args.vocab), "--dtype", args.dtype, "--repeats", str(args.repeats),
+            "--check-tokens", str(args.check_tokens), "--logit-scale", str(args.logit_scale), "--seed", str(args.seed)]
+    sides = run_sides("fused", args.sides, argv, required=(), describe=lambda r: (
+        f"{r['seconds']:9.4f} s  peak {r['peak_mb']:10.1f} MB  loss rel err {r['loss_rel_err']:.1e}  "
+        f"grad h {r['grad_hidden_rel_err']:.1e}  grad W {r['grad_head_rel_err']:.1e}"))
     summary = {side: {k: r[k] for k in ("seconds", "peak_mb", "loss_rel_err", "grad_hidden_rel_err", "grad_head_rel_err")}
                if r["ran"] else {"error": r["error"]} for side, r in sides.items()}
     summary["shape"] = {"tokens": args.tokens, "hidden": args.hidden, "vocab": args.vocab, "dtype": args.dtype, "device": args.device}

@@ -61,7 +61,7 @@ from pathlib import Path
 
 from . import vs_trl as trl_bench
 from .results import read_result, write_result
-from .runner import Run, print_json, side_in_process, timed_steps
+from .runner import print_json, timed_steps
 
 HISTOGRAM = Path(__file__).resolve().parent / "llava_instruct_lengths.json"
 OURS = ("ours_padded", "ours_grouped", "ours_packed", "ours_grouped_packed")
@@ -321,11 +321,6 @@ def run_side(args: argparse.Namespace) -> dict:
 # ---- driver ----------------------------------------------------------------------------------------
 
 
-def run_subprocess(side: str) -> dict:
-    """One side's result; a TRL side that cannot run here is recorded with its reason, ours must run."""
-    return side_in_process("padding", side, sys.argv[1:], required=side in OURS)
-
-
 def summarise(args: argparse.Namespace, results: dict) -> dict:
     """Ratios against the padded step and the fastest TRL side that ran; the targets and whether
     each is met (packed <= 0.6x padded, <= 0.8x the fastest TRL side, same loss)."""
@@ -373,13 +368,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--micro-batch", type=int, default=4, help="records per micro-batch (the step accumulates the rest)")
     parser.add_argument("--lengths", default=str(HISTOGRAM), help="the joint (prompt, response) length histogram JSON")
     parser.add_argument("--image-tokens", type=int, default=0, help="prompt tokens added to every record (an image)")
-    parser.add_argument("--vocab", type=int, default=32768)
-    parser.add_argument("--teacher-hidden", type=int, default=512)
-    parser.add_argument("--teacher-layers", type=int, default=4)
-    parser.add_argument("--student-hidden", type=int, default=256)
-    parser.add_argument("--student-layers", type=int, default=2)
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    trl_bench.add_pair_arguments(parser)
     parser.add_argument("--repeats", type=int, default=2, help="timed steps after the warm-up; the best is kept")
     parser.add_argument("--seed", type=int, default=0, help="seed of the lengths and token ids")
     parser.add_argument("--sides", nargs="+", choices=SIDES, default=list(SIDES), help="which sides (ours_padded always)")
@@ -387,8 +376,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--write-histogram", action="store_true", help="rebuild --lengths from the model above and stop")
     parser.add_argument("--side", choices=SIDES, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if min(args.records, args.micro_batch, args.repeats, args.vocab) < 1 or args.image_tokens < 0:
-        parser.error("--records, --micro-batch, --repeats and --vocab must be positive, --image-tokens >= 0")
+    trl_bench.check_pair_arguments(parser, args)
+    if min(args.records, args.micro_batch, args.repeats) < 1 or args.image_tokens < 0:
+        parser.error("--records, --micro-batch and --repeats must be positive, --image-tokens >= 0")
     return args
 
 
@@ -400,19 +390,12 @@ def main() -> None:
     if args.side:
         print_json(run_side(args))
         return
-    run = Run(packages=("torch", "transformers", "trl"))  # another job on the machine skews the times: recorded with them
-    results = {}
-    for side in dict.fromkeys(["ours_padded", *args.sides]):
-        results[side] = r = run_subprocess(side)
-        if not r["ran"]:
-            print(f"{side:34s} could not run here: {r['error']}", flush=True)
-            continue
-        print(f"{side:34s} step {r['step_s']:.3f} s   {r['real_tokens_per_s']:.0f} real tok/s   peak {r['peak_mb']:.1f} MB   "
-              f"positions {r['positions']}   loss {r['loss']:.8f}   grad norm {r['grad_norm']:.6f}", flush=True)
-    summary = summarise(args, results)
-    if args.out is not None:
-        write_result(args.out, run.record({**summary, "sides": results}))
-    print_json(summary)
+
+    def describe(r: dict) -> str:
+        return (f"step {r['step_s']:.3f} s   {r['real_tokens_per_s']:.0f} real tok/s   peak {r['peak_mb']:.1f} MB   "
+                f"positions {r['positions']}   loss {r['loss']:.8f}   grad norm {r['grad_norm']:.6f}")
+
+    trl_bench.compare("padding", args, list(dict.fromkeys(["ours_padded", *args.sides])), OURS, describe, summarise)
 
 
 if __name__ == "__main__":

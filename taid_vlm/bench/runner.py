@@ -109,6 +109,17 @@ def side_in_process(module: str, side: str, argv: list[str], required: bool) -> 
     return {"ran": True, **last_json_line(done.stdout)}
 
 
+def run_sides(module: str, sides: list[str], argv: list[str], required: tuple[str, ...],
+              describe: Callable[[dict[str, Any]], str]) -> dict[str, dict[str, Any]]:
+    """Every side in its own process, one after another (``side_in_process``), a line each as it
+    ends: ``describe(result)``, or why it could not run here."""
+    results = {}
+    for side in sides:
+        results[side] = r = side_in_process(module, side, argv, required=side in required)
+        print(f"{side:34s} {describe(r) if r['ran'] else 'could not run here: ' + r['error']}", flush=True)
+    return results
+
+
 def run_child(module: str, argv: list[str], label: str, env: dict[str, str] | None = None,
               timeout: float | None = None) -> dict[str, Any]:
     """Run a child to completion and return the JSON object its last line printed; a failure ends

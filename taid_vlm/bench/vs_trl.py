@@ -96,10 +96,11 @@ import argparse
 import os
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from .results import write_result
-from .runner import Run, distribution_version, print_json, side_in_process, timed_steps
+from .runner import Run, distribution_version, print_json, run_sides, timed_steps
 
 OURS = "ours_chunked_fkl"
 TRL_SIDES = ("trl_gkd_full_logits", "trl_distillation_chunked", "trl_gkd_liger")
@@ -339,11 +340,6 @@ def run_side(args: argparse.Namespace) -> dict:
 # ---- driver ----------------------------------------------------------------------------------------
 
 
-def run_subprocess(side: str) -> dict:
-    """One side's result; a TRL side that cannot run here is recorded with its reason, ours must run."""
-    return side_in_process("vs_trl", side, sys.argv[1:], required=side == OURS)
-
-
 def summarise(args: argparse.Namespace, results: dict) -> dict:
     ours = results[OURS]
     ran = {name: r for name, r in results.items() if name != OURS and r["ran"]}
@@ -370,18 +366,32 @@ def summarise(args: argparse.Namespace, results: dict) -> dict:
     }  # fmt: skip
 
 
-def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_pair_arguments(parser: argparse.ArgumentParser) -> None:
+    """The pair ``build_model`` builds (shared with bench/padding.py): vocabulary, widths, depths,
+    device and dtype."""
     parser.add_argument("--vocab", type=int, default=32768)
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--seq-len", type=int, default=256)
-    parser.add_argument("--prompt-len", type=int, default=None, help="prompt tokens per row (default: half of --seq-len)")
     parser.add_argument("--teacher-hidden", type=int, default=512)
     parser.add_argument("--teacher-layers", type=int, default=4)
     parser.add_argument("--student-hidden", type=int, default=256)
     parser.add_argument("--student-layers", type=int, default=2)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+
+
+def check_pair_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    for flag in ("teacher_hidden", "student_hidden"):
+        if getattr(args, flag) % 64:
+            parser.error(f"--{flag.replace('_', '-')} must be a multiple of 64 (the attention head width), got {getattr(args, flag)}")
+    if min(args.vocab, args.teacher_layers, args.student_layers) < 1:
+        parser.error("--vocab and the layer counts must be positive")
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_pair_arguments(parser)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--seq-len", type=int, default=256)
+    parser.add_argument("--prompt-len", type=int, default=None, help="prompt tokens per row (default: half of --seq-len)")
     parser.add_argument("--repeats", type=int, default=3, help="timed steps after the warm-up; the best is kept")
     parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic batch")
     parser.add_argument("--out", type=Path, default=None, help="also write the result JSON (with the machine) here")
@@ -392,12 +402,26 @@ def parse_args() -> argparse.Namespace:
         args.prompt_len = args.seq_len // 2
     if not 1 <= args.prompt_len < args.seq_len - 1:
         parser.error(f"--prompt-len must lie in [1, {args.seq_len - 2}] for --seq-len {args.seq_len}, got {args.prompt_len}")
-    for flag in ("teacher_hidden", "student_hidden"):
-        if getattr(args, flag) % 64:
-            parser.error(f"--{flag.replace('_', '-')} must be a multiple of 64 (the attention head width), got {getattr(args, flag)}")
-    if min(args.vocab, args.batch_size, args.repeats, args.teacher_layers, args.student_layers) < 1:
-        parser.error("--vocab, --batch-size, --repeats and the layer counts must be positive")
+    check_pair_arguments(parser, args)
+    if min(args.batch_size, args.repeats) < 1:
+        parser.error("--batch-size and --repeats must be positive")
     return args
+
+
+def compare(module: str, args: argparse.Namespace, sides: list[str], required: tuple[str, ...],
+            describe: Callable[[dict], str], summarise: Callable[[argparse.Namespace, dict], dict]) -> None:
+    """The driver this benchmark and bench/padding.py share: every side in its own process (a TRL
+    side that cannot run here is recorded with its reason, a ``required`` one must run), the
+    summary, ``--out`` with the sides, the machine (its load: another job skews the times) and
+    the TRL and Liger versions, and the summary as the last line."""
+    run = Run(packages=("torch", "transformers", "trl"))
+    results = run_sides(module, sides, sys.argv[1:], required=required, describe=describe)
+    summary = summarise(args, results)
+    if args.out is not None:
+        record = run.record({**summary, "sides": results})
+        record["machine"]["liger_kernel"] = distribution_version("liger-kernel")
+        write_result(args.out, record)
+    print_json(summary)
 
 
 def main() -> None:
@@ -405,21 +429,12 @@ def main() -> None:
     if args.side:
         print_json(run_side(args))
         return
-    run = Run(packages=("torch", "transformers", "trl"))  # another job on the machine skews the times: recorded with them
-    results = {}
-    for side in dict.fromkeys([*args.sides, OURS]):
-        results[side] = r = run_subprocess(side)
-        if not r["ran"]:
-            print(f"{side:26s} could not run here: {r['error']}", flush=True)
-            continue
-        print(f"{side:26s} step {r['step_s']:.3f} s (runs {r['all_step_s']})   peak {r['peak_mb']:.1f} MB   "
-              f"loss {r['loss']:.8f}   grad norm {r['grad_norm']:.6f}", flush=True)
-    summary = summarise(args, results)
-    if args.out is not None:
-        record = run.record({**summary, "sides": results})
-        record["machine"]["liger_kernel"] = distribution_version("liger-kernel")
-        write_result(args.out, record)
-    print_json(summary)
+
+    def describe(r: dict) -> str:
+        return (f"step {r['step_s']:.3f} s (runs {r['all_step_s']})   peak {r['peak_mb']:.1f} MB   "
+                f"loss {r['loss']:.8f}   grad norm {r['grad_norm']:.6f}")
+
+    compare("vs_trl", args, list(dict.fromkeys([*args.sides, OURS])), (OURS,), describe, summarise)
 
 
 if __name__ == "__main__":
