@@ -131,10 +131,14 @@ class DistillConfig:
     save_dtype: str | None = None  # dtype of the saved student (e.g. bfloat16); default: the training dtype
 
     # --- no compute on padding (train/grouping.py, models/packing.py) ------------------------
-    group_by_length: bool = True  # global batches of records of similar rendered length, within shuffled windows
-    group_window: int = 64  # optimizer steps per window that length grouping reorders (the records stay the window's)
-    packing: bool = False  # several records per row, no padding; attention cannot cross records
-    attn_implementation: str | None = None  # e.g. flash_attention_2 (GPU, varlen packed rows), sdpa, eager; default: the model's
+    group_by_length: bool = field(default=True, metadata=flag(
+        help="each step takes records of similar length, regrouped within shuffled windows (the same records an epoch)"))
+    group_window: int = field(default=64, metadata=flag(
+        help="optimizer steps per window that group_by_length regroups"))
+    packing: bool = field(default=False, metadata=flag(
+        help="lay a micro-batch's records end to end in padding-free rows; attention never crosses records"))
+    attn_implementation: str | None = field(default=None, metadata=flag(
+        help="attention of both models, e.g. flash_attention_2 (GPU: varlen packed rows), sdpa, eager; default: the model's"))
 
     # --- LoRA student (taid_vlm/models/lora.py, through peft): lora_r > 0 trains adapters only ---
     lora_r: int = field(default=0, metadata=flag(help="LoRA adapter rank; 0 (default) trains the whole student"))
