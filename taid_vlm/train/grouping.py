@@ -20,7 +20,9 @@ the same global batches and a resumed run the same order from the checkpoint's p
 Lengths are measured lazily, one window at a time, when the stream first reaches it, and kept
 (one int32 per record): a million-record set never renders up front. A length is an estimate
 from the chat template's text tokens plus the model's image tokens (``ModelAdapter.length_estimates``):
-grouping only needs lengths to be close, exactness never depends on them.
+grouping only needs lengths to be close, exactness never depends on them. A streamed set
+(``train/data.py`` ``StreamBatches``) has no permutation to index: it reads one window of the
+stream at a time and orders it with ``arrange_window``, the same rule on the window's positions.
 """
 
 from __future__ import annotations
