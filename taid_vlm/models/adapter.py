@@ -22,6 +22,8 @@ processor's ``suffix`` and its tokens (``token_type_ids`` 1) are the response.
 The forward pass then returns, for those positions only and in (record, turn, token) order, the
 final hidden state that predicts each token plus the LM head and its final-logit softcap (or
 logits when the head scales them otherwise). Image tokens and prompt tokens never reach the loss.
+``render(..., pack=True)`` renders each record alone and lays them end to end in padding-free rows
+(models/packing.py); the forward pass then returns the same tokens in the same order.
 """
 
 from __future__ import annotations
