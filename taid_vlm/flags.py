@@ -57,6 +57,15 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, config_class: type,
                            **spec)
 
 
+def add_config_command(subparsers: argparse._SubParsersAction, name: str, config_class: type, run: Any, *,
+                       help: str, description: str) -> argparse.ArgumentParser:
+    """A subcommand whose flags are ``config_class``'s fields and whose handler is ``run(args)``."""
+    parser = subparsers.add_parser(name, help=help, description=description)
+    add_dataclass_arguments(parser, config_class, layered=False)
+    parser.set_defaults(func=run)
+    return parser
+
+
 def add_typed_argument(parser: Any, names: tuple[str, ...], dest: str, kind: Any, *, layered: bool,
                        default: Any = None, **spec: Any) -> None:
     """One flag of a setting of type ``kind`` (``int | None``, ``bool``, ...): a switch is

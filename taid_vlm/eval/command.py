@@ -11,20 +11,17 @@ import os
 import sys
 from pathlib import Path
 
-from ..flags import add_dataclass_arguments, values_from
+from ..flags import add_config_command, values_from
 from .config import EvalConfig
 
 
 def add_eval_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    parser = subparsers.add_parser(
-        "eval",
+    return add_config_command(
+        subparsers, "eval", EvalConfig, run_eval,
         help="score models on VQA, captioning or text with the field's official metrics",
         description="Evaluate one or more models (teacher and students) on the same items; writes results.json, "
         "samples.jsonl and results.md to --output.",
     )
-    add_dataclass_arguments(parser, EvalConfig, layered=False)
-    parser.set_defaults(func=run_eval)
-    return parser
 
 
 def config_from_args(args: argparse.Namespace) -> EvalConfig:

@@ -100,6 +100,8 @@ class Loss:
     # compares sorted probabilities (ULD): the student's own top-k against a teacher known by its
     # ranks (losses/uld.py ``Ranks``), not the student at the teacher's ids
     ranked: ClassVar[bool] = False
+    # why this loss over two sorted probability vectors would add nothing to ULD (a config error says it)
+    on_sorted: ClassVar[str] = ""
     params: ClassVar[dict[str, Setting]] = {}  # numbers of the per-token math (keywords of the functional API)
     # params that the loss sets itself during a run (TAID's t): refused in a config, with why
     scheduled: ClassVar[dict[str, str]] = {}

@@ -137,6 +137,8 @@ class TAID(DivergenceLoss):
     params = {"t": Param(None, UNIT, help="the interpolation between the student (0) and the teacher (1)")}
     scheduled = {"t": "TAID's t comes from t_start/t_end and the schedule"}
     settings: ClassVar[dict[str, Setting]] = TAID_SETTINGS
+    on_sorted = ("TAID's interpolation of two sorted vectors is their displacement interpolant, whose distance to "
+                 "the student is exactly t * ULD: it would only rescale the loss")
 
     def __init__(self, t: float | None = None, *, schedule: TAIDSchedule | None = None):
         super().__init__(t=schedule.t if schedule is not None else t)

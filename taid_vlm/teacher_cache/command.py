@@ -9,20 +9,17 @@ from __future__ import annotations
 
 import argparse
 
-from ..flags import add_dataclass_arguments, values_from
+from ..flags import add_config_command, values_from
 from .config import TeacherCacheConfig
 
 
 def add_teacher_cache_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    parser = subparsers.add_parser(
-        "teacher-cache",
+    return add_config_command(
+        subparsers, "teacher-cache", TeacherCacheConfig, run_teacher_cache,
         help="run the teacher once over a data set and store its top-k log-probs per response token",
         description="Writes a resumable, sharded cache that `taid-vlm distill --teacher-cache DIR` trains from "
         "without loading the teacher. Re-running the same command finishes an interrupted build.",
     )
-    add_dataclass_arguments(parser, TeacherCacheConfig, layered=False)
-    parser.set_defaults(func=run_teacher_cache)
-    return parser
 
 
 def run_teacher_cache(args: argparse.Namespace) -> int:

@@ -5,20 +5,17 @@ from __future__ import annotations
 
 import argparse
 
-from ..flags import add_dataclass_arguments, values_from
+from ..flags import add_config_command, values_from
 from .config import ServerConfig
 
 
 def add_teacher_server_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    parser = subparsers.add_parser(
-        "teacher-server",
+    return add_config_command(
+        subparsers, "teacher-server", ServerConfig, run_teacher_server,
         help="serve a teacher with vLLM for `distill --teacher-server URL` and `teacher-cache --teacher-server URL`",
         description="Starts vLLM's OpenAI-compatible server for a checkpoint folder from the vLLM environment "
         "(scripts/setup_vllm.sh makes it), waits until it answers, prints its URL and runs until Ctrl-C or SIGTERM.",
     )
-    add_dataclass_arguments(parser, ServerConfig, layered=False)
-    parser.set_defaults(func=run_teacher_server)
-    return parser
 
 
 def run_teacher_server(args: argparse.Namespace) -> int:

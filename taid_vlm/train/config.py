@@ -224,8 +224,7 @@ class DistillConfig:
             problems.append(f"cross_tokenizer={mode} aligns a teacher with the student, but loss={self.loss} with "
                             f"distil_ratio={self.distil_ratio} uses none: drop cross_tokenizer")
         elif mode == "uld" and not cls.ranked:
-            why = (" (TAID's interpolation of two sorted vectors is their displacement interpolant, whose distance to "
-                   "the student is exactly t * ULD: it would only rescale the loss)") if "t" in cls.params else ""
+            why = f" ({cls.on_sorted})" if cls.on_sorted else ""
             problems.append(f"cross_tokenizer=uld compares the two models' sorted probabilities, so the distillation term "
                             f"is ULD itself: set loss=uld, or cross_tokenizer=span to distil with loss={self.loss}{why}")
         elif cls.ranked and mode != "uld":

@@ -262,7 +262,7 @@ def shard(adapter: ModelAdapter, env: Distributed) -> ForwardPass:
     if not adapter.head_is_linear:
         raise ValueError(
             f"distributed=fsdp needs a plain linear LM head (the chunked loss reads it); {adapter.family} "
-            "scales or caps its logits: use distributed=ddp"
+            "scales or softcaps its logits: use distributed=ddp"
         )
     mesh = init_device_mesh(env.device.type, (env.world_size,))
     for layer in layer_units(adapter.model):
