@@ -12,7 +12,7 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "ServerConfig": "config", "ServerError": "launcher", "start_server": "launcher", "ServerProcess": "launcher",
+    "ServerConfig": "config", "ServerError": "client", "start_server": "launcher", "ServerProcess": "launcher",
     "ServerClient": "client", "is_url": "client", "ServedModel": "served", "open_served": "served",
     "served_name": "fingerprint",
 }  # fmt: skip

@@ -21,7 +21,12 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from .launcher import ServerError
+from ..errors import UserError
+
+
+class ServerError(UserError):
+    """A server that cannot be started or reached; the message names the URL or folder and the fix."""
+
 
 T = TypeVar("T")
 R = TypeVar("R")

@@ -24,18 +24,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import UserError
 from ..files import write_text_atomically
+from .client import ServerClient, ServerError
 from .config import ServerConfig
 from .fingerprint import served_name
 
 VLLM_PYTHON_ENV = "TAID_VLM_VLLM_PYTHON"
 VENV = ".venv-vllm"
 CPU_KV_CACHE_GIB = 1.0  # the KV cache on a machine without a GPU, unless --kv-cache-gib says otherwise
-
-
-class ServerError(UserError):
-    """A server that cannot be started or reached; the message names the URL or folder and the fix."""
 
 
 def vllm_python(explicit: str | None = None) -> str:
@@ -176,8 +172,6 @@ def _url_host(host: str) -> str:
 
 
 def _wait_until_ready(server: ServerProcess, timeout: float) -> None:
-    from .client import ServerClient
-
     client = ServerClient(server.url, timeout=0)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -34,7 +34,7 @@ from ..models.families import template_messages
 from ..models.outputs import ResponseOutputs
 from .client import ServerClient, base_url
 from .fingerprint import checkpoint_digest, served_name
-from .launcher import ServerError
+from .client import ServerError
 
 RECORDS_PER_REQUEST = 8
 
